@@ -1,0 +1,2 @@
+__all__ = ["__version__"]
+from ._version import __version__

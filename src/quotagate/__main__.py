@@ -1,0 +1,3 @@
+from quotagate.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Gateway key -> Principal, with a short-lived cache in front of the database.
+
+A key lookup on every request would put the database on the hot path; instead each node trusts
+a lookup for ``ttl`` seconds. Disabling or deleting a key through this node's admin API evicts it
+at once; on other nodes (and after ``quotagate keys disable`` from the CLI) it stops working
+within ``ttl``. Unknown keys are cached too (for a second), so a flood of bad keys costs the
+database one query per distinct key per second, not one per request.
+
+Expiry is checked against the clock on every request, never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ..errors import AuthenticationError, ServiceUnavailableError
+from ..keys import KeyRecord, KeyStore, hash_key
+from ._principal import Principal
+
+_NEGATIVE_TTL = 1.0
+_MAX_ENTRIES = 100_000
+
+
+def extract_key(authorization: str | None, x_api_key: str | None) -> str:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        raise AuthenticationError(
+            "Invalid Authorization header: expected 'Bearer YOUR_KEY'.", code="invalid_api_key"
+        )
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    raise AuthenticationError(
+        "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+        "(or in the 'x-api-key' header).",
+        code="missing_api_key",
+    )
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: KeyStore,
+        ttl: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._now = now
+        # key hash -> (record or None for "no such key", monotonic time it was fetched)
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    async def authenticate(self, key: str) -> Principal:
+        key_hash = hash_key(key)
+        record = await self._lookup(key_hash)
+        if record is None:
+            raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
+        if record.disabled:
+            raise AuthenticationError("This API key has been disabled.", code="key_disabled")
+        if record.is_expired(self._now()):
+            assert record.expires_at is not None
+            raise AuthenticationError(
+                f"This API key expired at {record.expires_at.isoformat()}.", code="key_expired"
+            )
+        return Principal(
+            key_id=record.id,
+            user=record.user,
+            tier=record.tier,
+            models=frozenset(record.models) if record.models is not None else None,
+        )
+
+    async def _lookup(self, key_hash: str) -> KeyRecord | None:
+        now = self._monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None:
+            record, fetched = cached
+            ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
+            if now - fetched < ttl:
+                return record
+        try:
+            record = await self._store.find_by_hash(key_hash)
+        except Exception as exc:
+            # Keys already in the cache keep working through a database outage; new ones cannot
+            # be checked, which is a 503 (try again), not a 401 (your key is wrong).
+            raise ServiceUnavailableError(
+                "The key database is unavailable; try again shortly."
+            ) from exc
+        if len(self._cache) >= _MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[key_hash] = (record, now)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (it was disabled, deleted or changed on this node)."""
+        stale = [h for h, (rec, _) in self._cache.items() if rec is not None and rec.id == key_id]
+        for key_hash in stale:
+            del self._cache[key_hash]

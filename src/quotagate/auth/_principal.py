@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: everything later stages need to know about the caller's key."""
+
+    key_id: str
+    user: str
+    tier: str
+    # None: every configured model.
+    models: frozenset[str] | None
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models

@@ -1,0 +1,306 @@
+"""The ``quotagate`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Config, ConfigError, default_config, load_config, missing_secrets
+
+app = typer.Typer(
+    name="quotagate",
+    help="An OpenAI-compatible AI API gateway: gateway keys, tiers, limits and a mock upstream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create, list, disable, enable and delete gateway keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML configuration file. Default: $QUOTAGATE_CONFIG, else the embedded default "
+        "(SQLite at ./quotagate.db, tiers free/paid/enterprise).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None) -> Config | None:
+    """The chosen configuration, or None for the embedded default."""
+    chosen = path or (Path(os.environ["QUOTAGATE_CONFIG"]) if os.environ.get("QUOTAGATE_CONFIG") else None)
+    if chosen is None:
+        return None
+    try:
+        return load_config(chosen)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: from config, else 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")] = None,
+) -> None:
+    """Run the gateway.
+
+    With no configuration it runs on the embedded defaults: SQLite, the in-process limit store,
+    and a demo model served by a mock upstream it starts itself (or by OpenAI when
+    OPENAI_API_KEY is set). It then prints a demo key and a curl line.
+    """
+    from ..server._run import serve as run_gateway
+    from ..server._run import serve_demo
+
+    loaded = _config(config)
+    try:
+        if loaded is None:
+            asyncio.run(
+                serve_demo(host or "127.0.0.1", port if port is not None else 4000, os.environ.get("QUOTAGATE_MASTER_KEY"), _announce_demo)
+            )
+        else:
+            asyncio.run(run_gateway(loaded, host, port))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def _announce_demo(info: Any) -> None:
+    out.print(f"\n[bold green]quotagate is running[/bold green] at {info.url}")
+    upstream = f"a mock upstream at {info.mock_url}" if info.mock_url else "OpenAI (OPENAI_API_KEY)"
+    out.print(f"model [bold]{info.model}[/bold] is served by {upstream}")
+    out.print(f"admin (master) key: {info.master_key}")
+    out.print("\nTry it:\n")
+    out.print(
+        f"curl {info.url}/chat/completions -H 'Authorization: Bearer {info.key}' "
+        f"-H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{info.model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+        soft_wrap=True,
+    )
+    out.print(
+        f"\npython -c \"from openai import OpenAI; c = OpenAI(base_url='{info.url}', api_key='{info.key}'); "
+        f"print(c.chat.completions.create(model='{info.model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"",
+        soft_wrap=True,
+    )
+    out.print("\nPress Ctrl+C to stop.\nDemo key:")
+    out.print(info.key, soft_wrap=True)
+
+
+# -- mock-upstream ----------------------------------------------------------------------------
+
+
+@app.command("mock-upstream")
+def mock_upstream(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    latency_ms: Annotated[float, typer.Option(help="Delay before each response, in milliseconds.")] = 0.0,
+    completion_tokens: Annotated[int, typer.Option(help="Tokens generated per completion (fewer if max_tokens is lower).")] = 16,
+    stream_chunk_delay_ms: Annotated[float, typer.Option(help="Delay between stream chunks (slow streams).")] = 0.0,
+    rate_429: Annotated[float, typer.Option("--rate-429", help="Share of requests answered 429 with Retry-After.")] = 0.0,
+    retry_after: Annotated[float, typer.Option(help="Retry-After seconds sent with the 429s.")] = 1.0,
+    rate_500: Annotated[float, typer.Option("--rate-500", help="Share of requests answered 500.")] = 0.0,
+    rate_hang: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
+    rate_drop: Annotated[float, typer.Option(help="Share of streams cut off midway.")] = 0.0,
+    api_key: Annotated[str | None, typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY")] = None,
+    record: Annotated[bool, typer.Option(help="Keep the last 200 requests, served at GET /mock/requests.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed for the fault draws, for repeatable runs.")] = None,
+) -> None:
+    """Run a fast OpenAI-compatible mock provider (chat, completions, embeddings, models)."""
+    import uvicorn
+
+    from ..mock import MockOptions, MockUpstream
+    from ..server._run import uvicorn_config
+
+    for name, rate in (("--rate-429", rate_429), ("--rate-500", rate_500), ("--rate-hang", rate_hang), ("--rate-drop", rate_drop)):
+        if not 0.0 <= rate <= 1.0:
+            raise _fail(f"{name} must be between 0 and 1, got {rate}")
+    if rate_429 + rate_500 + rate_hang + rate_drop > 1.0:
+        raise _fail("the fault rates add up to more than 1")
+    options = MockOptions(
+        latency_ms=latency_ms,
+        completion_tokens=completion_tokens,
+        stream_chunk_delay_ms=stream_chunk_delay_ms,
+        rate_429=rate_429,
+        retry_after=retry_after,
+        rate_500=rate_500,
+        rate_hang=rate_hang,
+        rate_drop=rate_drop,
+        api_key=api_key,
+        record=record,
+        seed=seed,
+    )
+    err.print(f"mock upstream on http://{host}:{port}/v1")
+    config = uvicorn_config(MockUpstream(options), host, port)
+    # The injected drops surface as "Exception in ASGI application"; they are intended.
+    config.log_level = "critical"
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        pass
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The YAML configuration file.")]) -> None:
+    """Validate a configuration file, including that every env:NAME secret is set."""
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    problems = missing_secrets(config)
+    if problems:
+        raise _fail("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    deployments = sum(len(m.deployments) for m in config.models)
+    out.print(
+        f"{file}: OK ({len(config.tiers)} tiers, {len(config.models)} models, "
+        f"{deployments} deployments, database {config.database.split(':', 1)[0]}, "
+        f"store {'redis' if config.redis else 'in-process'})"
+    )
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def _key_config(path: Path | None) -> Config:
+    return _config(path) or default_config(mock_upstream_url="http://127.0.0.1/v1")
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except OSError as exc:
+        raise _fail(f"cannot reach the database: {exc}") from None
+
+
+async def _with_store(config: Config, action: Any) -> Any:
+    from ..keys import KeyStore
+
+    store = KeyStore.from_url(config.database)
+    try:
+        await store.create_schema()
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _parse_expiry(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(f"--expires: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="The user the key belongs to.")],
+    tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use [default: all].")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key. The key is printed once, as the last line; it is stored only hashed."""
+    from ..server._admin import check_key_fields
+
+    cfg = _key_config(config)
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    try:
+        check_key_fields(cfg, tier, model_list)
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    expires_at = _parse_expiry(expires)
+    record, key = _run(_with_store(cfg, lambda s: s.create(user=user, tier=tier, models=model_list, expires_at=expires_at, name=name)))
+    out.print(f"created key {record.id} for user {record.user} on tier {record.tier}", soft_wrap=True)
+    if record.models is not None:
+        out.print(f"models: {', '.join(record.models)}")
+    if record.expires_at is not None:
+        out.print(f"expires: {record.expires_at.isoformat()}")
+    out.print("store it now: it cannot be shown again")
+    # Plain print: the last line must be the bare key, unwrapped and unstyled.
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (their ids and hints, never the keys)."""
+    records = _run(_with_store(_key_config(config), lambda s: s.list(user=user)))
+    if json:
+        print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("id", "key", "user", "tier", "models", "expires", "status", "created")
+    now = datetime.now(UTC)
+    for r in records:
+        status = "disabled" if r.disabled else "expired" if r.is_expired(now) else "active"
+        table.add_row(
+            r.id, r.key_hint, r.user, r.tier,
+            ", ".join(r.models) if r.models is not None else "all",
+            r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
+            status, r.created_at.isoformat(timespec="seconds"),
+        )
+    out.print(table)
+
+
+def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None:
+    record = _run(_with_store(_key_config(config), lambda s: s.update(key_id, **changes)))
+    if record is None:
+        raise _fail(f"no key with id {key_id!r}")
+    out.print(f"{verb} key {key_id} (running gateways notice within their auth cache time)")
+
+
+@keys_app.command("disable")
+def keys_disable(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+    """Disable a key: requests with it get 401 until it is enabled again."""
+    _change(key_id, config, "disabled", disabled=True)
+
+
+@keys_app.command("enable")
+def keys_enable(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+    """Enable a disabled key."""
+    _change(key_id, config, "enabled", disabled=False)
+
+
+@keys_app.command("delete")
+def keys_delete(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+    """Delete a key for good."""
+    record = _run(_with_store(_key_config(config), lambda s: s.delete(key_id)))
+    if record is None:
+        raise _fail(f"no key with id {key_id!r}")
+    out.print(f"deleted key {key_id}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,165 @@
+"""The configuration file's schema.
+
+pydantic validates at the edge: a bad file fails at start with the field's path and the problem,
+never a traceback. Secrets are never values in the file, only references (``env:NAME``); they are
+resolved when the gateway starts (see ``_secrets.py``), so ``keys`` commands that only need the
+database work without the providers' keys in the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+
+# Where each known OpenAI-compatible provider lives, so `base_url` may be left out for them.
+PROVIDER_BASE_URLS: dict[str, str | None] = {
+    "openai": "https://api.openai.com/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "anthropic": "https://api.anthropic.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "vllm": None,
+    "openai-compatible": None,
+}
+
+Provider = Literal["openai", "deepseek", "gemini", "anthropic", "openrouter", "vllm", "openai-compatible"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_secret_ref(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not SECRET_REF.match(value):
+        raise ValueError(
+            "secrets are not written in the config; reference an environment variable "
+            "as env:NAME (for example env:OPENAI_API_KEY)"
+        )
+    return value
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    max_body_bytes: PositiveInt = Field(
+        default=16 * 1024 * 1024, description="Requests with a larger body get 413."
+    )
+
+
+class TierLimits(_Strict):
+    """A tier's limits. Enforced by the limit engine; parsed and stored here."""
+
+    rpm: PositiveInt | None = None
+    rph: PositiveInt | None = None
+    rpd: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    tph: PositiveInt | None = None
+    tpd: PositiveInt | None = None
+    concurrency: PositiveInt | None = None
+
+
+class Deployment(_Strict):
+    """One upstream that serves a model: a provider endpoint with one API key."""
+
+    provider: Provider = "openai"
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, description="env:NAME; null for keyless upstreams")
+    model: str | None = Field(default=None, description="The model's name at the provider")
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    weight: float = Field(default=1.0, gt=0)
+    priority: int = Field(default=0, ge=0)
+    region: str | None = None
+    timeout: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for the response (or the next stream chunk)."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        return _check_secret_ref(value)
+
+    @model_validator(mode="after")
+    def _fill_base_url(self) -> Deployment:
+        url = self.base_url or PROVIDER_BASE_URLS[self.provider]
+        if url is None:
+            raise ValueError(f"base_url is required for provider {self.provider!r}")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+        object.__setattr__(self, "base_url", url.rstrip("/"))
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.base_url is not None  # filled by the validator
+        return self.base_url
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    deployments: list[Deployment] = Field(min_length=1)
+
+
+class Config(_Strict):
+    server: ServerSettings = ServerSettings()
+    database: str = "sqlite:///./quotagate.db"
+    redis: str | None = None
+    master_key: str | None = Field(default=None, description="env:NAME of the admin API key")
+    tiers: dict[str, TierLimits] = Field(default_factory=lambda: {"default": TierLimits()})
+    models: list[ModelConfig] = Field(default_factory=list)
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a node trusts a key lookup; a key disabled on another node "
+        "stops working within this time (at once on the node that disabled it).",
+    )
+
+    @field_validator("master_key")
+    @classmethod
+    def _check_master(cls, value: str | None) -> str | None:
+        return _check_secret_ref(value)
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return value
+
+    @field_validator("redis")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _check_tiers(cls, value: dict[str, TierLimits]) -> dict[str, TierLimits]:
+        if not value:
+            raise ValueError("at least one tier is needed; keys belong to a tier")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Config:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is defined twice")
+            seen.add(model.name)
+        return self
+
+    def model_named(self, name: str) -> ModelConfig | None:
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None

@@ -1,0 +1,210 @@
+"""Gateway keys in SQL: SQLite for the embedded default, PostgreSQL when distributed.
+
+SQLAlchemy Core (not the ORM): a handful of small statements, and rows become plain frozen
+dataclasses that are cheap to cache on the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ._secrets import hash_key, key_hint, new_key, new_key_id
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "qg_api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_hint", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("user_id", sa.String(200), nullable=False, index=True),
+    sa.Column("tier", sa.String(100), nullable=False),
+    # NULL: every configured model; otherwise the allowed model names.
+    sa.Column("models", sa.JSON),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    key_hint: str
+    name: str | None
+    user: str
+    tier: str
+    models: tuple[str, ...] | None
+    expires_at: datetime | None
+    disabled: bool
+    created_at: datetime
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "key_hint": self.key_hint,
+            "name": self.name,
+            "user": self.user,
+            "tier": self.tier,
+            "models": list(self.models) if self.models is not None else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "disabled": self.disabled,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; everything is stored in UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _record(row: sa.Row[Any]) -> KeyRecord:
+    created = _aware(row.created_at)
+    assert created is not None
+    return KeyRecord(
+        id=row.id,
+        key_hint=row.key_hint,
+        name=row.name,
+        user=row.user_id,
+        tier=row.tier,
+        models=tuple(row.models) if row.models is not None else None,
+        expires_at=_aware(row.expires_at),
+        disabled=bool(row.disabled),
+        created_at=created,
+    )
+
+
+def async_database_url(url: str) -> str:
+    """The config's plain URL with the asyncio driver SQLAlchemy needs."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url.removeprefix(scheme)
+    raise ValueError(f"unsupported database URL: {url}")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(async_database_url(url), pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets the CLI write keys while the gateway reads them; busy_timeout makes the
+            # two wait for each other instead of failing with "database is locked".
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> KeyStore:
+        return cls(create_engine(url))
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def create(
+        self,
+        *,
+        user: str,
+        tier: str,
+        models: Sequence[str] | None = None,
+        expires_at: datetime | None = None,
+        name: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new key and return it in clear; this is the only time it exists in clear."""
+        key = new_key()
+        values = {
+            "id": new_key_id(),
+            "key_hash": hash_key(key),
+            "key_hint": key_hint(key),
+            "name": name,
+            "user_id": user,
+            "tier": tier,
+            "models": list(models) if models is not None else None,
+            "expires_at": expires_at.astimezone(UTC) if expires_at else None,
+            "disabled": False,
+            "created_at": datetime.now(UTC),
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**values))
+        record = await self.get(values["id"])
+        assert record is not None
+        return record, key
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(api_keys.select().where(api_keys.c.id == key_id))).first()
+        return _record(row) if row else None
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return _record(row) if row else None
+
+    async def list(self, user: str | None = None) -> list[KeyRecord]:
+        query = api_keys.select().order_by(api_keys.c.created_at, api_keys.c.id)
+        if user is not None:
+            query = query.where(api_keys.c.user_id == user)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
+
+    async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
+        """Change a key's user, tier, models, expiry, name or disabled flag."""
+        allowed = {"user", "tier", "models", "expires_at", "name", "disabled"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+        values = {("user_id" if k == "user" else k): v for k, v in changes.items()}
+        if "models" in values and values["models"] is not None:
+            values["models"] = list(values["models"])
+        if values.get("expires_at") is not None:
+            values["expires_at"] = values["expires_at"].astimezone(UTC)
+        if values:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    api_keys.update().where(api_keys.c.id == key_id).values(**values)
+                )
+                if result.rowcount == 0:
+                    return None
+        return await self.get(key_id)
+
+    async def delete(self, key_id: str) -> KeyRecord | None:
+        record = await self.get(key_id)
+        if record is None:
+            return None
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.delete().where(api_keys.c.id == key_id))
+        return record

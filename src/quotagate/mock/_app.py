@@ -1,0 +1,317 @@
+"""A fast OpenAI-compatible mock provider, with faults on demand.
+
+It serves the demo, the tests and the benchmarks. Usage is real: prompt tokens are counted from
+the request with the model's tokenizer, completion tokens from the text it generates. Everything
+that does not depend on the request (the generated text, its token count, the stream's chunks)
+is computed once per length and cached, so a request costs a tokenizer call and a JSON dump.
+
+Faults are drawn per request: a share of 429s (with Retry-After), of 500s, of hangs (no answer
+until the client gives up), and of streams dropped midway (the connection is cut without the
+final chunk); streams can be slowed by a delay between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from ..tokens import count_chat_tokens, count_prompt_input, encoding_for_model, get_encoding
+
+Scope = dict[str, Any]
+
+# Words that are one token each in o200k_base and cl100k_base (checked by a test), so the text
+# of N tokens is simply N words.
+WORDS = (
+    " the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", " and", " then",
+    " runs", " back", " to", " its", " home", " in", " a", " small", " town", " near", " river",
+)
+DEFAULT_COMPLETION_TOKENS = 16
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class DroppedConnection(Exception):
+    """Raised inside the app to make the server cut the connection mid-stream."""
+
+
+@dataclass
+class MockOptions:
+    latency_ms: float = 0.0
+    completion_tokens: int = DEFAULT_COMPLETION_TOKENS
+    stream_chunk_delay_ms: float = 0.0
+    rate_429: float = 0.0
+    retry_after: float = 1.0
+    rate_500: float = 0.0
+    rate_hang: float = 0.0
+    rate_drop: float = 0.0
+    api_key: str | None = None
+    models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4.1", "text-embedding-3-small")
+    record: bool = False
+    seed: int | None = None
+    embedding_dimensions: int = 1536
+
+
+@lru_cache(maxsize=256)
+def _completion(n_tokens: int) -> tuple[str, tuple[str, ...], int]:
+    pieces = tuple(WORDS[i % len(WORDS)] for i in range(n_tokens))
+    text = "".join(pieces)
+    counted = len(get_encoding("o200k_base").encode_ordinary(text))
+    return text, pieces, counted
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class MockState:
+    requests_served: int = 0
+    recorded: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=200))
+
+
+class MockUpstream:
+    """The ASGI app. ``MockUpstream(MockOptions(...))``; run it with any ASGI server."""
+
+    def __init__(self, options: MockOptions | None = None) -> None:
+        self.options = options or MockOptions()
+        self.state = MockState()
+        self._rng = random.Random(self.options.seed)
+        self._created = int(time.time())
+        self._fault_total = (
+            self.options.rate_429 + self.options.rate_500 + self.options.rate_hang + self.options.rate_drop
+        )
+        self._auth = f"Bearer {self.options.api_key}".encode() if self.options.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith("/v1/"):
+            path = path[3:]
+        method = scope["method"]
+        if method == "GET":
+            if path == "/models":
+                await self._json(send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]})
+            elif path == "/health":
+                await self._json(send, 200, {"status": "ok", "requests_served": self.state.requests_served})
+            elif path == "/mock/requests":
+                await self._json(send, 200, [r.__dict__ for r in self.state.recorded])
+            else:
+                await self._error(send, 404, "Unknown URL", "invalid_request_error", "unknown_url")
+            return
+        if method != "POST" or path not in ("/chat/completions", "/completions", "/embeddings"):
+            await self._error(send, 404, f"Unknown URL {method} {scope['path']}", "invalid_request_error", "unknown_url")
+            return
+
+        body_bytes = await self._read(receive)
+        if self._auth is not None and (b"authorization", self._auth) not in scope["headers"]:
+            await self._error(send, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return
+        try:
+            body = orjson.loads(body_bytes)
+        except orjson.JSONDecodeError:
+            await self._error(send, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            await self._error(send, 400, "you must provide a model parameter", "invalid_request_error", None)
+            return
+        if self.options.record:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            self.state.recorded.append(RecordedRequest(scope["path"], headers, body))
+        self.state.requests_served += 1
+
+        fault = self._draw_fault()
+        if self.options.latency_ms:
+            await asyncio.sleep(self.options.latency_ms / 1000)
+        if fault == "429":
+            await self._error(
+                send, 429, "Rate limit reached for requests per min (RPM): Limit 500, Used 500, Requested 1.",
+                "requests", "rate_limit_exceeded",
+                headers=[(b"retry-after", f"{self.options.retry_after:g}".encode())],
+            )
+            return
+        if fault == "500":
+            await self._error(send, 500, "The server had an error while processing your request.", "server_error", None)
+            return
+        if fault == "hang":
+            # Answer nothing until the client goes away.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+
+        if path == "/embeddings":
+            await self._embeddings(send, body)
+        elif body.get("stream"):
+            await self._stream(send, body, chat=path == "/chat/completions", drop=fault == "drop")
+        else:
+            await self._complete(send, body, chat=path == "/chat/completions")
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _draw_fault(self) -> str | None:
+        if not self._fault_total:
+            return None
+        o = self.options
+        r = self._rng.random()
+        for name, rate in (("429", o.rate_429), ("500", o.rate_500), ("hang", o.rate_hang), ("drop", o.rate_drop)):
+            if r < rate:
+                return name
+            r -= rate
+        return None
+
+    @staticmethod
+    async def _read(receive: Any) -> bytes:
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        return body
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self._created, "owned_by": "quotagate-mock"}
+
+    @staticmethod
+    async def _json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": _JSON + (headers or [])})
+        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+    async def _error(
+        self, send: Any, status: int, message: str, kind: str, code: str | None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        await self._json(send, status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers)
+
+    def _budget(self, body: dict[str, Any]) -> tuple[int, str]:
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        n = self.options.completion_tokens
+        if isinstance(cap, int) and 0 < cap < n:
+            return cap, "length"
+        return n, "stop"
+
+    @staticmethod
+    def _prompt_tokens(body: dict[str, Any], chat: bool) -> int:
+        encoding = encoding_for_model(body["model"])
+        if chat:
+            return count_chat_tokens(body, encoding)
+        return count_prompt_input(body.get("prompt"), encoding)
+
+    def _ids(self, chat: bool) -> tuple[str, str]:
+        return (
+            f"{'chatcmpl' if chat else 'cmpl'}-{self._rng.getrandbits(64):016x}",
+            "chat.completion" if chat else "text_completion",
+        )
+
+    async def _complete(self, send: Any, body: dict[str, Any], chat: bool) -> None:
+        n, finish = self._budget(body)
+        text, _, completion_tokens = _completion(n)
+        prompt_tokens = self._prompt_tokens(body, chat)
+        response_id, kind = self._ids(chat)
+        choice: dict[str, Any]
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        await self._json(send, 200, {
+            "id": response_id,
+            "object": kind,
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": "fp_quotagate_mock",
+        })
+
+    async def _stream(self, send: Any, body: dict[str, Any], chat: bool, drop: bool) -> None:
+        n, finish = self._budget(body)
+        _, pieces, completion_tokens = _completion(n)
+        prompt_tokens = self._prompt_tokens(body, chat)
+        response_id, kind = self._ids(chat)
+        kind += ".chunk" if chat else ""
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        head = {"id": response_id, "object": kind, "created": int(time.time()), "model": body["model"], "system_fingerprint": "fp_quotagate_mock"}
+        usage_null = {"usage": None} if include_usage else {}
+
+        def event(choice: dict[str, Any]) -> bytes:
+            return b"data: " + orjson.dumps({**head, "choices": [choice], **usage_null}) + b"\n\n"
+
+        events: list[bytes] = []
+        if chat:
+            events.append(event({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}))
+            events.extend(event({"index": 0, "delta": {"content": p}, "logprobs": None, "finish_reason": None}) for p in pieces)
+            events.append(event({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}))
+        else:
+            events.extend(event({"index": 0, "text": p, "logprobs": None, "finish_reason": None}) for p in pieces)
+            events.append(event({"index": 0, "text": "", "logprobs": None, "finish_reason": finish}))
+        if include_usage:
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        if drop:
+            # Half the stream, then the connection is cut: no final chunk, no [DONE].
+            await send({"type": "http.response.body", "body": b"".join(events[: len(events) // 2]), "more_body": True})
+            raise DroppedConnection("fault injected: stream dropped midway")
+        delay = self.options.stream_chunk_delay_ms / 1000
+        if delay:
+            for item in events:
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+                await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+
+    async def _embeddings(self, send: Any, body: dict[str, Any]) -> None:
+        raw_input = body.get("input")
+        inputs: list[Any] = raw_input if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int) else [raw_input]
+        encoding = encoding_for_model(body["model"])
+        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.options.embedding_dimensions
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = _vector(orjson.dumps(item), dims)
+            embedding: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = count_prompt_input(raw_input, encoding)
+        await self._json(send, 200, {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
+
+
+@lru_cache(maxsize=1024)
+def _vector(seed: bytes, dims: int) -> list[float]:
+    # Deterministic per input, unit length: equal inputs get equal embeddings, as with a real model.
+    rng = random.Random(hashlib.blake2b(seed, digest_size=8).digest())
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]

@@ -1,0 +1,212 @@
+"""The admin HTTP API under /admin, guarded by the master key.
+
+    GET    /admin/keys[?user=U]        list keys (never the keys themselves)
+    POST   /admin/keys                 create; the response holds the key, the only time it is shown
+    GET    /admin/keys/{id}
+    PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled
+    POST   /admin/keys/{id}/disable
+    POST   /admin/keys/{id}/enable
+    DELETE /admin/keys/{id}
+    GET    /admin/tiers                the configured tiers and their limits
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..auth import Authenticator, extract_key
+from ..config import Config
+from ..errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from ..keys import KeyRecord, KeyStore
+from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
+
+_ADMIN_BODY_LIMIT = 64 * 1024
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=200)
+    tier: str = Field(min_length=1)
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+    name: str | None = Field(default=None, max_length=200)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class KeyUpdate(KeyCreate):
+    user: str | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+    tier: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+    disabled: bool | None = None
+
+
+def check_key_fields(config: Config, tier: str | None, models: list[str] | None) -> None:
+    """A key's tier and models must exist in the configuration: a typo would lock the user out."""
+    if tier is not None and tier not in config.tiers:
+        raise InvalidRequestError(
+            f"Unknown tier {tier!r}; configured tiers: {', '.join(config.tiers)}.",
+            param="tier",
+            code="unknown_tier",
+        )
+    if models:
+        unknown = [m for m in models if config.model_named(m) is None]
+        if unknown:
+            known = ", ".join(m.name for m in config.models) or "(none)"
+            raise InvalidRequestError(
+                f"Unknown model(s) {', '.join(unknown)}; configured models: {known}.",
+                param="models",
+                code="unknown_model",
+            )
+
+
+def _payload_error(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return InvalidRequestError(
+        f"Invalid '{field}': {first['msg'].removeprefix('Value error, ')}.",
+        param=field,
+        code="invalid_value",
+    )
+
+
+class AdminAPI:
+    def __init__(
+        self,
+        config: Config,
+        store: KeyStore,
+        authenticator: Authenticator,
+        master_key: str | None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.authenticator = authenticator
+        self._master_key = master_key
+
+    def _check_master_key(self, headers: RequestHeaders) -> None:
+        if self._master_key is None:
+            raise PermissionDeniedError(
+                "The admin API is disabled: no master_key is configured.", code="admin_disabled"
+            )
+        given = extract_key(headers.authorization, headers.x_api_key)
+        if not hmac.compare_digest(given.encode(), self._master_key.encode()):
+            raise AuthenticationError("Invalid master key.", code="invalid_master_key")
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders
+    ) -> None:
+        self._check_master_key(headers)
+        method: str = scope["method"]
+        parts = scope["path"].rstrip("/").split("/")[2:]  # after "", "admin"
+        if parts == ["tiers"]:
+            self._allow(method, "GET")
+            tiers = {name: t.model_dump(exclude_none=True) for name, t in self.config.tiers.items()}
+            await send_json(send, 200, {"object": "list", "data": tiers})
+            return
+        if parts[:1] != ["keys"] or len(parts) > 3:
+            raise NotFoundError(f"Unknown admin route {scope['path']}.")
+        if len(parts) == 1:
+            if method == "GET":
+                await self._list(scope, send)
+            elif method == "POST":
+                await self._create(receive, send, headers)
+            else:
+                raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.")
+            return
+        key_id = parts[1]
+        if len(parts) == 3:
+            if parts[2] not in ("disable", "enable"):
+                raise NotFoundError(f"Unknown admin route {scope['path']}.")
+            self._allow(method, "POST")
+            await self._respond_record(send, await self._change(key_id, disabled=parts[2] == "disable"))
+        elif method == "GET":
+            await self._respond_record(send, await self.store.get(key_id), key_id)
+        elif method == "PATCH":
+            await self._update(key_id, receive, send, headers)
+        elif method == "DELETE":
+            record = await self.store.delete(key_id)
+            if record is None:
+                raise self._no_such_key(key_id)
+            self.authenticator.forget(key_id)
+            await send_json(send, 200, {"id": key_id, "object": "key", "deleted": True})
+        else:
+            raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys/{{id}}.")
+
+    @staticmethod
+    def _allow(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise MethodNotAllowedError(f"{method} is not allowed here; use {allowed}.")
+
+    @staticmethod
+    def _no_such_key(key_id: str) -> GatewayError:
+        return NotFoundError(f"No key with id {key_id!r}.", code="key_not_found")
+
+    async def _respond_record(self, send: Send, record: KeyRecord | None, key_id: str = "") -> None:
+        if record is None:
+            raise self._no_such_key(key_id)
+        await send_json(send, 200, {"object": "key", **record.to_public_dict()})
+
+    async def _read_json(self, receive: Receive, headers: RequestHeaders) -> Any:
+        raw = await read_body(receive, headers.content_length, _ADMIN_BODY_LIMIT)
+        try:
+            return orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"Invalid JSON body: {exc.args[0]}.", code="invalid_json") from None
+
+    async def _list(self, scope: Scope, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        user = query.get("user", [None])[0]
+        records = await self.store.list(user=user)
+        await send_json(
+            send, 200, {"object": "list", "data": [{"object": "key", **r.to_public_dict()} for r in records]}
+        )
+
+    async def _create(self, receive: Receive, send: Send, headers: RequestHeaders) -> None:
+        try:
+            payload = KeyCreate.model_validate(await self._read_json(receive, headers))
+        except ValidationError as exc:
+            raise _payload_error(exc) from None
+        check_key_fields(self.config, payload.tier, payload.models)
+        record, key = await self.store.create(
+            user=payload.user,
+            tier=payload.tier,
+            models=payload.models,
+            expires_at=payload.expires_at,
+            name=payload.name,
+        )
+        await send_json(send, 201, {"object": "key", "key": key, **record.to_public_dict()})
+
+    async def _update(self, key_id: str, receive: Receive, send: Send, headers: RequestHeaders) -> None:
+        try:
+            payload = KeyUpdate.model_validate(await self._read_json(receive, headers))
+        except ValidationError as exc:
+            raise _payload_error(exc) from None
+        changes = payload.model_dump(exclude_unset=True)
+        if any(changes.get(f) is None for f in ("user", "tier", "disabled") if f in changes):
+            raise InvalidRequestError("user, tier and disabled cannot be null.", code="invalid_value")
+        check_key_fields(self.config, changes.get("tier"), changes.get("models"))
+        await self._respond_record(send, await self._change(key_id, **changes), key_id)
+
+    async def _change(self, key_id: str, **changes: Any) -> KeyRecord | None:
+        record = await self.store.update(key_id, **changes)
+        if record is None:
+            raise self._no_such_key(key_id)
+        self.authenticator.forget(key_id)
+        return record

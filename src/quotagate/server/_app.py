@@ -1,0 +1,215 @@
+"""The gateway as one ASGI application.
+
+Routing is a dictionary lookup on (method, path): the proxy endpoints are hit thousands of times
+a second and a framework's router would cost more than it gives. Every exception ends here as an
+OpenAI-shaped response; an unexpected one is logged with its traceback and answered with a
+generic 500, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..auth import Authenticator
+from ..config import Config, resolve_secret
+from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
+from ..keys import KeyStore
+from ..upstream import AiohttpTransport, ModelRoutes, Transport
+from ._admin import AdminAPI
+from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Scope, Send, new_request_id, send_bytes, send_json
+from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+
+logger = logging.getLogger("quotagate")
+
+_READY_TIMEOUT = 2.0
+Handler = Callable[[Scope, Receive, Send, RequestHeaders, str], Awaitable[None]]
+
+
+class Gateway:
+    """``Gateway(config)`` is an ASGI app; uvicorn (or any ASGI server) runs it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: KeyStore | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store or KeyStore.from_url(config.database)
+        self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
+        self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
+        self.transport: Transport = transport or AiohttpTransport()
+        self.redis: Redis | None = Redis.from_url(config.redis) if config.redis else None
+        upstream_secrets = tuple(
+            str(t.headers.get("Authorization", "")).removeprefix("Bearer ")
+            for name in self.routes.models
+            for t in self.routes.deployments(name)
+        )
+        self.proxy = Proxy(
+            self.routes,
+            self.authenticator,
+            self.transport,
+            config.server.max_body_bytes,
+            tuple(s for s in upstream_secrets if s),
+        )
+        self.admin = AdminAPI(
+            config, self.store, self.authenticator, resolve_secret(config.master_key, "master_key")
+        )
+        self._started = time.time()
+        self._routes: dict[tuple[str, str], Handler] = {}
+        for prefix in ("/v1", ""):
+            # The OpenAI SDK uses /v1/...; some clients are configured without the prefix.
+            for path, endpoint in (
+                ("/chat/completions", CHAT),
+                ("/completions", COMPLETIONS),
+                ("/embeddings", EMBEDDINGS),
+            ):
+                self._routes[("POST", prefix + path)] = self._proxy_handler(endpoint)
+            self._routes[("GET", prefix + "/models")] = self._list_models
+        self._routes[("GET", "/health")] = self._health
+        self._routes[("GET", "/ready")] = self._ready
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websocket: not served; returning closes it.
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        try:
+            headers = RequestHeaders(scope["headers"])
+            if headers.request_id:
+                request_id = headers.request_id
+            handler = self._route(scope["method"], scope["path"])
+            await handler(scope, receive, send, headers, request_id)
+        except GatewayError as exc:
+            extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+            extra.append((b"x-request-id", request_id.encode()))
+            await send_bytes(send, exc.status, exc.body(), [JSON_CONTENT_TYPE, *extra])
+        except Exception:
+            # A bug, not a client error. The traceback goes to the log, never to the client.
+            logger.exception("unhandled error in request %s", request_id)
+            error = GatewayError("The gateway hit an internal error; it has been logged.", code="internal_error")
+            await send_bytes(
+                send, 500, error.body(), [JSON_CONTENT_TYPE, (b"x-request-id", request_id.encode())]
+            )
+
+    def _route(self, method: str, path: str) -> Handler:
+        handler = self._routes.get((method, path))
+        if handler is not None:
+            return handler
+        if path == "/admin" or path.startswith("/admin/"):
+            return self._admin
+        if path.startswith("/v1/models/") or path.startswith("/models/"):
+            if method != "GET":
+                raise MethodNotAllowedError(f"{method} is not allowed on {path}.")
+            return self._retrieve_model
+        if any(p == path for (_, p) in self._routes):
+            raise MethodNotAllowedError(f"{method} is not allowed on {path}.")
+        raise NotFoundError(f"Unknown route: {method} {path}.", code="unknown_url")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": _startup_problem(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await self.store.create_schema()
+
+    async def shutdown(self) -> None:
+        await self.transport.aclose()
+        await self.store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _proxy_handler(self, endpoint: Endpoint) -> Handler:
+        proxy = self.proxy
+
+        async def handle(
+            scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+        ) -> None:
+            await proxy.handle(endpoint, receive, send, headers, request_id)
+
+        return handle
+
+    async def _admin(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        await self.admin.handle(scope, receive, send, headers)
+
+    def _model_entry(self, name: str) -> dict[str, Any]:
+        targets = self.routes.deployments(name)
+        return {
+            "id": name,
+            "object": "model",
+            "created": int(self._started),
+            "owned_by": targets[0].provider if targets else "quotagate",
+        }
+
+    async def _list_models(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        principal = await self.proxy.authenticate(headers)
+        data = [self._model_entry(name) for name in self.routes.models if principal.may_use(name)]
+        await send_json(send, 200, {"object": "list", "data": data})
+
+    async def _retrieve_model(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        principal = await self.proxy.authenticate(headers)
+        name = scope["path"].split("/models/", 1)[1]
+        self.proxy.check_model(principal, name)
+        await send_json(send, 200, self._model_entry(name))
+
+    async def _health(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        await send_json(send, 200, {"status": "ok"})
+
+    async def _ready(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        checks: dict[str, str] = {}
+        checks["database"] = await _check(self.store.ping())
+        if self.redis is not None:
+            checks["redis"] = await _check(self.redis.ping())
+        ready = all(v == "ok" for v in checks.values())
+        await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
+
+
+async def _check(probe: Awaitable[Any]) -> str:
+    try:
+        await asyncio.wait_for(probe, _READY_TIMEOUT)
+    except TimeoutError:
+        return f"timed out after {_READY_TIMEOUT:g}s"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def _startup_problem(exc: BaseException) -> str:
+    return f"quotagate could not start: {type(exc).__name__}: {exc}"

@@ -1,0 +1,102 @@
+"""Plain-ASGI primitives for the request path.
+
+No framework sits between uvicorn and the proxy: a request is a scope, its headers are read once
+into a small object, and responses are two ``send`` calls. Every microsecond here is paid on
+every request (see bench/).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidRequestError, PayloadTooLargeError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class RequestHeaders:
+    """The few request headers the gateway reads, pulled out in one pass."""
+
+    __slots__ = ("authorization", "content_length", "request_id", "x_api_key")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self.authorization: str | None = None
+        self.x_api_key: str | None = None
+        self.content_length: int | None = None
+        self.request_id: str | None = None
+        for name, value in raw:
+            if name == b"authorization":
+                self.authorization = value.decode("latin-1")
+            elif name == b"x-api-key":
+                self.x_api_key = value.decode("latin-1")
+            elif name == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    raise InvalidRequestError("Invalid Content-Length header.") from None
+            elif name == b"x-request-id":
+                self.request_id = value.decode("latin-1")[:128]
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+async def read_body(receive: Receive, content_length: int | None, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes without reading them all."""
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLargeError(_too_large(limit))
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLargeError(_too_large(limit))
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequestError("The client disconnected while sending the request body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(_too_large(limit))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(limit: int) -> str:
+    return f"Request body is larger than the gateway's limit of {limit} bytes."
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    payload: Any,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [JSON_CONTENT_TYPE]
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send_bytes(send, status, orjson.dumps(payload), headers)

@@ -1,0 +1,122 @@
+"""Running the gateway (and, for the embedded default, its demo upstream) under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvicorn
+
+from ..config import DEMO_MODEL, Config, default_config
+from ..config._defaults import provider_key_configured
+from ..keys import KeyStore
+from ..mock import MockOptions, MockUpstream
+from ._app import Gateway
+
+DEMO_USER = "demo"
+DEMO_KEY_NAME = "demo key"
+
+
+def _loop() -> str:
+    return "uvloop" if sys.platform != "win32" else "asyncio"
+
+
+def uvicorn_config(app: object, host: str, port: int | None = None, sock: socket.socket | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port or 0,
+        loop=_loop(),
+        http="httptools",
+        lifespan="on",
+        # Access logs cost more CPU than the proxying itself; request accounting is the ledger's job.
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_keep_alive=30,
+    )
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
+    """Run the gateway until interrupted."""
+    gateway = Gateway(config)
+    server = uvicorn.Server(uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port))
+    await server.serve()
+    if not server.started:
+        raise SystemExit(1)
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    url: str
+    key: str
+    master_key: str
+    model: str
+    mock_url: str | None
+
+
+async def serve_demo(
+    host: str, port: int, master_key: str | None, announce: Callable[[DemoInfo], None]
+) -> None:
+    """The embedded default: SQLite, in-process limits, and a mock upstream unless a provider
+    key is configured. A fresh demo key is made at every start (keys are stored hashed, so an
+    old one cannot be shown again) and the previous demo keys are deleted."""
+    mock_server: uvicorn.Server | None = None
+    mock_sock: socket.socket | None = None
+    mock_url: str | None = None
+    if not provider_key_configured():
+        mock_sock = bound_socket("127.0.0.1", 0)
+        mock_url = f"http://127.0.0.1:{mock_sock.getsockname()[1]}/v1"
+        mock_server = uvicorn.Server(uvicorn_config(MockUpstream(MockOptions(latency_ms=0)), "127.0.0.1"))
+    config = default_config(mock_url)
+    store = KeyStore.from_url(config.database)
+    await store.create_schema()
+    for record in await store.list(user=DEMO_USER):
+        if record.name == DEMO_KEY_NAME:
+            await store.delete(record.id)
+    _, key = await store.create(user=DEMO_USER, tier="paid", name=DEMO_KEY_NAME)
+    await store.close()
+
+    master = master_key or "qg-admin-" + secrets.token_urlsafe(16)
+    gateway = Gateway(config)
+    gateway.admin._master_key = master
+    gateway_sock = bound_socket(host, port)
+    server = uvicorn.Server(uvicorn_config(gateway, host))
+    actual_port = gateway_sock.getsockname()[1]
+    display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    info = DemoInfo(f"http://{display_host}:{actual_port}/v1", key, master, DEMO_MODEL, mock_url)
+
+    async def announce_when_ready() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.02)
+        announce(info)
+
+    tasks = []
+    if mock_server is not None and mock_sock is not None:
+        tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_sock])))
+    notifier = asyncio.ensure_future(announce_when_ready())
+    try:
+        await server.serve(sockets=[gateway_sock])
+    finally:
+        notifier.cancel()
+        if mock_server is not None:
+            mock_server.should_exit = True
+        for task in tasks:
+            await task
+    if not server.started:
+        raise SystemExit(1)

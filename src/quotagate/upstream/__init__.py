@@ -1,0 +1,14 @@
+"""Upstream: provider endpoints, the pooled HTTP transport, and choosing a deployment."""
+
+from ._deployments import USER_AGENT, DeploymentTarget, ModelRoutes
+from ._transport import AiohttpTransport, Transport, UpstreamRequest, UpstreamResponse
+
+__all__ = [
+    "USER_AGENT",
+    "AiohttpTransport",
+    "DeploymentTarget",
+    "ModelRoutes",
+    "Transport",
+    "UpstreamRequest",
+    "UpstreamResponse",
+]

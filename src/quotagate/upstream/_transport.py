@@ -1,0 +1,144 @@
+"""The bottom of the upstream stack: send one HTTP request to one provider endpoint.
+
+``Transport`` is the seam: retries, circuit breaking and routing are layers above it, and tests
+or embedders can hand in their own. ``AiohttpTransport`` keeps one pooled keep-alive session for
+the process: no per-request client, session or TLS handshake.
+
+aiohttp's errors stop here: they are mapped to ``UpstreamError`` / ``UpstreamTimeoutError`` and
+re-raised ``from exc``. Messages name the deployment, never its URL's secrets or its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from ..errors import UpstreamError, UpstreamTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    # Seconds to wait for the response head, and then between two reads of the body.
+    read_timeout: float
+    connect_timeout: float
+    label: str  # names the deployment in error messages and logs
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send the request and return once the response head has arrived."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_label", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, label: str) -> None:
+        self._response = response
+        self._label = label
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError(f"Upstream {self._label} timed out sending its response.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"Upstream {self._label} failed while sending its response: {_describe(exc)}.") from exc
+        finally:
+            self._response.release()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError(f"Upstream {self._label} stalled mid-stream.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"Upstream {self._label} broke off the stream: {_describe(exc)}.") from exc
+
+    def close(self) -> None:
+        # close(), not release(): a response abandoned mid-body cannot go back to the pool.
+        self._response.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.strerror or type(exc.os_error).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "incomplete response body"
+    return type(exc).__name__
+
+
+class AiohttpTransport:
+    def __init__(self, *, max_connections: int = 0, keepalive_seconds: float = 30.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive = keepalive_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily inside the running loop: aiohttp sessions are bound to the loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,  # 0: no cap; the limit engine decides admission
+                limit_per_host=0,
+                keepalive_timeout=self._keepalive,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # The gateway relays bytes; it sets its own User-Agent rather than aiohttp's.
+                skip_auto_headers=("User-Agent",),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        session = self._get_session()
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=request.connect_timeout, sock_read=request.read_timeout
+        )
+        try:
+            response = await session.post(
+                request.url, data=request.body, headers=dict(request.headers), timeout=timeout
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError(
+                f"Upstream {request.label} did not answer within {request.read_timeout:g}s."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"Upstream {request.label} is unreachable: {_describe(exc)}."
+            ) from exc
+        return _AiohttpResponse(response, request.label)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            # Let aiohttp's transports finish closing before the loop goes away.
+            await asyncio.sleep(0)

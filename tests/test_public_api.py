@@ -1,0 +1,29 @@
+"""The package's public names."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "quotagate": ["__version__"],
+    "quotagate.config": ["Config", "ConfigError", "load_config", "parse_config", "default_config"],
+    "quotagate.errors": ["GatewayError", "InvalidRequestError", "UpstreamError", "UpstreamTimeoutError"],
+    "quotagate.keys": ["KeyStore", "KeyRecord", "hash_key"],
+    "quotagate.auth": ["Authenticator", "Principal"],
+    "quotagate.upstream": ["Transport", "AiohttpTransport", "ModelRoutes"],
+    "quotagate.tokens": ["get_encoding", "count_chat_tokens"],
+    "quotagate.mock": ["MockUpstream", "MockOptions"],
+    "quotagate.server": ["Gateway"],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_all_lists_exactly_what_the_module_exports(module_name: str) -> None:
+    """Every name in __all__ exists, and the documented names are in __all__."""
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        assert hasattr(module, name), f"{module_name}.{name} is in __all__ but missing"
+    for name in PUBLIC[module_name]:
+        assert name in module.__all__, f"{module_name}.{name} is not public"
