@@ -191,10 +191,26 @@ def postgres_url() -> Iterator[str]:
         finally:
             await conn.close()
 
+    def run_sync(sql: str) -> None:
+        # In a thread of its own: the fixture may be requested from inside a running loop.
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _capture(errors, lambda: asyncio.run(run(sql))))
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+
     try:
-        asyncio.run(run(f'CREATE DATABASE "{name}"'))
+        run_sync(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL at {admin_dsn} is needed for these tests (.ci/run starts it): {exc}")
     base = admin_dsn.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _capture(errors: list[BaseException], action: Callable[[], object]) -> None:
+    try:
+        action()
+    except BaseException as exc:
+        errors.append(exc)

@@ -27,8 +27,8 @@ config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -261,7 +261,12 @@ def keys_list(
     if json:
         print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("id", "key", "user", "tier", "models", "expires", "status", "created")
+    table = Table()
+    # Ids and hints are what users copy; they never wrap or get cut, other columns give way.
+    table.add_column("id", no_wrap=True, min_width=20)
+    table.add_column("key", no_wrap=True, min_width=14)
+    for column in ("user", "tier", "models", "expires", "status", "created"):
+        table.add_column(column)
     now = datetime.now(UTC)
     for r in records:
         status = "disabled" if r.disabled else "expired" if r.is_expired(now) else "active"
@@ -271,7 +276,8 @@ def keys_list(
             r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
             status, r.created_at.isoformat(timespec="seconds"),
         )
-    out.print(table)
+    # Piped output has no terminal width to honour; keep rows whole for grep and friends.
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
 
 
 def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None:

@@ -126,7 +126,11 @@ class MockUpstream:
 
         body_bytes = await self._read(receive)
         if self._auth is not None and (b"authorization", self._auth) not in scope["headers"]:
-            await self._error(send, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            # Like OpenAI, echo a masked form of the key that was sent: the gateway must not
+            # pass even that on to its clients.
+            sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
+            masked = f"{sent[:8]}{'*' * max(len(sent) - 12, 0)}{sent[-4:]}" if sent else "(none)"
+            await self._error(send, 401, f"Incorrect API key provided: {masked}.", "invalid_request_error", "invalid_api_key")
             return
         try:
             body = orjson.loads(body_bytes)

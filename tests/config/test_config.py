@@ -1,0 +1,100 @@
+"""The configuration contract and its error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import ConfigError, load_config, missing_secrets, parse_config
+
+CONTRACT = """
+server: {host: 127.0.0.1, port: 4000}
+database: sqlite:///./quotagate.db        # or postgresql://postgres@127.0.0.1:5432/quotagate
+redis: null                                # redis://127.0.0.1:6379/0 selects the shared store
+master_key: env:QUOTAGATE_MASTER_KEY
+tiers:
+  free:       {rpm: 60,   rph: 1000,   tpd: 100000}
+  paid:       {rpm: 600,  rph: 10000,  tpd: 10000000}
+  enterprise: {rpm: 6000, rph: 100000, tpd: 100000000}
+models:
+  - name: gpt-4o-mini
+    deployments:
+      - provider: openai                   # any OpenAI-compatible API
+        base_url: http://127.0.0.1:9000/v1
+        api_key: env:OPENAI_API_KEY
+        model: gpt-4o-mini                 # the name at the provider
+        rpm: 500                           # the provider's limits for this key
+        tpm: 200000
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "quotagate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_contract_loads(tmp_path: Path) -> None:
+    """The configuration shape promised in the docs validates as written."""
+    config = load_config(write(tmp_path, CONTRACT))
+    assert config.server.port == 4000
+    assert config.tiers["paid"].tph is None and config.tiers["paid"].rph == 10000
+    deployment = config.models[0].deployments[0]
+    assert (deployment.url, deployment.api_key, deployment.rpm, deployment.tpm) == ("http://127.0.0.1:9000/v1", "env:OPENAI_API_KEY", 500, 200000)
+
+
+def test_example_config_in_the_repository_loads() -> None:
+    """quotagate.example.yaml stays valid."""
+    load_config(Path(__file__).parents[2] / "quotagate.example.yaml")
+
+
+def test_provider_default_base_url() -> None:
+    """Known providers need no base_url."""
+    config = parse_config({"models": [{"name": "ds", "deployments": [{"provider": "deepseek", "api_key": "env:DS"}]}]})
+    assert config.models[0].deployments[0].url == "https://api.deepseek.com/v1"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"master_key": "sk-plain-secret"}, "master_key: secrets are not written in the config"),
+        ({"models": [{"name": "m", "deployments": [{"base_url": "http://x/v1", "api_key": "sk-123"}]}]}, "models[m].deployments[0].api_key: secrets are not written"),
+        ({"tiers": {"free": {"rpm": -5}}}, "tiers.free.rpm: Input should be greater than 0"),
+        ({"tiers": {"free": {"rpmm": 5}}}, "tiers.free.rpmm: Extra inputs are not permitted"),
+        ({"tiers": {}}, "tiers: at least one tier is needed"),
+        ({"database": "mysql://x"}, "database: must be sqlite:///PATH or postgresql://"),
+        ({"redis": "http://x"}, "redis: must be redis://"),
+        ({"server": {"port": 70000}}, "server.port: Input should be less than or equal to 65535"),
+        ({"models": [{"name": "m", "deployments": []}]}, "models[m].deployments: List should have at least 1 item"),
+        ({"models": [{"name": "m", "deployments": [{"provider": "vllm"}]}]}, "base_url is required for provider 'vllm'"),
+        ({"models": [{"name": "m", "deployments": [{"provider": "nope", "base_url": "http://x"}]}]}, "models[m].deployments[0].provider: Input should be"),
+        (
+            {"models": [{"name": "m", "deployments": [{"base_url": "http://x"}]}, {"name": "m", "deployments": [{"base_url": "http://y"}]}]},
+            "model 'm' is defined twice",
+        ),
+    ],
+)
+def test_invalid_config_names_field_and_problem(data: dict[str, object], expected: str) -> None:
+    """Each mistake is reported with the field's path and what is wrong, not a traceback."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert expected in str(caught.value)
+
+
+def test_file_problems_are_config_errors(tmp_path: Path) -> None:
+    """A missing file, bad YAML or a non-mapping document are clear errors."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "tiers: [unclosed"))
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_secrets_are_listed(tmp_path: Path) -> None:
+    """Every env:NAME that the environment lacks is named."""
+    config = load_config(write(tmp_path, CONTRACT))
+    problems = missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m"})
+    assert problems == ["models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"]
+    assert missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m", "OPENAI_API_KEY": "k"}) == []

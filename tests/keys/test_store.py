@@ -1,0 +1,78 @@
+"""The key store, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from quotagate.auth import Authenticator
+from quotagate.errors import AuthenticationError
+from quotagate.keys import KeyStore, hash_key
+from quotagate.keys._store import api_keys
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterator[KeyStore]:
+    url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    key_store = KeyStore.from_url(url)
+    await key_store.create_schema()
+    async with key_store.engine.begin() as conn:
+        await conn.execute(api_keys.delete())
+    yield key_store
+    await key_store.close()
+
+
+async def test_keys_are_stored_only_hashed(store: KeyStore) -> None:
+    """The database holds the key's hash and a hint, never the key."""
+    record, key = await store.create(user="alice", tier="free")
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(api_keys))).all()
+    assert len(rows) == 1
+    assert key not in repr(rows[0])
+    assert rows[0].key_hash == hash_key(key)
+    assert record.key_hint.startswith(key[:7]) and record.key_hint.endswith(key[-4:])
+
+
+async def test_create_list_update_delete(store: KeyStore) -> None:
+    """Keys round-trip with their user, tier, models and expiry, and can be changed and removed."""
+    expires = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+    first, _ = await store.create(user="alice", tier="free", models=["gpt-4o-mini"], expires_at=expires, name="ci")
+    second, _ = await store.create(user="bob", tier="paid")
+    assert [r.id for r in await store.list()] == [first.id, second.id]
+    assert [r.id for r in await store.list(user="bob")] == [second.id]
+    fetched = await store.get(first.id)
+    assert fetched is not None
+    assert (fetched.user, fetched.tier, fetched.models, fetched.expires_at, fetched.name) == ("alice", "free", ("gpt-4o-mini",), expires, "ci")
+
+    changed = await store.update(first.id, disabled=True, tier="paid", models=None)
+    assert changed is not None and changed.disabled and changed.tier == "paid" and changed.models is None
+    assert await store.update("key_missing", disabled=True) is None
+    assert (await store.delete(second.id)) is not None
+    assert await store.get(second.id) is None
+    assert await store.delete(second.id) is None
+
+
+async def test_authenticator_checks_state_and_caches(store: KeyStore) -> None:
+    """Disabled, expired and unknown keys are refused; a valid key is served from the cache."""
+    clock = [0.0]
+    auth = Authenticator(store, ttl=5.0, monotonic=lambda: clock[0])
+    record, key = await store.create(user="carol", tier="free", models=["a", "b"])
+    principal = await auth.authenticate(key)
+    assert (principal.key_id, principal.user, principal.tier, principal.models) == (record.id, "carol", "free", frozenset({"a", "b"}))
+
+    await store.update(record.id, disabled=True)
+    # Within the TTL, this node still trusts its cached lookup...
+    assert (await auth.authenticate(key)).key_id == record.id
+    clock[0] = 6.0  # ...and after it, the key is refused.
+    with pytest.raises(AuthenticationError, match="disabled"):
+        await auth.authenticate(key)
+
+    await store.update(record.id, disabled=False, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    auth.forget(record.id)
+    with pytest.raises(AuthenticationError, match="expired"):
+        await auth.authenticate(key)
+    with pytest.raises(AuthenticationError, match="Incorrect"):
+        await auth.authenticate("qg-unknown")
