@@ -26,7 +26,9 @@ from quotagate.mock import MockOptions, MockUpstream
 from quotagate.server import Gateway
 from quotagate.server._run import bound_socket, uvicorn_config
 
-POSTGRES_ADMIN_URL = os.environ.get("QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("QUOTAGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 MASTER_KEY = "qg-test-master-" + secrets.token_hex(8)
 
@@ -69,7 +71,9 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[ServerThread]:
-    server = ServerThread(MockUpstream(MockOptions(record=True, api_key="sk-upstream-test-key-123456"))).start()
+    server = ServerThread(
+        MockUpstream(MockOptions(record=True, api_key="sk-upstream-test-key-123456"))
+    ).start()
     yield server
     server.stop()
 
@@ -104,20 +108,34 @@ def gateway_config(database: str, upstream_url: str, **overrides: Any) -> Config
             {
                 "name": "gpt-4o-mini",
                 "deployments": [
-                    {"provider": "openai", "base_url": upstream_url + "/v1", "api_key": "env:TEST_UPSTREAM_KEY", "model": "gpt-4o-mini"}
+                    {
+                        "provider": "openai",
+                        "base_url": upstream_url + "/v1",
+                        "api_key": "env:TEST_UPSTREAM_KEY",
+                        "model": "gpt-4o-mini",
+                    }
                 ],
             },
             {
                 # The gateway's name differs from the provider's: the request is rewritten.
                 "name": "house-model",
                 "deployments": [
-                    {"provider": "openai-compatible", "base_url": upstream_url + "/v1", "api_key": "env:TEST_UPSTREAM_KEY", "model": "gpt-4.1"}
+                    {
+                        "provider": "openai-compatible",
+                        "base_url": upstream_url + "/v1",
+                        "api_key": "env:TEST_UPSTREAM_KEY",
+                        "model": "gpt-4.1",
+                    }
                 ],
             },
             {
                 "name": "text-embedding-3-small",
                 "deployments": [
-                    {"provider": "openai", "base_url": upstream_url + "/v1", "api_key": "env:TEST_UPSTREAM_KEY"}
+                    {
+                        "provider": "openai",
+                        "base_url": upstream_url + "/v1",
+                        "api_key": "env:TEST_UPSTREAM_KEY",
+                    }
                 ],
             },
         ],
@@ -167,7 +185,9 @@ def start_gateway(upstream_env: None, sqlite_url: str) -> Iterator[Callable[...,
 
 
 @pytest.fixture
-def gateway(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str) -> RunningGateway:
+def gateway(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> RunningGateway:
     return start_gateway(gateway_config(sqlite_url, mock_upstream.url))
 
 

@@ -53,7 +53,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        type: str | None = None,  # noqa: A002 - mirrors the OpenAI field name
+        type: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:

@@ -27,7 +27,23 @@ def config_file(tmp_path: Path) -> Path:
 
 def test_keys_create_prints_the_key_last_and_once(config_file: Path) -> None:
     """`keys create` prints the new key exactly once, as its last line."""
-    result = runner.invoke(app, ["keys", "create", "--user", "alice", "--tier", "free", "--models", "gpt-4o-mini", "--expires", "2031-01-01", "--config", str(config_file)])
+    result = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--tier",
+            "free",
+            "--models",
+            "gpt-4o-mini",
+            "--expires",
+            "2031-01-01",
+            "--config",
+            str(config_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     key = lines[-1]
@@ -38,14 +54,21 @@ def test_keys_create_prints_the_key_last_and_once(config_file: Path) -> None:
 
 def test_keys_list_disable_enable_delete(config_file: Path) -> None:
     """The key lifecycle from the command line, against the configured database."""
-    created = runner.invoke(app, ["keys", "create", "--user", "bob", "--tier", "paid", "-c", str(config_file)])
+    created = runner.invoke(
+        app, ["keys", "create", "--user", "bob", "--tier", "paid", "-c", str(config_file)]
+    )
     key = created.output.strip().splitlines()[-1]
     listed = json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)
     assert len(listed) == 1 and listed[0]["user"] == "bob" and key not in json.dumps(listed)
     key_id = listed[0]["id"]
 
     assert runner.invoke(app, ["keys", "disable", key_id, "-c", str(config_file)]).exit_code == 0
-    assert json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)[0]["disabled"] is True
+    assert (
+        json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)[0][
+            "disabled"
+        ]
+        is True
+    )
     table = runner.invoke(app, ["keys", "list", "-c", str(config_file)], terminal_width=200).output
     assert "disabled" in table and key_id in table
     assert runner.invoke(app, ["keys", "enable", key_id, "-c", str(config_file)]).exit_code == 0
@@ -59,9 +82,14 @@ def test_keys_create_refuses_unknown_tier_and_model(config_file: Path) -> None:
     """A typo in the tier or a model fails with the configured choices, and creates nothing."""
     bad_tier = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "gold", "-c", str(config_file)])
     assert bad_tier.exit_code == 1 and "Unknown tier 'gold'; configured tiers: free, paid" in bad_tier.output
-    bad_model = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "free", "--models", "gpt-9", "-c", str(config_file)])
+    bad_model = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "free", "--models", "gpt-9", "-c", str(config_file)]
+    )
     assert bad_model.exit_code == 1 and "gpt-9" in bad_model.output
-    bad_date = runner.invoke(app, ["keys", "create", "--user", "x", "--tier", "free", "--expires", "tomorrow", "-c", str(config_file)])
+    bad_date = runner.invoke(
+        app,
+        ["keys", "create", "--user", "x", "--tier", "free", "--expires", "tomorrow", "-c", str(config_file)],
+    )
     assert bad_date.exit_code == 1 and "--expires" in bad_date.output
     assert json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output) == []
 
@@ -90,7 +118,20 @@ def test_serve_with_invalid_config_fails_with_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "server.port" in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "disable"], ["keys", "delete"], ["mock-upstream"], ["config", "check"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["serve"],
+        ["keys"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "disable"],
+        ["keys", "delete"],
+        ["mock-upstream"],
+        ["config", "check"],
+    ],
+)
 def test_every_command_has_help(command: list[str]) -> None:
     """--help works for each command and describes it."""
     result = runner.invoke(app, [*command, "--help"], terminal_width=120)

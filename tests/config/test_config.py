@@ -41,7 +41,12 @@ def test_the_documented_contract_loads(tmp_path: Path) -> None:
     assert config.server.port == 4000
     assert config.tiers["paid"].tph is None and config.tiers["paid"].rph == 10000
     deployment = config.models[0].deployments[0]
-    assert (deployment.url, deployment.api_key, deployment.rpm, deployment.tpm) == ("http://127.0.0.1:9000/v1", "env:OPENAI_API_KEY", 500, 200000)
+    assert (deployment.url, deployment.api_key, deployment.rpm, deployment.tpm) == (
+        "http://127.0.0.1:9000/v1",
+        "env:OPENAI_API_KEY",
+        500,
+        200000,
+    )
 
 
 def test_example_config_in_the_repository_loads() -> None:
@@ -51,7 +56,9 @@ def test_example_config_in_the_repository_loads() -> None:
 
 def test_provider_default_base_url() -> None:
     """Known providers need no base_url."""
-    config = parse_config({"models": [{"name": "ds", "deployments": [{"provider": "deepseek", "api_key": "env:DS"}]}]})
+    config = parse_config(
+        {"models": [{"name": "ds", "deployments": [{"provider": "deepseek", "api_key": "env:DS"}]}]}
+    )
     assert config.models[0].deployments[0].url == "https://api.deepseek.com/v1"
 
 
@@ -59,18 +66,35 @@ def test_provider_default_base_url() -> None:
     ("data", "expected"),
     [
         ({"master_key": "sk-plain-secret"}, "master_key: secrets are not written in the config"),
-        ({"models": [{"name": "m", "deployments": [{"base_url": "http://x/v1", "api_key": "sk-123"}]}]}, "models[m].deployments[0].api_key: secrets are not written"),
+        (
+            {"models": [{"name": "m", "deployments": [{"base_url": "http://x/v1", "api_key": "sk-123"}]}]},
+            "models[m].deployments[0].api_key: secrets are not written",
+        ),
         ({"tiers": {"free": {"rpm": -5}}}, "tiers.free.rpm: Input should be greater than 0"),
         ({"tiers": {"free": {"rpmm": 5}}}, "tiers.free.rpmm: Extra inputs are not permitted"),
         ({"tiers": {}}, "tiers: at least one tier is needed"),
         ({"database": "mysql://x"}, "database: must be sqlite:///PATH or postgresql://"),
         ({"redis": "http://x"}, "redis: must be redis://"),
         ({"server": {"port": 70000}}, "server.port: Input should be less than or equal to 65535"),
-        ({"models": [{"name": "m", "deployments": []}]}, "models[m].deployments: List should have at least 1 item"),
-        ({"models": [{"name": "m", "deployments": [{"provider": "vllm"}]}]}, "base_url is required for provider 'vllm'"),
-        ({"models": [{"name": "m", "deployments": [{"provider": "nope", "base_url": "http://x"}]}]}, "models[m].deployments[0].provider: Input should be"),
         (
-            {"models": [{"name": "m", "deployments": [{"base_url": "http://x"}]}, {"name": "m", "deployments": [{"base_url": "http://y"}]}]},
+            {"models": [{"name": "m", "deployments": []}]},
+            "models[m].deployments: List should have at least 1 item",
+        ),
+        (
+            {"models": [{"name": "m", "deployments": [{"provider": "vllm"}]}]},
+            "base_url is required for provider 'vllm'",
+        ),
+        (
+            {"models": [{"name": "m", "deployments": [{"provider": "nope", "base_url": "http://x"}]}]},
+            "models[m].deployments[0].provider: Input should be",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "m", "deployments": [{"base_url": "http://x"}]},
+                    {"name": "m", "deployments": [{"base_url": "http://y"}]},
+                ]
+            },
             "model 'm' is defined twice",
         ),
     ],
@@ -96,5 +120,7 @@ def test_missing_secrets_are_listed(tmp_path: Path) -> None:
     """Every env:NAME that the environment lacks is named."""
     config = load_config(write(tmp_path, CONTRACT))
     problems = missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m"})
-    assert problems == ["models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"]
+    assert problems == [
+        "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"
+    ]
     assert missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m", "OPENAI_API_KEY": "k"}) == []

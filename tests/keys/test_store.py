@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from quotagate.auth import Authenticator
 from quotagate.errors import AuthenticationError
-from quotagate.keys import KeyStore, hash_key
+from quotagate.keys import KeyRecord, KeyStore, hash_key
 from quotagate.keys._store import api_keys
 
 
@@ -39,13 +40,21 @@ async def test_keys_are_stored_only_hashed(store: KeyStore) -> None:
 async def test_create_list_update_delete(store: KeyStore) -> None:
     """Keys round-trip with their user, tier, models and expiry, and can be changed and removed."""
     expires = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
-    first, _ = await store.create(user="alice", tier="free", models=["gpt-4o-mini"], expires_at=expires, name="ci")
+    first, _ = await store.create(
+        user="alice", tier="free", models=["gpt-4o-mini"], expires_at=expires, name="ci"
+    )
     second, _ = await store.create(user="bob", tier="paid")
     assert [r.id for r in await store.list()] == [first.id, second.id]
     assert [r.id for r in await store.list(user="bob")] == [second.id]
     fetched = await store.get(first.id)
     assert fetched is not None
-    assert (fetched.user, fetched.tier, fetched.models, fetched.expires_at, fetched.name) == ("alice", "free", ("gpt-4o-mini",), expires, "ci")
+    assert (fetched.user, fetched.tier, fetched.models, fetched.expires_at, fetched.name) == (
+        "alice",
+        "free",
+        ("gpt-4o-mini",),
+        expires,
+        "ci",
+    )
 
     changed = await store.update(first.id, disabled=True, tier="paid", models=None)
     assert changed is not None and changed.disabled and changed.tier == "paid" and changed.models is None
@@ -61,7 +70,12 @@ async def test_authenticator_checks_state_and_caches(store: KeyStore) -> None:
     auth = Authenticator(store, ttl=5.0, monotonic=lambda: clock[0])
     record, key = await store.create(user="carol", tier="free", models=["a", "b"])
     principal = await auth.authenticate(key)
-    assert (principal.key_id, principal.user, principal.tier, principal.models) == (record.id, "carol", "free", frozenset({"a", "b"}))
+    assert (principal.key_id, principal.user, principal.tier, principal.models) == (
+        record.id,
+        "carol",
+        "free",
+        frozenset({"a", "b"}),
+    )
 
     await store.update(record.id, disabled=True)
     # Within the TTL, this node still trusts its cached lookup...
@@ -76,3 +90,27 @@ async def test_authenticator_checks_state_and_caches(store: KeyStore) -> None:
         await auth.authenticate(key)
     with pytest.raises(AuthenticationError, match="Incorrect"):
         await auth.authenticate("qg-unknown")
+
+
+async def test_concurrent_lookups_share_one_query(sqlite_url: str) -> None:
+    """When a busy key's cache entry expires, concurrent requests cause one database query."""
+    store = KeyStore.from_url(sqlite_url)
+    await store.create_schema()
+    _, key = await store.create(user="erin", tier="free")
+    queries = 0
+    original = store.find_by_hash
+
+    async def counting(key_hash: str) -> KeyRecord | None:
+        nonlocal queries
+        queries += 1
+        return await original(key_hash)
+
+    store.find_by_hash = counting  # type: ignore[method-assign]
+    clock = [0.0]
+    auth = Authenticator(store, ttl=5.0, monotonic=lambda: clock[0])
+    results = await asyncio.gather(*(auth.authenticate(key) for _ in range(64)))
+    assert queries == 1 and {p.user for p in results} == {"erin"}
+    clock[0] = 10.0  # expired: the next burst refreshes it, once
+    await asyncio.gather(*(auth.authenticate(key) for _ in range(64)))
+    assert queries == 2
+    await store.close()

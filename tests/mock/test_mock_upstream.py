@@ -19,7 +19,11 @@ def test_usage_is_counted_from_the_request(start_mock: Callable[..., ServerThrea
     mock = start_mock(completion_tokens=12)
     data = httpx.post(mock.url + "/v1/chat/completions", json=BODY).json()
     assert data["usage"]["prompt_tokens"] == count_chat_tokens(BODY, get_encoding("o200k_base"))
-    assert data["usage"]["completion_tokens"] == 12 == len(get_encoding("o200k_base").encode(data["choices"][0]["message"]["content"]))
+    assert (
+        data["usage"]["completion_tokens"]
+        == 12
+        == len(get_encoding("o200k_base").encode(data["choices"][0]["message"]["content"]))
+    )
     capped = httpx.post(mock.url + "/v1/chat/completions", json={**BODY, "max_tokens": 5}).json()
     assert capped["usage"]["completion_tokens"] == 5 and capped["choices"][0]["finish_reason"] == "length"
 
@@ -44,7 +48,12 @@ def test_stream_usage_chunk_only_when_asked(start_mock: Callable[..., ServerThre
 
 def test_faults(start_mock: Callable[..., ServerThread]) -> None:
     """Each fault does what it says: 429 with Retry-After, 500, and a hang until timeout."""
-    assert httpx.post(start_mock(rate_429=1.0, retry_after=3).url + "/v1/chat/completions", json=BODY).headers["retry-after"] == "3"
+    assert (
+        httpx.post(start_mock(rate_429=1.0, retry_after=3).url + "/v1/chat/completions", json=BODY).headers[
+            "retry-after"
+        ]
+        == "3"
+    )
     assert httpx.post(start_mock(rate_500=1.0).url + "/v1/chat/completions", json=BODY).status_code == 500
     hanging = start_mock(rate_hang=1.0)
     try:

@@ -15,26 +15,45 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 def test_admin_requires_the_master_key(gateway: RunningGateway, api_key: str) -> None:
     """No key, a wrong key, or a user's key: refused."""
     assert_openai_error(httpx.get(gateway.url + "/admin/keys"), 401, "missing_api_key")
-    assert_openai_error(httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer nope"}), 401, "invalid_master_key")
-    assert_openai_error(httpx.get(gateway.url + "/admin/keys", headers={"Authorization": f"Bearer {api_key}"}), 401, "invalid_master_key")
+    assert_openai_error(
+        httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer nope"}),
+        401,
+        "invalid_master_key",
+    )
+    assert_openai_error(
+        httpx.get(gateway.url + "/admin/keys", headers={"Authorization": f"Bearer {api_key}"}),
+        401,
+        "invalid_master_key",
+    )
     assert httpx.get(gateway.url + "/admin/keys", headers={"x-api-key": MASTER_KEY}).status_code == 200
 
 
-def test_admin_disabled_without_master_key(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str) -> None:
+def test_admin_disabled_without_master_key(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
     """With no master_key configured the admin API is closed."""
     gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, master_key=None))
-    assert_openai_error(httpx.get(gw.url + "/admin/keys", headers={"Authorization": "Bearer x"}), 403, "admin_disabled")
+    assert_openai_error(
+        httpx.get(gw.url + "/admin/keys", headers={"Authorization": "Bearer x"}), 403, "admin_disabled"
+    )
 
 
 def test_key_lifecycle_over_http(gateway: RunningGateway) -> None:
     """Create, list, read, change, disable, enable and delete a key; each takes effect at once."""
     with gateway.admin() as admin:
-        created = admin.post("/admin/keys", json={"user": "dave", "tier": "paid", "models": ["gpt-4o-mini"], "name": "laptop"})
+        created = admin.post(
+            "/admin/keys", json={"user": "dave", "tier": "paid", "models": ["gpt-4o-mini"], "name": "laptop"}
+        )
         assert created.status_code == 201
         body = created.json()
         key, key_id = body["key"], body["id"]
         assert body["user"] == "dave" and body["tier"] == "paid" and body["models"] == ["gpt-4o-mini"]
-        use = lambda: httpx.post(gateway.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT)  # noqa: E731
+
+        def use() -> httpx.Response:
+            return httpx.post(
+                gateway.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT
+            )
+
         assert use().status_code == 200
 
         listed = admin.get("/admin/keys", params={"user": "dave"}).json()["data"]
@@ -52,7 +71,11 @@ def test_key_lifecycle_over_http(gateway: RunningGateway) -> None:
         assert admin.post(f"/admin/keys/{key_id}/enable").json()["disabled"] is False
         assert use().status_code == 200
 
-        assert admin.delete(f"/admin/keys/{key_id}").json() == {"id": key_id, "object": "key", "deleted": True}
+        assert admin.delete(f"/admin/keys/{key_id}").json() == {
+            "id": key_id,
+            "object": "key",
+            "deleted": True,
+        }
         assert use().status_code == 401
         assert_openai_error(admin.get(f"/admin/keys/{key_id}"), 404, "key_not_found")
         assert_openai_error(admin.delete(f"/admin/keys/{key_id}"), 404, "key_not_found")
@@ -61,12 +84,32 @@ def test_key_lifecycle_over_http(gateway: RunningGateway) -> None:
 def test_bad_admin_payloads_get_400(gateway: RunningGateway) -> None:
     """Unknown tiers, unknown models, bad dates and unknown fields are refused with a reason."""
     with gateway.admin() as admin:
-        assert_openai_error(admin.post("/admin/keys", json={"user": "x", "tier": "platinum"}), 400, "unknown_tier", "tier")
-        assert_openai_error(admin.post("/admin/keys", json={"user": "x", "tier": "free", "models": ["gpt-9"]}), 400, "unknown_model")
-        assert_openai_error(admin.post("/admin/keys", json={"user": "x", "tier": "free", "expires_at": "soon"}), 400, param="expires_at")
-        assert_openai_error(admin.post("/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2030-01-01T00:00:00"}), 400, param="expires_at")
+        assert_openai_error(
+            admin.post("/admin/keys", json={"user": "x", "tier": "platinum"}), 400, "unknown_tier", "tier"
+        )
+        assert_openai_error(
+            admin.post("/admin/keys", json={"user": "x", "tier": "free", "models": ["gpt-9"]}),
+            400,
+            "unknown_model",
+        )
+        assert_openai_error(
+            admin.post("/admin/keys", json={"user": "x", "tier": "free", "expires_at": "soon"}),
+            400,
+            param="expires_at",
+        )
+        assert_openai_error(
+            admin.post(
+                "/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2030-01-01T00:00:00"}
+            ),
+            400,
+            param="expires_at",
+        )
         assert_openai_error(admin.post("/admin/keys", json={"tier": "free"}), 400, param="user")
-        assert_openai_error(admin.post("/admin/keys", json={"user": "x", "tier": "free", "colour": "red"}), 400, param="colour")
+        assert_openai_error(
+            admin.post("/admin/keys", json={"user": "x", "tier": "free", "colour": "red"}),
+            400,
+            param="colour",
+        )
         assert_openai_error(admin.post("/admin/keys", content=b"{oops"), 400, "invalid_json")
         assert_openai_error(admin.put("/admin/keys"), 405)
         assert_openai_error(admin.get("/admin/nothing"), 404)

@@ -16,7 +16,9 @@ from ..conftest import RunningGateway, ServerThread, closed_port, gateway_config
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def assert_openai_error(
+    response: httpx.Response, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
@@ -29,7 +31,14 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     return dict(error)
 
 
-def post(gateway: RunningGateway, key: str | None, body: Any = None, *, content: bytes | None = None, path: str = "/chat/completions") -> httpx.Response:
+def post(
+    gateway: RunningGateway,
+    key: str | None,
+    body: Any = None,
+    *,
+    content: bytes | None = None,
+    path: str = "/chat/completions",
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if content is not None:
         return httpx.post(gateway.v1 + path, headers=headers, content=content, timeout=30)
@@ -48,13 +57,31 @@ def post(gateway: RunningGateway, key: str | None, body: Any = None, *, content:
         (b'{"model": "gpt-4o-mini", "messages": "hi"}', "invalid_type", "messages"),
         (b'{"model": "gpt-4o-mini", "messages": []}', "empty_array", "messages"),
         (b'{"model": "gpt-4o-mini", "messages": ["hi"]}', "invalid_type", "messages[0]"),
-        (b'{"model": "gpt-4o-mini", "messages": [{"content": "x"}]}', "missing_required_parameter", "messages[0].role"),
-        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "stream": "yes"}', "invalid_type", "stream"),
-        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": "10"}', "invalid_type", "max_tokens"),
-        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": 0}', "integer_below_min_value", "max_tokens"),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"content": "x"}]}',
+            "missing_required_parameter",
+            "messages[0].role",
+        ),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "stream": "yes"}',
+            "invalid_type",
+            "stream",
+        ),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": "10"}',
+            "invalid_type",
+            "max_tokens",
+        ),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user"}], "max_tokens": 0}',
+            "integer_below_min_value",
+            "max_tokens",
+        ),
     ],
 )
-def test_bad_chat_bodies_get_400(gateway: RunningGateway, api_key: str, content: bytes, code: str, param: str | None) -> None:
+def test_bad_chat_bodies_get_400(
+    gateway: RunningGateway, api_key: str, content: bytes, code: str, param: str | None
+) -> None:
     """Malformed JSON and missing or wrong-typed fields answer 400 naming the parameter."""
     error = assert_openai_error(post(gateway, api_key, content=content), 400, code, param)
     assert error["type"] == "invalid_request_error"
@@ -70,7 +97,9 @@ def test_bad_chat_bodies_get_400(gateway: RunningGateway, api_key: str, content:
         ("/embeddings", b'{"model": "text-embedding-3-small", "input": "x", "stream": true}', "stream"),
     ],
 )
-def test_bad_completion_and_embedding_bodies_get_400(gateway: RunningGateway, api_key: str, path: str, content: bytes, param: str) -> None:
+def test_bad_completion_and_embedding_bodies_get_400(
+    gateway: RunningGateway, api_key: str, path: str, content: bytes, param: str
+) -> None:
     """The other endpoints check their own required fields."""
     assert_openai_error(post(gateway, api_key, content=content, path=path), 400, param=param)
 
@@ -78,7 +107,11 @@ def test_bad_completion_and_embedding_bodies_get_400(gateway: RunningGateway, ap
 def test_missing_and_invalid_keys_get_401(gateway: RunningGateway) -> None:
     """No key, a malformed header, or an unknown key: 401."""
     assert_openai_error(post(gateway, None, CHAT), 401, "missing_api_key")
-    assert_openai_error(httpx.post(gateway.v1 + "/chat/completions", headers={"Authorization": "Basic abc"}, json=CHAT), 401, "invalid_api_key")
+    assert_openai_error(
+        httpx.post(gateway.v1 + "/chat/completions", headers={"Authorization": "Basic abc"}, json=CHAT),
+        401,
+        "invalid_api_key",
+    )
     assert_openai_error(post(gateway, "qg-not-a-real-key", CHAT), 401, "invalid_api_key")
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=gateway.v1, api_key="qg-wrong", max_retries=0).chat.completions.create(**CHAT)  # type: ignore[call-overload]
@@ -108,10 +141,14 @@ def test_model_rules(gateway: RunningGateway) -> None:
     assert_openai_error(post(gateway, key, {**CHAT, "model": "gpt-9"}), 404, "model_not_found", "model")
     assert_openai_error(post(gateway, key, CHAT), 403, "model_not_allowed", "model")
     with pytest.raises(openai.NotFoundError):
-        OpenAI(base_url=gateway.v1, api_key=key, max_retries=0).chat.completions.create(model="gpt-9", messages=CHAT["messages"])  # type: ignore[arg-type]
+        OpenAI(base_url=gateway.v1, api_key=key, max_retries=0).chat.completions.create(
+            model="gpt-9", messages=CHAT["messages"]
+        )  # type: ignore[arg-type]
 
 
-def test_body_over_the_limit_gets_413(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str) -> None:
+def test_body_over_the_limit_gets_413(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
     """A body over max_body_bytes is refused, whether announced by Content-Length or streamed."""
     gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, server={"max_body_bytes": 2048}))
     key = gw.create_key()["key"]
@@ -123,7 +160,9 @@ def test_body_over_the_limit_gets_413(start_gateway: Callable[..., RunningGatewa
             yield b" " * 512  # no Content-Length: chunked transfer encoding
         yield b"{}"
 
-    response = httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, content=chunks())
+    response = httpx.post(
+        gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, content=chunks()
+    )
     assert_openai_error(response, 413, "request_too_large")
     assert post(gw, key, CHAT).status_code == 200
 
@@ -142,7 +181,9 @@ def test_upstream_unreachable_is_502(start_gateway: Callable[..., RunningGateway
     assert "sk-upstream" not in error["message"]
 
 
-def test_upstream_timeout_is_504(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_upstream_timeout_is_504(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A provider that never answers is cut off after the deployment's timeout: 504."""
     hanging = start_mock(rate_hang=1.0)
     config = gateway_config(sqlite_url, hanging.url)
@@ -152,7 +193,9 @@ def test_upstream_timeout_is_504(start_gateway: Callable[..., RunningGateway], s
     assert_openai_error(post(gw, gw.create_key()["key"], CHAT), 504, "upstream_timeout")
 
 
-def test_upstream_4xx_passes_through(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_upstream_4xx_passes_through(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A provider 429 reaches the client with its message and Retry-After."""
     limited = start_mock(rate_429=1.0, retry_after=7)
     gw = start_gateway(gateway_config(sqlite_url, limited.url))
@@ -162,7 +205,9 @@ def test_upstream_4xx_passes_through(start_gateway: Callable[..., RunningGateway
     assert response.headers["retry-after"] == "7"
 
 
-def test_upstream_5xx_is_502(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_upstream_5xx_is_502(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A provider 500 becomes a 502 carrying the provider's message."""
     failing = start_mock(rate_500=1.0)
     gw = start_gateway(gateway_config(sqlite_url, failing.url))
@@ -171,7 +216,10 @@ def test_upstream_5xx_is_502(start_gateway: Callable[..., RunningGateway], start
 
 
 def test_upstream_rejecting_our_key_is_502_without_the_key(
-    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    start_gateway: Callable[..., RunningGateway],
+    start_mock: Callable[..., ServerThread],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When the provider refuses the gateway's upstream key, the client gets 502, not 401, and no key."""
     strict = start_mock(api_key="sk-the-right-key-000000")

@@ -9,7 +9,9 @@ import httpx
 from ..conftest import REDIS_URL, RunningGateway, ServerThread, closed_port, gateway_config
 
 
-def test_health_and_ready_with_redis(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str) -> None:
+def test_health_and_ready_with_redis(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
     """/health is always up; /ready checks the database and the configured Redis."""
     gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, redis=REDIS_URL))
     assert httpx.get(gw.url + "/health").json() == {"status": "ok"}
@@ -18,9 +20,13 @@ def test_health_and_ready_with_redis(start_gateway: Callable[..., RunningGateway
     assert ready.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
 
 
-def test_not_ready_when_redis_is_down(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str) -> None:
+def test_not_ready_when_redis_is_down(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
     """An unreachable Redis makes /ready answer 503 (and say why) while /health stays 200."""
-    gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, redis=f"redis://127.0.0.1:{closed_port()}/0"))
+    gw = start_gateway(
+        gateway_config(sqlite_url, mock_upstream.url, redis=f"redis://127.0.0.1:{closed_port()}/0")
+    )
     ready = httpx.get(gw.url + "/ready", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "ok"
@@ -28,10 +34,16 @@ def test_not_ready_when_redis_is_down(start_gateway: Callable[..., RunningGatewa
     assert httpx.get(gw.url + "/health").status_code == 200
 
 
-def test_gateway_with_keys_in_postgresql(start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, postgres_url: str) -> None:
+def test_gateway_with_keys_in_postgresql(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, postgres_url: str
+) -> None:
     """With a postgresql:// database the gateway keeps its keys there and is ready."""
     gw = start_gateway(gateway_config(postgres_url, mock_upstream.url))
     key = gw.create_key(user="pg-user")["key"]
-    response = httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 200
     assert httpx.get(gw.url + "/ready").json()["checks"] == {"database": "ok"}

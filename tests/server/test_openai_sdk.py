@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import httpx
 import openai
 import pytest
@@ -12,7 +11,10 @@ from quotagate.tokens import count_chat_tokens, get_encoding
 
 from ..conftest import RunningGateway, ServerThread
 
-MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in three words."}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello in three words."},
+]
 
 
 def test_chat_completion_sync(gateway: RunningGateway, api_key: str) -> None:
@@ -32,7 +34,10 @@ def test_chat_completion_stream_sync(gateway: RunningGateway, api_key: str) -> N
     """A streamed chat completion arrives chunk by chunk, with the usage chunk when asked for."""
     client = OpenAI(base_url=gateway.v1, api_key=api_key, max_retries=0)
     stream = client.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=5,  # type: ignore[arg-type]
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        max_tokens=5,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -60,7 +65,10 @@ def test_legacy_completions(gateway: RunningGateway, api_key: str) -> None:
     assert completion.object == "text_completion"
     assert completion.usage is not None and completion.usage.prompt_tokens == 4
     assert completion.usage.completion_tokens == 4
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model="gpt-4o-mini", prompt="Hi", max_tokens=3, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="gpt-4o-mini", prompt="Hi", max_tokens=3, stream=True)
+    )
     assert streamed == completion.choices[0].text[: len(streamed)] and len(streamed.split()) == 3
 
 
@@ -70,7 +78,9 @@ async def test_embeddings_float_and_base64(gateway: RunningGateway, api_key: str
     result = await client.embeddings.create(model="text-embedding-3-small", input=["hello world", "bye"])
     assert [len(d.embedding) for d in result.data] == [1536, 1536]
     assert result.usage.prompt_tokens == 3
-    floats = await client.embeddings.create(model="text-embedding-3-small", input="hello world", encoding_format="float", dimensions=8)
+    floats = await client.embeddings.create(
+        model="text-embedding-3-small", input="hello world", encoding_format="float", dimensions=8
+    )
     assert len(floats.data[0].embedding) == 8
     again = await client.embeddings.create(model="text-embedding-3-small", input="hello world")
     assert again.data[0].embedding == result.data[0].embedding
@@ -104,7 +114,12 @@ def test_model_name_is_mapped_and_keys_stay_where_they_belong(
     assert len(recorded) == 1
     sent = recorded[0]
     # Everything but the model name passes through unchanged.
-    assert sent["body"] == {"model": "gpt-4.1", "messages": [{"role": "user", "content": marker}], "temperature": 0.25, "user": "u-1"}
+    assert sent["body"] == {
+        "model": "gpt-4.1",
+        "messages": [{"role": "user", "content": marker}],
+        "temperature": 0.25,
+        "user": "u-1",
+    }
     assert sent["headers"]["authorization"] == "Bearer sk-upstream-test-key-123456"
     assert api_key not in str(sent["headers"])
     assert "x-api-key" not in sent["headers"]

@@ -26,7 +26,13 @@ def test_first_chunk_arrives_before_the_stream_ends(
     key = gw.create_key()["key"]
     started = time.monotonic()
     arrivals: list[float] = []
-    with httpx.stream("POST", gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=STREAM_CHAT, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json=STREAM_CHAT,
+        timeout=30,
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -46,10 +52,15 @@ def test_upstream_drop_midstream_reaches_the_sdk_as_an_error(
     gw = start_gateway(gateway_config(sqlite_url, dropping.url))
     client = OpenAI(base_url=gw.v1, api_key=gw.create_key()["key"], max_retries=0)
     received: list[str] = []
-    with pytest.raises(openai.APIError, match="broke off the stream"):
-        for chunk in client.chat.completions.create(**STREAM_CHAT):  # type: ignore[call-overload]
+    stream = client.chat.completions.create(**STREAM_CHAT)  # type: ignore[call-overload]
+
+    def read_all() -> None:
+        for chunk in stream:
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        read_all()
     assert 0 < len(received) < 11  # what came before the drop was delivered
     # The gateway is unharmed.
     assert httpx.get(gw.url + "/health").status_code == 200
@@ -71,6 +82,8 @@ async def test_client_disconnect_midstream_frees_the_gateway(
             response.close()  # hang up after the first event
         await asyncio.sleep(0.3)
         # The gateway serves new requests at once.
-        async with session.post(gw.v1 + "/chat/completions", json={**STREAM_CHAT, "stream": False}, headers=headers) as ok:
+        async with session.post(
+            gw.v1 + "/chat/completions", json={**STREAM_CHAT, "stream": False}, headers=headers
+        ) as ok:
             assert ok.status == 200
             assert (await ok.json())["usage"]["completion_tokens"] == 20

@@ -12,7 +12,7 @@ SAMPLES = [
     "Hello, world!",
     "The quick brown fox jumps over the lazy dog. 1234567890",
     "def add(a, b):\n    return a + b\n\n\n# comment with trailing spaces   \n",
-    "Unicode: héllo wörld, 你好，世界, こんにちは, emoji 🎉🚀, Ünïcödé",
+    "Unicode: héllo wörld, 你好\uff0c世界, こんにちは, emoji 🎉🚀, Ünïcödé",
     "   leading and trailing whitespace\t\t\n\n",
     "<|endoftext|> is plain text when it comes from a user",
     "I'm sure they'll say we've done it; THEY'RE RIGHT.",
@@ -42,7 +42,12 @@ def test_model_to_encoding() -> None:
 def test_chat_prompt_count_follows_openai_recipe() -> None:
     """3 tokens per message, 1 per name, 3 to prime the reply, plus the contents."""
     enc = get_encoding("o200k_base")
-    body = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "name": "ann", "content": "Hi there"}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "name": "ann", "content": "Hi there"},
+        ]
+    }
     contents = len(enc.encode("Be brief.")) + len(enc.encode("Hi there")) + len(enc.encode("ann"))
     assert count_chat_tokens(body, enc) == 3 + 2 * 3 + 1 + contents
 

@@ -11,6 +11,7 @@ Expiry is checked against the clock on every request, never cached.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,6 +55,9 @@ class Authenticator:
         self._now = now
         # key hash -> (record or None for "no such key", monotonic time it was fetched)
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        # Bumped by forget(): a lookup that started before a key changed must not cache it.
+        self._generation = 0
 
     async def authenticate(self, key: str) -> Principal:
         key_hash = hash_key(key)
@@ -82,21 +86,33 @@ class Authenticator:
             ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
             if now - fetched < ttl:
                 return record
+        # Single flight: when a busy key's entry expires, the hundreds of requests in flight
+        # with it share one database query instead of each sending its own.
+        pending = self._inflight.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(key_hash, now))
+            self._inflight[key_hash] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        # shield: one waiter being cancelled (its client left) must not cancel the others' query.
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, key_hash: str, now: float) -> KeyRecord | None:
+        generation = self._generation
         try:
             record = await self._store.find_by_hash(key_hash)
         except Exception as exc:
             # Keys already in the cache keep working through a database outage; new ones cannot
             # be checked, which is a 503 (try again), not a 401 (your key is wrong).
-            raise ServiceUnavailableError(
-                "The key database is unavailable; try again shortly."
-            ) from exc
-        if len(self._cache) >= _MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[key_hash] = (record, now)
+            raise ServiceUnavailableError("The key database is unavailable; try again shortly.") from exc
+        if generation == self._generation:
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key_hash] = (record, now)
         return record
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was disabled, deleted or changed on this node)."""
-        stale = [h for h, (rec, _) in self._cache.items() if rec is not None and rec.id == key_id]
+        stale = [h for h, (rec, _) in list(self._cache.items()) if rec is not None and rec.id == key_id]
         for key_hash in stale:
             del self._cache[key_hash]
+        self._generation += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +65,12 @@ def _config(path: Path | None) -> Config | None:
 @app.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: from config, else 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: from config, else 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")
+    ] = None,
 ) -> None:
     """Run the gateway.
 
@@ -80,7 +85,12 @@ def serve(
     try:
         if loaded is None:
             asyncio.run(
-                serve_demo(host or "127.0.0.1", port if port is not None else 4000, os.environ.get("QUOTAGATE_MASTER_KEY"), _announce_demo)
+                serve_demo(
+                    host or "127.0.0.1",
+                    port if port is not None else 4000,
+                    os.environ.get("QUOTAGATE_MASTER_KEY"),
+                    _announce_demo,
+                )
             )
         else:
             asyncio.run(run_gateway(loaded, host, port))
@@ -96,17 +106,22 @@ def _announce_demo(info: Any) -> None:
     out.print(f"model [bold]{info.model}[/bold] is served by {upstream}")
     out.print(f"admin (master) key: {info.master_key}")
     out.print("\nTry it:\n")
-    out.print(
+    curl = (
         f"curl {info.url}/chat/completions -H 'Authorization: Bearer {info.key}' "
-        f"-H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{info.model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
-        soft_wrap=True,
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{info.model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
     )
-    out.print(
-        f"\npython -c \"from openai import OpenAI; c = OpenAI(base_url='{info.url}', api_key='{info.key}'); "
-        f"print(c.chat.completions.create(model='{info.model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"",
-        soft_wrap=True,
+    sdk = (
+        f'python -c "from openai import OpenAI; '
+        f"c = OpenAI(base_url='{info.url}', api_key='{info.key}'); "
+        f"r = c.chat.completions.create(model='{info.model}', "
+        "messages=[{'role': 'user', 'content': 'Hello!'}]); "
+        'print(r.choices[0].message.content)"'
     )
+    # markup=False: the JSON's brackets are text, not rich markup.
+    out.print(curl, markup=False)
+    out.print()
+    out.print(sdk, markup=False)
     out.print("\nPress Ctrl+C to stop.\nDemo key:")
     out.print(info.key, soft_wrap=True)
 
@@ -119,15 +134,26 @@ def mock_upstream(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
     latency_ms: Annotated[float, typer.Option(help="Delay before each response, in milliseconds.")] = 0.0,
-    completion_tokens: Annotated[int, typer.Option(help="Tokens generated per completion (fewer if max_tokens is lower).")] = 16,
-    stream_chunk_delay_ms: Annotated[float, typer.Option(help="Delay between stream chunks (slow streams).")] = 0.0,
-    rate_429: Annotated[float, typer.Option("--rate-429", help="Share of requests answered 429 with Retry-After.")] = 0.0,
+    completion_tokens: Annotated[
+        int, typer.Option(help="Tokens generated per completion (fewer if max_tokens is lower).")
+    ] = 16,
+    stream_chunk_delay_ms: Annotated[
+        float, typer.Option(help="Delay between stream chunks (slow streams).")
+    ] = 0.0,
+    rate_429: Annotated[
+        float, typer.Option("--rate-429", help="Share of requests answered 429 with Retry-After.")
+    ] = 0.0,
     retry_after: Annotated[float, typer.Option(help="Retry-After seconds sent with the 429s.")] = 1.0,
     rate_500: Annotated[float, typer.Option("--rate-500", help="Share of requests answered 500.")] = 0.0,
     rate_hang: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
     rate_drop: Annotated[float, typer.Option(help="Share of streams cut off midway.")] = 0.0,
-    api_key: Annotated[str | None, typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY")] = None,
-    record: Annotated[bool, typer.Option(help="Keep the last 200 requests, served at GET /mock/requests.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY"),
+    ] = None,
+    record: Annotated[
+        bool, typer.Option(help="Keep the last 200 requests, served at GET /mock/requests.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed for the fault draws, for repeatable runs.")] = None,
 ) -> None:
     """Run a fast OpenAI-compatible mock provider (chat, completions, embeddings, models)."""
@@ -136,7 +162,12 @@ def mock_upstream(
     from ..mock import MockOptions, MockUpstream
     from ..server._run import uvicorn_config
 
-    for name, rate in (("--rate-429", rate_429), ("--rate-500", rate_500), ("--rate-hang", rate_hang), ("--rate-drop", rate_drop)):
+    for name, rate in (
+        ("--rate-429", rate_429),
+        ("--rate-500", rate_500),
+        ("--rate-hang", rate_hang),
+        ("--rate-drop", rate_drop),
+    ):
         if not 0.0 <= rate <= 1.0:
             raise _fail(f"{name} must be between 0 and 1, got {rate}")
     if rate_429 + rate_500 + rate_hang + rate_drop > 1.0:
@@ -158,10 +189,8 @@ def mock_upstream(
     config = uvicorn_config(MockUpstream(options), host, port)
     # The injected drops surface as "Exception in ASGI application"; they are intended.
     config.log_level = "critical"
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run()
-    except KeyboardInterrupt:
-        pass
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -224,8 +253,12 @@ def _parse_expiry(value: str | None) -> datetime | None:
 def keys_create(
     user: Annotated[str, typer.Option(help="The user the key belongs to.")],
     tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
-    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use [default: all].")] = None,
-    expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the key may use [default: all].")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -239,7 +272,11 @@ def keys_create(
     except Exception as exc:
         raise _fail(str(exc)) from None
     expires_at = _parse_expiry(expires)
-    record, key = _run(_with_store(cfg, lambda s: s.create(user=user, tier=tier, models=model_list, expires_at=expires_at, name=name)))
+    record, key = _run(
+        _with_store(
+            cfg, lambda s: s.create(user=user, tier=tier, models=model_list, expires_at=expires_at, name=name)
+        )
+    )
     out.print(f"created key {record.id} for user {record.user} on tier {record.tier}", soft_wrap=True)
     if record.models is not None:
         out.print(f"models: {', '.join(record.models)}")
@@ -271,10 +308,14 @@ def keys_list(
     for r in records:
         status = "disabled" if r.disabled else "expired" if r.is_expired(now) else "active"
         table.add_row(
-            r.id, r.key_hint, r.user, r.tier,
+            r.id,
+            r.key_hint,
+            r.user,
+            r.tier,
             ", ".join(r.models) if r.models is not None else "all",
             r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
-            status, r.created_at.isoformat(timespec="seconds"),
+            status,
+            r.created_at.isoformat(timespec="seconds"),
         )
     # Piped output has no terminal width to honour; keep rows whole for grep and friends.
     (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
@@ -288,19 +329,25 @@ def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None
 
 
 @keys_app.command("disable")
-def keys_disable(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+def keys_disable(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
+) -> None:
     """Disable a key: requests with it get 401 until it is enabled again."""
     _change(key_id, config, "disabled", disabled=True)
 
 
 @keys_app.command("enable")
-def keys_enable(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+def keys_enable(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
+) -> None:
     """Enable a disabled key."""
     _change(key_id, config, "enabled", disabled=False)
 
 
 @keys_app.command("delete")
-def keys_delete(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None) -> None:
+def keys_delete(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
+) -> None:
     """Delete a key for good."""
     record = _run(_with_store(_key_config(config), lambda s: s.delete(key_id)))
     if record is None:

@@ -143,8 +143,9 @@ class KeyStore:
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it in clear; this is the only time it exists in clear."""
         key = new_key()
+        key_id = new_key_id()
         values = {
-            "id": new_key_id(),
+            "id": key_id,
             "key_hash": hash_key(key),
             "key_hint": key_hint(key),
             "name": name,
@@ -157,7 +158,7 @@ class KeyStore:
         }
         async with self.engine.begin() as conn:
             await conn.execute(api_keys.insert().values(**values))
-        record = await self.get(values["id"])
+        record = await self.get(key_id)
         assert record is not None
         return record, key
 
@@ -168,9 +169,7 @@ class KeyStore:
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash))
-            ).first()
+            row = (await conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash))).first()
         return _record(row) if row else None
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:
@@ -194,9 +193,7 @@ class KeyStore:
             values["expires_at"] = values["expires_at"].astimezone(UTC)
         if values:
             async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    api_keys.update().where(api_keys.c.id == key_id).values(**values)
-                )
+                result = await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
                 if result.rowcount == 0:
                     return None
         return await self.get(key_id)

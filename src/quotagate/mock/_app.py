@@ -32,8 +32,27 @@ Scope = dict[str, Any]
 # Words that are one token each in o200k_base and cl100k_base (checked by a test), so the text
 # of N tokens is simply N words.
 WORDS = (
-    " the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", " and", " then",
-    " runs", " back", " to", " its", " home", " in", " a", " small", " town", " near", " river",
+    " the",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " lazy",
+    " dog",
+    " and",
+    " then",
+    " runs",
+    " back",
+    " to",
+    " its",
+    " home",
+    " in",
+    " a",
+    " small",
+    " town",
+    " near",
+    " river",
 )
 DEFAULT_COMPLETION_TOKENS = 16
 _JSON = [(b"content-type", b"application/json")]
@@ -112,7 +131,9 @@ class MockUpstream:
         method = scope["method"]
         if method == "GET":
             if path == "/models":
-                await self._json(send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]})
+                await self._json(
+                    send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]}
+                )
             elif path == "/health":
                 await self._json(send, 200, {"status": "ok", "requests_served": self.state.requests_served})
             elif path == "/mock/requests":
@@ -121,7 +142,9 @@ class MockUpstream:
                 await self._error(send, 404, "Unknown URL", "invalid_request_error", "unknown_url")
             return
         if method != "POST" or path not in ("/chat/completions", "/completions", "/embeddings"):
-            await self._error(send, 404, f"Unknown URL {method} {scope['path']}", "invalid_request_error", "unknown_url")
+            await self._error(
+                send, 404, f"Unknown URL {method} {scope['path']}", "invalid_request_error", "unknown_url"
+            )
             return
 
         body_bytes = await self._read(receive)
@@ -130,12 +153,20 @@ class MockUpstream:
             # pass even that on to its clients.
             sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
             masked = f"{sent[:8]}{'*' * max(len(sent) - 12, 0)}{sent[-4:]}" if sent else "(none)"
-            await self._error(send, 401, f"Incorrect API key provided: {masked}.", "invalid_request_error", "invalid_api_key")
+            await self._error(
+                send,
+                401,
+                f"Incorrect API key provided: {masked}.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
             return
         try:
             body = orjson.loads(body_bytes)
         except orjson.JSONDecodeError:
-            await self._error(send, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
+            await self._error(
+                send, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+            )
             return
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             await self._error(send, 400, "you must provide a model parameter", "invalid_request_error", None)
@@ -150,13 +181,18 @@ class MockUpstream:
             await asyncio.sleep(self.options.latency_ms / 1000)
         if fault == "429":
             await self._error(
-                send, 429, "Rate limit reached for requests per min (RPM): Limit 500, Used 500, Requested 1.",
-                "requests", "rate_limit_exceeded",
+                send,
+                429,
+                "Rate limit reached for requests per min (RPM): Limit 500, Used 500, Requested 1.",
+                "requests",
+                "rate_limit_exceeded",
                 headers=[(b"retry-after", f"{self.options.retry_after:g}".encode())],
             )
             return
         if fault == "500":
-            await self._error(send, 500, "The server had an error while processing your request.", "server_error", None)
+            await self._error(
+                send, 500, "The server had an error while processing your request.", "server_error", None
+            )
             return
         if fault == "hang":
             # Answer nothing until the client goes away.
@@ -178,7 +214,12 @@ class MockUpstream:
             return None
         o = self.options
         r = self._rng.random()
-        for name, rate in (("429", o.rate_429), ("500", o.rate_500), ("hang", o.rate_hang), ("drop", o.rate_drop)):
+        for name, rate in (
+            ("429", o.rate_429),
+            ("500", o.rate_500),
+            ("hang", o.rate_hang),
+            ("drop", o.rate_drop),
+        ):
             if r < rate:
                 return name
             r -= rate
@@ -197,15 +238,24 @@ class MockUpstream:
         return {"id": name, "object": "model", "created": self._created, "owned_by": "quotagate-mock"}
 
     @staticmethod
-    async def _json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _json(
+        send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         await send({"type": "http.response.start", "status": status, "headers": _JSON + (headers or [])})
         await send({"type": "http.response.body", "body": orjson.dumps(payload)})
 
     async def _error(
-        self, send: Any, status: int, message: str, kind: str, code: str | None,
+        self,
+        send: Any,
+        status: int,
+        message: str,
+        kind: str,
+        code: str | None,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        await self._json(send, status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers)
+        await self._json(
+            send, status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers
+        )
 
     def _budget(self, body: dict[str, Any]) -> tuple[int, str]:
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -234,22 +284,31 @@ class MockUpstream:
         response_id, kind = self._ids(chat)
         choice: dict[str, Any]
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        await self._json(send, 200, {
-            "id": response_id,
-            "object": kind,
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+        await self._json(
+            send,
+            200,
+            {
+                "id": response_id,
+                "object": kind,
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "system_fingerprint": "fp_quotagate_mock",
             },
-            "system_fingerprint": "fp_quotagate_mock",
-        })
+        )
 
     async def _stream(self, send: Any, body: dict[str, Any], chat: bool, drop: bool) -> None:
         n, finish = self._budget(body)
@@ -259,7 +318,13 @@ class MockUpstream:
         kind += ".chunk" if chat else ""
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        head = {"id": response_id, "object": kind, "created": int(time.time()), "model": body["model"], "system_fingerprint": "fp_quotagate_mock"}
+        head = {
+            "id": response_id,
+            "object": kind,
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "fp_quotagate_mock",
+        }
         usage_null = {"usage": None} if include_usage else {}
 
         def event(choice: dict[str, Any]) -> bytes:
@@ -267,21 +332,45 @@ class MockUpstream:
 
         events: list[bytes] = []
         if chat:
-            events.append(event({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}))
-            events.extend(event({"index": 0, "delta": {"content": p}, "logprobs": None, "finish_reason": None}) for p in pieces)
+            events.append(
+                event(
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
+            )
+            events.extend(
+                event({"index": 0, "delta": {"content": p}, "logprobs": None, "finish_reason": None})
+                for p in pieces
+            )
             events.append(event({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}))
         else:
-            events.extend(event({"index": 0, "text": p, "logprobs": None, "finish_reason": None}) for p in pieces)
+            events.extend(
+                event({"index": 0, "text": p, "logprobs": None, "finish_reason": None}) for p in pieces
+            )
             events.append(event({"index": 0, "text": "", "logprobs": None, "finish_reason": finish}))
         if include_usage:
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
             events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
 
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         if drop:
             # Half the stream, then the connection is cut: no final chunk, no [DONE].
-            await send({"type": "http.response.body", "body": b"".join(events[: len(events) // 2]), "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"".join(events[: len(events) // 2]),
+                    "more_body": True,
+                }
+            )
             raise DroppedConnection("fault injected: stream dropped midway")
         delay = self.options.stream_chunk_delay_ms / 1000
         if delay:
@@ -294,22 +383,36 @@ class MockUpstream:
 
     async def _embeddings(self, send: Any, body: dict[str, Any]) -> None:
         raw_input = body.get("input")
-        inputs: list[Any] = raw_input if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int) else [raw_input]
+        inputs: list[Any] = (
+            raw_input
+            if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int)
+            else [raw_input]
+        )
         encoding = encoding_for_model(body["model"])
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.options.embedding_dimensions
+        dims = (
+            body.get("dimensions")
+            if isinstance(body.get("dimensions"), int)
+            else self.options.embedding_dimensions
+        )
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, item in enumerate(inputs):
             vector = _vector(orjson.dumps(item), dims)
-            embedding: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         tokens = count_prompt_input(raw_input, encoding)
-        await self._json(send, 200, {
-            "object": "list",
-            "data": data,
-            "model": body["model"],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
+        await self._json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
 
 @lru_cache(maxsize=1024)

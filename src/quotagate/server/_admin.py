@@ -1,13 +1,13 @@
 """The admin HTTP API under /admin, guarded by the master key.
 
-    GET    /admin/keys[?user=U]        list keys (never the keys themselves)
-    POST   /admin/keys                 create; the response holds the key, the only time it is shown
-    GET    /admin/keys/{id}
-    PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled
-    POST   /admin/keys/{id}/disable
-    POST   /admin/keys/{id}/enable
-    DELETE /admin/keys/{id}
-    GET    /admin/tiers                the configured tiers and their limits
+GET    /admin/keys[?user=U]        list keys (never the keys themselves)
+POST   /admin/keys                 create; the response holds the key, the only time it is shown
+GET    /admin/keys/{id}
+PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled
+POST   /admin/keys/{id}/disable
+POST   /admin/keys/{id}/enable
+DELETE /admin/keys/{id}
+GET    /admin/tiers                the configured tiers and their limits
 """
 
 from __future__ import annotations
@@ -109,9 +109,7 @@ class AdminAPI:
         if not hmac.compare_digest(given.encode(), self._master_key.encode()):
             raise AuthenticationError("Invalid master key.", code="invalid_master_key")
 
-    async def handle(
-        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders
-    ) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders) -> None:
         self._check_master_key(headers)
         method: str = scope["method"]
         parts = scope["path"].rstrip("/").split("/")[2:]  # after "", "admin"

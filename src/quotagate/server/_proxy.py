@@ -62,9 +62,7 @@ class Proxy:
         self._secrets = upstream_secrets
 
     async def authenticate(self, headers: RequestHeaders) -> Principal:
-        return await self.authenticator.authenticate(
-            extract_key(headers.authorization, headers.x_api_key)
-        )
+        return await self.authenticator.authenticate(extract_key(headers.authorization, headers.x_api_key))
 
     def check_model(self, principal: Principal, model: str) -> None:
         # An unknown model and a model the key may not use get different answers, as on OpenAI:
@@ -115,9 +113,7 @@ class Proxy:
         id_header = (b"x-request-id", request_id.encode())
         if response.status >= 300:
             body = await response.read()
-            raise upstream_status_error(
-                response.status, body, response.headers, target.label, self._secrets
-            )
+            raise upstream_status_error(response.status, body, response.headers, target.label, self._secrets)
         content_type = response.headers.get("content-type", "")
         if request.stream and content_type.startswith("text/event-stream"):
             await self._relay_stream(response, receive, send, id_header)
@@ -127,7 +123,10 @@ class Proxy:
             send,
             response.status,
             body,
-            [(b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE, id_header],
+            [
+                (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE,
+                id_header,
+            ],
         )
 
     async def _relay_stream(
@@ -137,9 +136,7 @@ class Proxy:
         send: Send,
         id_header: tuple[bytes, bytes],
     ) -> None:
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]})
         relay_task = asyncio.current_task()
         assert relay_task is not None
         client_gone = False
@@ -175,7 +172,11 @@ class Proxy:
                 # The status line has gone; an error event is the only way left to tell the
                 # client. The OpenAI SDKs raise it as an APIError.
                 await send(
-                    {"type": "http.response.body", "body": b"data: " + exc.body() + b"\n\n", "more_body": True}
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + exc.body() + b"\n\n",
+                        "more_body": True,
+                    }
                 )
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

@@ -25,7 +25,9 @@ def _loop() -> str:
     return "uvloop" if sys.platform != "win32" else "asyncio"
 
 
-def uvicorn_config(app: object, host: str, port: int | None = None, sock: socket.socket | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    app: object, host: str, port: int | None = None, sock: socket.socket | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -53,7 +55,9 @@ def bound_socket(host: str, port: int) -> socket.socket:
 async def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until interrupted."""
     gateway = Gateway(config)
-    server = uvicorn.Server(uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port))
+    server = uvicorn.Server(
+        uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port)
+    )
     await server.serve()
     if not server.started:
         raise SystemExit(1)

@@ -52,9 +52,7 @@ class ParsedRequest:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw:
-        raise InvalidRequestError(
-            "The request body is empty; send a JSON object.", code="invalid_json"
-        )
+        raise InvalidRequestError("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -83,9 +81,7 @@ def _model_and_stream(body: dict[str, Any], streams: bool) -> tuple[str, bool]:
     if not isinstance(stream, bool):
         raise _wrong_type("stream", "a boolean", stream)
     if stream and not streams:
-        raise InvalidRequestError(
-            "This endpoint does not stream.", param="stream", code="invalid_value"
-        )
+        raise InvalidRequestError("This endpoint does not stream.", param="stream", code="invalid_value")
     for cap in ("max_tokens", "max_completion_tokens"):
         value = body.get(cap)
         if value is None:
@@ -123,7 +119,9 @@ def parse_chat(raw: bytes) -> ParsedRequest:
             raise _wrong_type(param, "an object", message)
         role = message.get("role")
         if not isinstance(role, str):
-            raise (_missing(f"{param}.role") if role is None else _wrong_type(f"{param}.role", "a string", role))
+            raise (
+                _missing(f"{param}.role") if role is None else _wrong_type(f"{param}.role", "a string", role)
+            )
     return ParsedRequest(body, model, stream)
 
 
@@ -146,9 +144,7 @@ def _check_prompt_like(body: dict[str, Any], param: str) -> None:
             return
         if all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
             return
-    raise _wrong_type(
-        param, "a string, an array of strings, or an array of token arrays", value
-    )
+    raise _wrong_type(param, "a string, an array of strings, or an array of token arrays", value)
 
 
 def parse_completion(raw: bytes) -> ParsedRequest:

@@ -10,8 +10,8 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..config import Config, Deployment, ModelConfig, resolve_secret
 from .._version import __version__
+from ..config import Config, Deployment, ModelConfig, resolve_secret
 
 USER_AGENT = f"quotagate/{__version__}"
 
@@ -34,9 +34,7 @@ class DeploymentTarget:
 
 
 def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> DeploymentTarget:
-    key = resolve_secret(
-        deployment.api_key, f"models[{model.name}].deployments[{index}].api_key"
-    )
+    key = resolve_secret(deployment.api_key, f"models[{model.name}].deployments[{index}].api_key")
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"

@@ -65,7 +65,9 @@ class _AiohttpResponse:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(f"Upstream {self._label} timed out sending its response.") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream {self._label} failed while sending its response: {_describe(exc)}.") from exc
+            raise UpstreamError(
+                f"Upstream {self._label} failed while sending its response: {_describe(exc)}."
+            ) from exc
         finally:
             self._response.release()
 
@@ -131,9 +133,7 @@ class AiohttpTransport:
                 f"Upstream {request.label} did not answer within {request.read_timeout:g}s."
             ) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Upstream {request.label} is unreachable: {_describe(exc)}."
-            ) from exc
+            raise UpstreamError(f"Upstream {request.label} is unreachable: {_describe(exc)}.") from exc
         return _AiohttpResponse(response, request.label)
 
     async def aclose(self) -> None:

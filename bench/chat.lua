@@ -1,0 +1,6 @@
+-- wrk script: POST a small chat completion. KEY comes from the environment.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("KEY")
+if key then wrk.headers["Authorization"] = "Bearer " .. key end
+wrk.body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in three words."}], "max_tokens": 16}'

@@ -1,0 +1,158 @@
+"""Requests/s, latency and gateway CPU per request: through quotagate versus the mock directly.
+
+    .venv/bin/python bench/proxy_overhead.py [--duration 10] [--connections 64]
+
+Starts `quotagate mock-upstream` and `quotagate serve` (SQLite, no limits) as separate
+processes, drives both with wrk (Debian's `wrk` package) and reads the gateway's CPU time from
+/proc. Everything shares this machine's cores, load generator included: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).parent
+QUOTAGATE = [sys.executable, "-m", "quotagate"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, connections: int, duration: int, key: str | None) -> dict[str, float]:
+    env = {**os.environ, **({"KEY": key} if key else {})}
+    threads = min(2, connections)
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(HERE / "chat.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed requests:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": ms("50%"), "p90": ms("90%"), "p99": ms("99%"), "requests": requests}
+
+
+def _row(conns: int, target: str, r: dict[str, float], cpu: str) -> str:
+    latency = f"{r['p50']:>8.2f} {r['p90']:>8.2f} {r['p99']:>8.2f}"
+    return f"{conns:>5} {target:<10} {r['rps']:>9.0f} {latency} {cpu:>14}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="qg-bench-"))
+    mock_port, gw_port = free_port(), free_port()
+    config = work / "quotagate.yaml"
+    config.write_text(
+        f"database: sqlite:///{work}/bench.db\n"
+        "tiers: {bench: {}}\n"
+        f"models:\n  - name: gpt-4o-mini\n    deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock_port}/v1'}}]\n"
+    )
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [*QUOTAGATE, "mock-upstream", "--port", str(mock_port)], stderr=subprocess.DEVNULL
+            )
+        )
+        wait_ready(f"http://127.0.0.1:{mock_port}/v1/models")
+        key = (
+            subprocess.run(
+                [*QUOTAGATE, "keys", "create", "--user", "bench", "--tier", "bench", "-c", str(config)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        gateway = subprocess.Popen([*QUOTAGATE, "serve", "-c", str(config), "--port", str(gw_port)])
+        procs.append(gateway)
+        wait_ready(f"http://127.0.0.1:{gw_port}/health")
+
+        mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+        gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        wrk(gw_url, 8, 2, key)  # warm-up: connections, caches, tokenizer
+
+        rows = []
+        for conns in (1, args.connections):
+            direct = wrk(mock_url, conns, args.duration, None)
+            before = cpu_seconds(gateway.pid)
+            through = wrk(gw_url, conns, args.duration, key)
+            cpu_ms = (cpu_seconds(gateway.pid) - before) * 1000 / through["requests"]
+            rows.append((conns, direct, through, cpu_ms))
+
+        header = ("conns", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "gw CPU ms/req")
+        print("\n{:>5} {:<10} {:>9} {:>8} {:>8} {:>8} {:>14}".format(*header))
+        for conns, direct, through, cpu_ms in rows:
+            added = [through[q] - direct[q] for q in ("p50", "p90", "p99")]
+            print(_row(conns, "mock", direct, ""))
+            print(_row(conns, "quotagate", through, f"{cpu_ms:.3f}"))
+            print("{:>5} {:<10} {:>9} {:>8.2f} {:>8.2f} {:>8.2f}".format("", "added", "", *added))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
