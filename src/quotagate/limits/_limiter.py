@@ -1,0 +1,299 @@
+"""The limiter: a store plus what a server needs around it.
+
+- Every store call has a tight deadline. When the shared store fails, the limiter either fails
+  closed (``StoreUnavailableError``, a 503 for the client) or fails open onto an in-process
+  store holding this node's share of each limit. After a failure it leaves the shared store
+  alone for ``retry_interval`` seconds, then tries it again: it recovers by itself.
+- Concurrency leases are renewed in the background while held, so a long stream keeps its slot
+  and a dead node's slots expire after ``lease_seconds``.
+- Traffic shaping: a denied request may wait for capacity, up to ``max_wait`` seconds, in a
+  bounded queue. Waiters line up behind the limit that refused them, highest priority first,
+  first come first served within a priority. Only the head of each line asks the store again,
+  and only when the store said capacity would be back: nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
+
+from ._memory import InProcessStore
+from ._model import Algorithm, Decision, Limit, LimitStatus
+from ._store import Store
+
+logger = logging.getLogger("quotagate.limits")
+T = TypeVar("T")
+
+
+class StoreUnavailableError(Exception):
+    """The shared store did not answer in time and the limiter is set to fail closed."""
+
+
+@dataclass(order=True)
+class _Waiter:
+    sort_key: tuple[int, int]
+    wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
+
+
+@dataclass
+class _Line:
+    heap: list[_Waiter] = field(default_factory=list)
+
+
+@dataclass
+class LimiterStats:
+    store_errors: int = 0
+    fallback_decisions: int = 0
+    waited: int = 0
+    wait_timeouts: int = 0
+    queue_full: int = 0
+
+
+class Limiter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float = 0.1,
+        on_store_failure: Literal["closed", "open"] = "closed",
+        fallback_share: float = 1.0,
+        retry_interval: float = 1.0,
+        max_queue: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 0 < fallback_share <= 1:
+            raise ValueError("fallback_share must be in (0, 1]")
+        self.store = store
+        self.timeout = timeout
+        self.on_store_failure = on_store_failure
+        self.fallback_share = fallback_share
+        self.retry_interval = retry_interval
+        self.max_queue = max_queue
+        self.stats = LimiterStats()
+        self._clock = clock
+        self._sleep = sleep
+        self._fallback = InProcessStore()
+        self._scaled: dict[Limit, Limit] = {}
+        self._down_until = 0.0
+        self._lines: dict[str, _Line] = {}
+        self._waiting = 0
+        self._seq = itertools.count()
+        self._leases: dict[str, tuple[Sequence[Limit], bool]] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    # -- the shared store, guarded -------------------------------------------------------------
+
+    async def _guarded(self, call: Callable[[Store], Awaitable[T]], fallback: Callable[[Store], Awaitable[T]]) -> tuple[T, bool]:
+        """Run ``call`` on the shared store, or ``fallback`` on the local one; (result, fell back)."""
+        if self._clock() >= self._down_until:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await call(self.store), False
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                self._store_failed(exc)
+            except Exception as exc:
+                # redis-py's errors (ConnectionError, BusyLoadingError, ...) all land here.
+                if type(exc).__module__.startswith("redis"):
+                    self._store_failed(exc)
+                else:
+                    raise
+        if self.on_store_failure == "closed":
+            raise StoreUnavailableError("the rate limit store is unavailable")
+        self.stats.fallback_decisions += 1
+        return await fallback(self._fallback), True
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self.stats.store_errors += 1
+        if self._clock() >= self._down_until:
+            logger.warning(
+                "limit store failed (%s: %s); %s for %.1fs",
+                type(exc).__name__,
+                exc,
+                "failing closed" if self.on_store_failure == "closed" else "using this node's share locally",
+                self.retry_interval,
+            )
+        self._down_until = self._clock() + self.retry_interval
+
+    def _local(self, limits: Sequence[Limit]) -> list[Limit]:
+        """This node's share of each limit, for the fail-open store."""
+        if self.fallback_share >= 1:
+            return list(limits)
+        scaled = []
+        for limit in limits:
+            mine = self._scaled.get(limit)
+            if mine is None:
+                share = self.fallback_share
+                mine = replace(
+                    limit,
+                    amount=max(1, math.floor(limit.amount * share)),
+                    burst=max(1, math.floor(limit.burst * share)) if limit.burst else None,
+                )
+                self._scaled[limit] = mine
+            scaled.append(mine)
+        return scaled
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def _try(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
+        decision, fell_back = await self._guarded(
+            lambda s: s.acquire(limits, costs, lease),
+            lambda s: s.acquire(self._local(limits), costs, lease),
+        )
+        if fell_back:
+            # Report the real limits (not the node's share) to the caller, charged where it was.
+            decision = replace(decision, fallback=True)
+        return decision
+
+    async def acquire(
+        self,
+        limits: Sequence[Limit],
+        costs: Sequence[int],
+        *,
+        max_wait: float = 0.0,
+        priority: int = 0,
+    ) -> Decision:
+        """Charge every limit its cost, all or nothing, waiting up to ``max_wait`` seconds."""
+        lease = os.urandom(8).hex() if any(l.algorithm is Algorithm.CONCURRENCY for l in limits) else None
+        decision = await self._try(limits, costs, lease)
+        if not decision.allowed and max_wait > 0 and not decision.never_fits:
+            decision = await self._wait(limits, costs, lease, decision, max_wait, priority)
+        if decision.allowed and lease is not None:
+            self._hold(lease, limits, decision.fallback)
+        return decision
+
+    async def _wait(
+        self,
+        limits: Sequence[Limit],
+        costs: Sequence[int],
+        lease: str | None,
+        decision: Decision,
+        max_wait: float,
+        priority: int,
+    ) -> Decision:
+        deadline = self._clock() + max_wait
+        if decision.retry_after > max_wait:
+            return decision
+        if self._waiting >= self.max_queue:
+            self.stats.queue_full += 1
+            return decision
+        self._waiting += 1
+        self.stats.waited += 1
+        me = _Waiter((-priority, next(self._seq)))
+        line_key = ""
+        try:
+            while True:
+                assert decision.denied_by is not None
+                if decision.denied_by.limit.key != line_key:
+                    self._leave(line_key, me)
+                    line_key = decision.denied_by.limit.key
+                    self._join(line_key, me)
+                # Wait for our turn at the head of the line, then for the capacity to return.
+                while self._lines[line_key].heap[0] is not me:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        self.stats.wait_timeouts += 1
+                        return decision
+                    me.wake.clear()
+                    try:
+                        async with asyncio.timeout(left):
+                            await me.wake.wait()
+                    except TimeoutError:
+                        continue
+                pause = decision.retry_after
+                if self._clock() + pause > deadline:
+                    self.stats.wait_timeouts += 1
+                    return decision
+                if pause > 0:
+                    await self._sleep(pause)
+                decision = await self._try(limits, costs, lease)
+                if decision.allowed or decision.never_fits:
+                    return decision
+        finally:
+            self._leave(line_key, me)
+            self._waiting -= 1
+
+    def _join(self, line_key: str, waiter: _Waiter) -> None:
+        line = self._lines.setdefault(line_key, _Line())
+        heapq.heappush(line.heap, waiter)
+
+    def _leave(self, line_key: str, waiter: _Waiter) -> None:
+        line = self._lines.get(line_key)
+        if line is None:
+            return
+        was_head = bool(line.heap) and line.heap[0] is waiter
+        if waiter in line.heap:
+            line.heap.remove(waiter)
+            heapq.heapify(line.heap)
+        if not line.heap:
+            del self._lines[line_key]
+        elif was_head:
+            line.heap[0].wake.set()
+
+    # -- after the call --------------------------------------------------------------------------
+
+    async def settle(self, decision: Decision, limits: Sequence[Limit], deltas: Sequence[int]) -> None:
+        """Correct each limit by ``delta`` (actual minus estimated); never raises for a store failure."""
+        if not any(deltas):
+            return
+        windows = [s.window for s in decision.statuses]
+        if decision.fallback:
+            await self._fallback.settle(self._local(limits), deltas, windows)
+            return
+        try:
+            await self._guarded(
+                lambda s: s.settle(limits, deltas, windows),
+                lambda s: s.settle(self._local(limits), deltas, windows),
+            )
+        except StoreUnavailableError:
+            logger.warning("could not settle %d limits: the store is unavailable", len(limits))
+
+    async def release(self, decision: Decision, limits: Sequence[Limit]) -> None:
+        """Give back a concurrency lease."""
+        if decision.lease is None:
+            return
+        self._leases.pop(decision.lease, None)
+        try:
+            if decision.fallback:
+                await self._fallback.release(self._local(limits), decision.lease)
+            else:
+                await self._guarded(
+                    lambda s: s.release(limits, decision.lease or ""),
+                    lambda s: s.release(self._local(limits), decision.lease or ""),
+                )
+        except StoreUnavailableError:
+            logger.warning("could not release a lease: the store is unavailable; it will expire")
+
+    async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
+        statuses, _ = await self._guarded(lambda s: s.status(limits), lambda s: s.status(self._local(limits)))
+        return statuses
+
+    def _hold(self, lease: str, limits: Sequence[Limit], fallback: bool) -> None:
+        self._leases[lease] = (limits, fallback)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        while self._leases:
+            shortest = min(l.lease_seconds for limits, _ in self._leases.values() for l in limits if l.algorithm is Algorithm.CONCURRENCY)
+            await asyncio.sleep(shortest / 3)
+            for lease, (limits, fallback) in list(self._leases.items()):
+                try:
+                    store = self._fallback if fallback else self.store
+                    async with asyncio.timeout(self.timeout):
+                        await store.renew(self._local(limits) if fallback else limits, lease)
+                except Exception as exc:
+                    logger.warning("could not renew a concurrency lease: %s", exc)
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        await self.store.aclose()

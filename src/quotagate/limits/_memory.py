@@ -1,0 +1,128 @@
+"""The in-process store: the embedded default, the fail-open fallback, and the tests' reference.
+
+Every operation runs without an await in between, so on one event loop each decision is atomic
+by construction. Idle state is swept as it expires, like Redis's TTLs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _algorithms as alg
+from ._model import Decision, Limit, LimitStatus
+from ._params import make_decision, params
+
+_SWEEP_EVERY = 1.0  # seconds
+
+
+class InProcessStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._state: dict[str, Any] = {}
+        self._expires: dict[str, float] = {}  # key -> epoch ms after which the state is moot
+        self._last_sweep = 0.0
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+        return self.acquire_now(limits, costs, lease)
+
+    def acquire_now(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None, *, dry_run: bool = False
+    ) -> Decision:
+        now_s = self._clock()
+        now = now_s * 1000.0
+        self._maybe_sweep(now)
+        outcomes = []
+        for limit, cost in zip(limits, costs, strict=True):
+            code, a, b, c, d = params(limit, now_s)
+            state = self._state.get(limit.key)
+            if code == "g":
+                outcome = alg.gcra(state, now, cost, a, b)
+            elif code == "s":
+                outcome = alg.sliding_window(state, now, cost, a, b)
+            elif code == "c":
+                outcome = alg.calendar(state, now, cost, a, b, c, d)
+            else:
+                outcome = alg.concurrency(state, now, cost, a, b, lease or "")
+            outcomes.append(outcome)
+        decision = make_decision(limits, costs, outcomes, lease)
+        if decision.allowed and not dry_run:
+            for limit, outcome in zip(limits, outcomes, strict=True):
+                self._state[limit.key] = outcome.state
+                self._expires[limit.key] = now + _ttl_ms(limit, outcome, now)
+        return decision
+
+    async def settle(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
+        self.settle_now(limits, deltas, windows)
+
+    def settle_now(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
+        now_s = self._clock()
+        now = now_s * 1000.0
+        for limit, delta, window in zip(limits, deltas, windows, strict=True):
+            if not delta:
+                continue
+            code, a, b, c, _ = params(limit, now_s)
+            state = self._state.get(limit.key)
+            if code == "g":
+                new: Any = alg.gcra_adjust(state, now, delta, a)
+                ttl = new - now + 1000.0
+            elif code == "s":
+                new = alg.sliding_adjust(state, now, delta, a)
+                ttl = 2 * a + 1000.0
+            elif code == "c":
+                new = alg.calendar_adjust(state, now, delta, window * 1000.0, b, c)
+                ttl = c - now + 3_600_000.0
+            else:
+                continue
+            if new is not None:
+                self._state[limit.key] = new
+                self._expires[limit.key] = now + ttl
+
+    async def release(self, limits: Sequence[Limit], lease: str) -> None:
+        for limit in limits:
+            leases = self._state.get(limit.key)
+            if isinstance(leases, dict):
+                leases.pop(lease, None)
+
+    async def renew(self, limits: Sequence[Limit], lease: str) -> None:
+        now = self._clock() * 1000.0
+        for limit in limits:
+            leases = self._state.get(limit.key)
+            if isinstance(leases, dict) and lease in leases:
+                leases[lease] = now + limit.lease_seconds * 1000.0
+                self._expires[limit.key] = now + limit.lease_seconds * 2000.0
+
+    async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
+        return self.acquire_now(limits, [0] * len(limits), dry_run=True).statuses
+
+    async def reset(self, limits: Sequence[Limit]) -> None:
+        for limit in limits:
+            self._state.pop(limit.key, None)
+            self._expires.pop(limit.key, None)
+
+    async def aclose(self) -> None:
+        self._state.clear()
+
+    def _maybe_sweep(self, now: float) -> None:
+        if now - self._last_sweep < _SWEEP_EVERY * 1000.0:
+            return
+        self._last_sweep = now
+        expired = [key for key, until in self._expires.items() if until <= now]
+        for key in expired:
+            del self._expires[key]
+            self._state.pop(key, None)
+
+
+def _ttl_ms(limit: Limit, outcome: alg.Outcome, now: float) -> float:
+    code = limit.algorithm
+    if code.value == "gcra":
+        return float(outcome.state) - now + 1000.0  # type: ignore[arg-type]
+    if code.value == "sliding-window":
+        return 2 * limit.period * 1000.0 + 1000.0
+    if code.value == "calendar":
+        return outcome.reset_ms + 3_600_000.0
+    return limit.lease_seconds * 2000.0

@@ -1,0 +1,164 @@
+"""The Redis store: one Lua script, one round trip, per decision.
+
+redis-py's ``Script`` sends EVALSHA and, when Redis answers NOSCRIPT (after a restart, a
+failover or SCRIPT FLUSH), loads the script and retries: nothing breaks and nothing is counted
+twice, because a NOSCRIPT reply means the script did not run.
+
+Redis Cluster: keys that one decision touches must share a slot for one script to touch them
+all. The policy gives every key of a principal the same hash tag (``{k:ID}``); shared limits
+(user, tier, model, global) carry their own tags, so they usually live in other slots. On a
+cluster, a decision is then made one slot group at a time, shared groups first; when a later
+group denies, the earlier groups' charges are refunded at once. So a shared limit can be held for
+one round trip by a request that another slot then refuses, but nothing is lost or kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
+
+from ._algorithms import Outcome
+from ._model import Algorithm, Decision, Limit, LimitStatus
+from ._params import make_decision, params
+
+
+def _lua(name: str) -> str:
+    return resources.files("quotagate.limits").joinpath("lua").joinpath(name).read_text()
+
+
+ACQUIRE_LUA = _lua("acquire.lua")
+SETTLE_LUA = _lua("settle.lua")
+_RELEASE_LUA = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end return 1"
+_RENEW_LUA = (
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 "
+    "for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[i + 1]), ARGV[1]) "
+    "redis.call('PEXPIRE', KEYS[i], math.ceil(2 * tonumber(ARGV[i + 1]))) end return 1"
+)
+
+
+class RedisStore:
+    """``RedisStore(redis_client)``; ``clock`` only for tests that move time by hand."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = "qg:",
+        clock: Callable[[], float] | None = None,
+        split_by_slot: bool | None = None,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._clock = clock
+        self._split = isinstance(client, RedisCluster) if split_by_slot is None else split_by_slot
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
+
+    def _now(self) -> tuple[float, str]:
+        if self._clock is None:
+            return time.time(), ""
+        now = self._clock()
+        return now, repr(now * 1000.0)
+
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+        if not self._split:
+            return await self._acquire_group(limits, costs, lease, dry_run=False)
+        return await self._acquire_by_slot(limits, costs, lease)
+
+    async def _acquire_group(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None, *, dry_run: bool
+    ) -> Decision:
+        now, override = self._now()
+        args: list[Any] = [lease or "", override, "1" if dry_run else "0"]
+        for limit, cost in zip(limits, costs, strict=True):
+            args.extend((*params(limit, now), cost)[i] for i in (0, 5, 1, 2, 3, 4))
+        reply = await self._acquire(keys=[self.prefix + limit.key for limit in limits], args=args)
+        outcomes = []
+        for index in range(len(limits)):
+            ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
+            retry = float(reply[2]) if index == int(reply[1]) - 1 else 0.0
+            outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
+        return make_decision(limits, costs, outcomes, lease)
+
+    async def _acquire_by_slot(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
+        groups: dict[int, list[int]] = {}
+        for index, limit in enumerate(limits):
+            groups.setdefault(key_slot((self.prefix + limit.key).encode()), []).append(index)
+        # Shared limits first: the principal's own group (the one holding its concurrency lease,
+        # if any) is decided last, so a refusal there refunds the least.
+        ordered = sorted(groups.values(), key=lambda idx: any(limits[i].scope in ("key", "key+model") for i in idx))
+        granted: list[tuple[list[Limit], list[int], Decision]] = []
+        statuses: dict[int, LimitStatus] = {}
+        for indexes in ordered:
+            group_limits = [limits[i] for i in indexes]
+            group_costs = [costs[i] for i in indexes]
+            decision = await self._acquire_group(group_limits, group_costs, lease, dry_run=False)
+            statuses.update(zip(indexes, decision.statuses, strict=True))
+            if not decision.allowed:
+                for done_limits, done_costs, done in granted:
+                    await self._refund(done_limits, done_costs, done, lease)
+                return Decision(False, tuple(statuses.get(i) or decision.statuses[0] for i in range(len(limits))), decision.denied_by, decision.retry_after, costs=tuple(costs))
+            granted.append((group_limits, group_costs, decision))
+        return Decision(True, tuple(statuses[i] for i in range(len(limits))), lease=lease, costs=tuple(costs))
+
+    async def _refund(self, limits: list[Limit], costs: list[int], decision: Decision, lease: str | None) -> None:
+        windows = [s.window for s in decision.statuses]
+        await self.settle(limits, [-c for c in costs], windows)
+        if lease is not None:
+            await self.release(limits, lease)
+
+    async def settle(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
+        chosen = [(l, d, w) for l, d, w in zip(limits, deltas, windows, strict=True) if d and l.algorithm is not Algorithm.CONCURRENCY]
+        if not chosen:
+            return
+        if self._split:
+            groups: dict[int, list[tuple[Limit, int, float]]] = {}
+            for item in chosen:
+                groups.setdefault(key_slot((self.prefix + item[0].key).encode()), []).append(item)
+            for group in groups.values():
+                await self._settle_group(group)
+        else:
+            await self._settle_group(chosen)
+
+    async def _settle_group(self, items: list[tuple[Limit, int, float]]) -> None:
+        now, override = self._now()
+        args: list[Any] = [override]
+        for limit, delta, window in items:
+            code, a, b, c, _ = params(limit, now)
+            args.extend((code, delta, a, b, c, window * 1000.0))
+        await self._settle(keys=[self.prefix + item[0].key for item in items], args=args)
+
+    async def release(self, limits: Sequence[Limit], lease: str) -> None:
+        keys = [self.prefix + l.key for l in limits if l.algorithm is Algorithm.CONCURRENCY]
+        if keys:
+            for key in keys if self._split else [None]:
+                await self._release(keys=[key] if key else keys, args=[lease])
+
+    async def renew(self, limits: Sequence[Limit], lease: str) -> None:
+        chosen = [l for l in limits if l.algorithm is Algorithm.CONCURRENCY]
+        for group in ([[l] for l in chosen] if self._split else [chosen]):
+            if group:
+                await self._renew(keys=[self.prefix + l.key for l in group], args=[lease, *(l.lease_seconds * 1000.0 for l in group)])
+
+    async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
+        if not self._split:
+            return (await self._acquire_group(limits, [0] * len(limits), None, dry_run=True)).statuses
+        result = []
+        for limit in limits:
+            result.extend((await self._acquire_group([limit], [0], None, dry_run=True)).statuses)
+        return tuple(result)
+
+    async def reset(self, limits: Sequence[Limit]) -> None:
+        for limit in limits:
+            await self.client.delete(self.prefix + limit.key)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
