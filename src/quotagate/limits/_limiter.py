@@ -163,9 +163,19 @@ class Limiter:
     ) -> Decision:
         """Charge every limit its cost, all or nothing, waiting up to ``max_wait`` seconds."""
         lease = os.urandom(8).hex() if any(l.algorithm is Algorithm.CONCURRENCY for l in limits) else None
-        decision = await self._try(limits, costs, lease)
-        if not decision.allowed and max_wait > 0 and not decision.never_fits:
-            decision = await self._wait(limits, costs, lease, decision, max_wait, priority)
+        queued_behind = None
+        if max_wait > 0 and self._lines:
+            # Others are already waiting for one of these limits: queue behind them rather than
+            # take the capacity that is coming back for them.
+            queued_behind = next((limit.key for limit in limits if limit.key in self._lines), None)
+        if queued_behind is not None:
+            decision = await self._wait(limits, costs, lease, None, queued_behind, max_wait, priority)
+        else:
+            decision = await self._try(limits, costs, lease)
+            if not decision.allowed and max_wait > 0 and not decision.never_fits and decision.denied_by:
+                decision = await self._wait(
+                    limits, costs, lease, decision, decision.denied_by.limit.key, max_wait, priority
+                )
         if decision.allowed and lease is not None:
             self._hold(lease, limits, decision.fallback)
         return decision
@@ -175,48 +185,54 @@ class Limiter:
         limits: Sequence[Limit],
         costs: Sequence[int],
         lease: str | None,
-        decision: Decision,
+        decision: Decision | None,
+        line_key: str,
         max_wait: float,
         priority: int,
     ) -> Decision:
         deadline = self._clock() + max_wait
-        if decision.retry_after > max_wait:
+        if decision is not None and decision.retry_after > max_wait:
             return decision
         if self._waiting >= self.max_queue:
             self.stats.queue_full += 1
-            return decision
+            return decision if decision is not None else await self._try(limits, costs, lease)
         self._waiting += 1
         self.stats.waited += 1
         me = _Waiter((-priority, next(self._seq)))
-        line_key = ""
+        self._join(line_key, me)
         try:
             while True:
-                assert decision.denied_by is not None
-                if decision.denied_by.limit.key != line_key:
-                    self._leave(line_key, me)
-                    line_key = decision.denied_by.limit.key
-                    self._join(line_key, me)
-                # Wait for our turn at the head of the line, then for the capacity to return.
+                # Wait for our turn at the head of the line...
                 while self._lines[line_key].heap[0] is not me:
                     left = deadline - self._clock()
                     if left <= 0:
                         self.stats.wait_timeouts += 1
-                        return decision
+                        return decision if decision is not None else await self._try(limits, costs, lease)
                     me.wake.clear()
                     try:
                         async with asyncio.timeout(left):
                             await me.wake.wait()
                     except TimeoutError:
                         continue
-                pause = decision.retry_after
+                # ...then for the capacity the store said would return.
+                pause = decision.retry_after if decision is not None else 0.0
                 if self._clock() + pause > deadline:
                     self.stats.wait_timeouts += 1
+                    assert decision is not None
                     return decision
                 if pause > 0:
                     await self._sleep(pause)
+                    if self._lines[line_key].heap[0] is not me:
+                        continue  # someone of higher priority arrived meanwhile: after them
                 decision = await self._try(limits, costs, lease)
                 if decision.allowed or decision.never_fits:
                     return decision
+                assert decision.denied_by is not None
+                if decision.denied_by.limit.key != line_key:
+                    # Another of our limits is the bottleneck now: move to its line.
+                    self._leave(line_key, me)
+                    line_key = decision.denied_by.limit.key
+                    self._join(line_key, me)
         finally:
             self._leave(line_key, me)
             self._waiting -= 1
