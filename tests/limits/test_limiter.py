@@ -11,7 +11,17 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from redis.asyncio import Redis
 
-from quotagate.limits import Algorithm, Decision, InProcessStore, Limit, Limiter, LimitStatus, RedisStore, StoreUnavailableError, Unit
+from quotagate.limits import (
+    Algorithm,
+    Decision,
+    InProcessStore,
+    Limit,
+    Limiter,
+    LimitStatus,
+    RedisStore,
+    StoreUnavailableError,
+    Unit,
+)
 
 from ..conftest import closed_port
 from .conftest import FakeClock
@@ -35,7 +45,9 @@ class BrokenStore(InProcessStore):
         self.broken = True
         self.hang = hang
 
-    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+    async def acquire(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
+    ) -> Decision:
         if self.broken:
             if self.hang:
                 await asyncio.Event().wait()
@@ -166,7 +178,12 @@ async def own_redis() -> AsyncIterator[tuple[int, list[subprocess.Popen[bytes]]]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
-        procs.append(subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+            )
+        )
 
     start()
     yield port, procs
@@ -191,7 +208,9 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
     port, procs = own_redis
     await _wait_for_redis(port)
     client = Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
-    limiter = Limiter(RedisStore(client), on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3)
+    limiter = Limiter(
+        RedisStore(client), on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3
+    )
     limit = Limit("{k:a}:rpm", Unit.REQUESTS, 10, Algorithm.SLIDING_WINDOW, 60.0)
     assert not (await limiter.acquire([limit], [1])).fallback
 
@@ -201,7 +220,22 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
     assert during.allowed and during.fallback
     assert limiter.stats.store_errors >= 1
 
-    procs.append(subprocess.Popen([str(shutil.which("redis-server")), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
+    procs.append(
+        subprocess.Popen(
+            [
+                str(shutil.which("redis-server")),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+    )
     await _wait_for_redis(port)
     await asyncio.sleep(0.25)  # past retry_interval
     after = None

@@ -61,11 +61,15 @@ async def test_sliding_window_weights_the_previous_window(make_store: StoreFacto
     assert refused.retry_after == pytest.approx(0.6)
 
 
-async def test_calendar_quota_resets_at_midnight_in_its_time_zone(make_store: StoreFactory, clock: FakeClock) -> None:
+async def test_calendar_quota_resets_at_midnight_in_its_time_zone(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
     """A daily quota in Asia/Shanghai resets at 16:00 UTC, and says so."""
     store = make_store(clock)
     clock.now = datetime(2026, 11, 23, 15, 0, tzinfo=UTC).timestamp()  # 23:00 in Shanghai
-    quota = Limit("{k:a}:tpd", Unit.TOKENS, 1000, Algorithm.CALENDAR, calendar=Calendar.DAY, timezone="Asia/Shanghai")
+    quota = Limit(
+        "{k:a}:tpd", Unit.TOKENS, 1000, Algorithm.CALENDAR, calendar=Calendar.DAY, timezone="Asia/Shanghai"
+    )
     assert (await store.acquire([quota], [900])).allowed
     refused = await store.acquire([quota], [200])
     assert not refused.allowed
@@ -170,7 +174,12 @@ async def test_status_does_not_consume(make_store: StoreFactory, clock: FakeCloc
 async def test_redis_keys_expire_when_idle(redis_client: Redis, clock: FakeClock) -> None:
     """Every key the script writes has a TTL, so idle limits vanish from Redis."""
     store = RedisStore(redis_client, clock=clock)
-    limits = [rpm(10), tpm(100), Limit("{k:a}:tpd", Unit.TOKENS, 10, Algorithm.CALENDAR, calendar=Calendar.DAY), Limit("{k:a}:c", Unit.CONCURRENT, 1, Algorithm.CONCURRENCY)]
+    limits = [
+        rpm(10),
+        tpm(100),
+        Limit("{k:a}:tpd", Unit.TOKENS, 10, Algorithm.CALENDAR, calendar=Calendar.DAY),
+        Limit("{k:a}:c", Unit.CONCURRENT, 1, Algorithm.CONCURRENCY),
+    ]
     assert (await store.acquire(limits, [1, 1, 1, 1], "l")).allowed
     keys = await redis_client.keys("qg:*")
     assert len(keys) == 4

@@ -76,6 +76,7 @@ class Authenticator:
             user=record.user,
             tier=record.tier,
             models=frozenset(record.models) if record.models is not None else None,
+            limits=record.limits,
         )
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:

@@ -12,6 +12,8 @@ class Principal:
     tier: str
     # None: every configured model.
     models: frozenset[str] | None
+    # Per-key overrides of the tier's limits, as sorted (name, value) pairs.
+    limits: tuple[tuple[str, int], ...] | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -2,7 +2,16 @@
 
 from ._defaults import DEMO_MODEL, default_config
 from ._loader import ConfigError, load_config, parse_config
-from ._models import Config, Deployment, ModelConfig, ServerSettings, TierLimits
+from ._models import (
+    Config,
+    Deployment,
+    LimiterSettings,
+    LimitValues,
+    ModelConfig,
+    ScopedLimit,
+    ServerSettings,
+    TierLimits,
+)
 from ._secrets import missing_secrets, resolve_secret
 
 __all__ = [
@@ -10,7 +19,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deployment",
+    "LimitValues",
+    "LimiterSettings",
     "ModelConfig",
+    "ScopedLimit",
     "ServerSettings",
     "TierLimits",
     "default_config",

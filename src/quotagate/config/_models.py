@@ -54,16 +54,97 @@ class ServerSettings(_Strict):
     )
 
 
-class TierLimits(_Strict):
-    """A tier's limits. Enforced by the limit engine; parsed and stored here."""
+class LimitValues(_Strict):
+    """The shorthand limits a tier sets for each of its keys, and a key may override.
+
+    Rates (per minute, per hour) refill continuously; per day and per month are calendar quotas
+    that reset at midnight in the configured ``timezone``.
+    """
 
     rpm: PositiveInt | None = None
     rph: PositiveInt | None = None
     rpd: PositiveInt | None = None
+    requests_per_month: PositiveInt | None = None
     tpm: PositiveInt | None = None
     tph: PositiveInt | None = None
     tpd: PositiveInt | None = None
-    concurrency: PositiveInt | None = None
+    tokens_per_month: PositiveInt | None = None
+    itpm: PositiveInt | None = Field(default=None, description="input (prompt) tokens per minute")
+    otpm: PositiveInt | None = Field(default=None, description="output (completion) tokens per minute")
+    concurrency: PositiveInt | None = Field(default=None, description="requests in flight at once")
+
+
+RateAlgorithm = Literal["gcra", "sliding-window"]
+
+
+class TierLimits(LimitValues):
+    """A tier: the limits every key on it gets, and how its requests wait for capacity."""
+
+    algorithm: RateAlgorithm = Field(default="gcra", description="for the tier's rate limits")
+    max_wait: float = Field(
+        default=0.0, ge=0, le=600, description="seconds a request may wait for capacity (0: refuse at once)"
+    )
+    priority: int = Field(default=0, description="waiting requests of higher priority go first")
+
+
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "month": 0.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ScopedLimit(_Strict):
+    """A limit beyond the tiers': on a user, a tier as a whole, a model, a key+model, or global.
+
+    ``per`` is second, minute, hour, day, month or a duration ("10s", "90m", "2h"). Per day and
+    per month are calendar quotas unless ``algorithm`` says otherwise; ``match`` restricts the
+    limit to requests of some tiers, users or models.
+    """
+
+    scope: Literal["key", "user", "tier", "model", "key+model", "global"]
+    unit: Literal["requests", "tokens", "input_tokens", "output_tokens", "concurrent"]
+    amount: PositiveInt
+    per: str = "minute"
+    algorithm: Literal["gcra", "sliding-window", "calendar"] | None = None
+    burst: PositiveInt | None = None
+    name: str | None = None
+    match: dict[Literal["tier", "user", "model"], list[str]] = Field(default_factory=dict)
+
+    @field_validator("per")
+    @classmethod
+    def _check_per(cls, value: str) -> str:
+        if value not in _PERIODS and not _DURATION.match(value):
+            raise ValueError("must be second, minute, hour, day, month or a duration like 10s, 90m, 2h")
+        return value
+
+    @property
+    def seconds(self) -> float:
+        if self.per in _PERIODS:
+            return _PERIODS[self.per]
+        matched = _DURATION.match(self.per)
+        assert matched is not None
+        return float(matched.group(1)) * _UNIT_SECONDS[matched.group(2)]
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> ScopedLimit:
+        if self.algorithm == "calendar" and self.per not in ("day", "month"):
+            raise ValueError("a calendar quota is per day or per month")
+        if self.per == "month" and self.algorithm not in (None, "calendar"):
+            raise ValueError("per month is a calendar quota")
+        return self
+
+
+class LimiterSettings(_Strict):
+    on_store_failure: Literal["closed", "open"] = Field(
+        default="closed", description="closed: 503 while Redis is down; open: this node's share locally"
+    )
+    fallback_share: float = Field(
+        default=1.0, gt=0, le=1, description="the share of each limit one node enforces when failing open"
+    )
+    timeout_ms: float = Field(default=100.0, gt=0, description="deadline of each call to the store")
+    max_queue: PositiveInt = Field(default=10_000, description="requests waiting for capacity, per node")
+    expected_output_tokens: PositiveInt = Field(
+        default=512, description="output estimate when a request sets no max_tokens"
+    )
 
 
 class Deployment(_Strict):
@@ -107,6 +188,9 @@ class Deployment(_Strict):
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
+    context_window: PositiveInt | None = Field(
+        default=None, description="caps the token estimate of a request to this model"
+    )
 
 
 class Config(_Strict):
@@ -116,6 +200,9 @@ class Config(_Strict):
     master_key: str | None = Field(default=None, description="env:NAME of the admin API key")
     tiers: dict[str, TierLimits] = Field(default_factory=lambda: {"default": TierLimits()})
     models: list[ModelConfig] = Field(default_factory=list)
+    limits: list[ScopedLimit] = Field(default_factory=list)
+    limiter: LimiterSettings = LimiterSettings()
+    timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -140,6 +227,17 @@ class Config(_Strict):
     def _check_redis(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Asia/Shanghai)") from None
         return value
 
     @field_validator("tiers")

@@ -31,6 +31,8 @@ api_keys = sa.Table(
     sa.Column("models", sa.JSON),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    # Per-key overrides of the tier's limits, e.g. {"rpm": 100}; NULL: the tier's.
+    sa.Column("limits", sa.JSON),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -43,6 +45,7 @@ class KeyRecord:
     user: str
     tier: str
     models: tuple[str, ...] | None
+    limits: tuple[tuple[str, int], ...] | None
     expires_at: datetime | None
     disabled: bool
     created_at: datetime
@@ -58,6 +61,7 @@ class KeyRecord:
             "user": self.user,
             "tier": self.tier,
             "models": list(self.models) if self.models is not None else None,
+            "limits": dict(self.limits) if self.limits is not None else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "disabled": self.disabled,
             "created_at": self.created_at.isoformat(),
@@ -81,10 +85,20 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         user=row.user_id,
         tier=row.tier,
         models=tuple(row.models) if row.models is not None else None,
+        limits=tuple(sorted(row.limits.items())) if row.limits else None,
         expires_at=_aware(row.expires_at),
         disabled=bool(row.disabled),
         created_at=created,
     )
+
+
+def _add_missing_columns(sync_conn: Any) -> None:
+    """Columns added since a database was created (create_all does not alter tables)."""
+    present = {column["name"] for column in sa.inspect(sync_conn).get_columns("qg_api_keys")}
+    for column in api_keys.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=sync_conn.dialect)
+            sync_conn.execute(sa.text(f"ALTER TABLE qg_api_keys ADD COLUMN {column.name} {kind}"))
 
 
 def async_database_url(url: str) -> str:
@@ -124,6 +138,7 @@ class KeyStore:
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -140,6 +155,7 @@ class KeyStore:
         models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         name: str | None = None,
+        limits: dict[str, int] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it in clear; this is the only time it exists in clear."""
         key = new_key()
@@ -152,6 +168,7 @@ class KeyStore:
             "user_id": user,
             "tier": tier,
             "models": list(models) if models is not None else None,
+            "limits": dict(limits) if limits else None,
             "expires_at": expires_at.astimezone(UTC) if expires_at else None,
             "disabled": False,
             "created_at": datetime.now(UTC),
@@ -182,7 +199,7 @@ class KeyStore:
 
     async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
         """Change a key's user, tier, models, expiry, name or disabled flag."""
-        allowed = {"user", "tier", "models", "expires_at", "name", "disabled"}
+        allowed = {"user", "tier", "models", "expires_at", "name", "disabled", "limits"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")

@@ -136,7 +136,12 @@ def calendar(
 
 
 def calendar_adjust(
-    state: tuple[float, float] | None, now: float, delta: float, charged_window: float, start: float, end: float
+    state: tuple[float, float] | None,
+    now: float,
+    delta: float,
+    charged_window: float,
+    start: float,
+    end: float,
 ) -> tuple[float, float] | None:
     if now >= end:
         start = end

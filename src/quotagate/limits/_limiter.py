@@ -92,7 +92,9 @@ class Limiter:
 
     # -- the shared store, guarded -------------------------------------------------------------
 
-    async def _guarded(self, call: Callable[[Store], Awaitable[T]], fallback: Callable[[Store], Awaitable[T]]) -> tuple[T, bool]:
+    async def _guarded(
+        self, call: Callable[[Store], Awaitable[T]], fallback: Callable[[Store], Awaitable[T]]
+    ) -> tuple[T, bool]:
         """Run ``call`` on the shared store, or ``fallback`` on the local one; (result, fell back)."""
         if self._clock() >= self._down_until:
             try:
@@ -162,7 +164,7 @@ class Limiter:
         priority: int = 0,
     ) -> Decision:
         """Charge every limit its cost, all or nothing, waiting up to ``max_wait`` seconds."""
-        lease = os.urandom(8).hex() if any(l.algorithm is Algorithm.CONCURRENCY for l in limits) else None
+        lease = os.urandom(8).hex() if any(lim.algorithm is Algorithm.CONCURRENCY for lim in limits) else None
         queued_behind = None
         if max_wait > 0 and self._lines:
             # Others are already waiting for one of these limits: queue behind them rather than
@@ -299,7 +301,12 @@ class Limiter:
 
     async def _renew_leases(self) -> None:
         while self._leases:
-            shortest = min(l.lease_seconds for limits, _ in self._leases.values() for l in limits if l.algorithm is Algorithm.CONCURRENCY)
+            shortest = min(
+                lim.lease_seconds
+                for limits, _ in self._leases.values()
+                for lim in limits
+                if lim.algorithm is Algorithm.CONCURRENCY
+            )
             await asyncio.sleep(shortest / 3)
             for lease, (limits, fallback) in list(self._leases.items()):
                 try:

@@ -27,11 +27,18 @@ class InProcessStore:
     def __len__(self) -> int:
         return len(self._state)
 
-    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+    async def acquire(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
+    ) -> Decision:
         return self.acquire_now(limits, costs, lease)
 
     def acquire_now(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None, *, dry_run: bool = False
+        self,
+        limits: Sequence[Limit],
+        costs: Sequence[int],
+        lease: str | None = None,
+        *,
+        dry_run: bool = False,
     ) -> Decision:
         now_s = self._clock()
         now = now_s * 1000.0

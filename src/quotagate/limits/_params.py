@@ -10,7 +10,12 @@ from ._calendar import window_bounds
 from ._model import Algorithm, Calendar, Decision, Limit, LimitStatus
 
 # One-letter codes: they travel to Redis with every decision.
-CODES = {Algorithm.GCRA: "g", Algorithm.SLIDING_WINDOW: "s", Algorithm.CALENDAR: "c", Algorithm.CONCURRENCY: "n"}
+CODES = {
+    Algorithm.GCRA: "g",
+    Algorithm.SLIDING_WINDOW: "s",
+    Algorithm.CALENDAR: "c",
+    Algorithm.CONCURRENCY: "n",
+}
 
 _bounds_cache: dict[tuple[Calendar, str], tuple[float, float, float]] = {}
 
@@ -54,7 +59,9 @@ def make_decision(
             # This limit would have taken the request, but another refused it: nothing was
             # charged, so report the limit as it stands.
             used, remaining = max(0, used - cost), min(limit.capacity, remaining + cost)
-        statuses.append(LimitStatus(limit, used, remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0))
+        statuses.append(
+            LimitStatus(limit, used, remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0)
+        )
     denied_index = -1
     worst = -1.0
     for index, outcome in enumerate(outcomes):

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from ._algorithms import Outcome
 from ._model import Algorithm, Decision, Limit, LimitStatus
@@ -68,7 +68,9 @@ class RedisStore:
         now = self._clock()
         return now, repr(now * 1000.0)
 
-    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+    async def acquire(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
+    ) -> Decision:
         if not self._split:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
@@ -85,16 +87,22 @@ class RedisStore:
         for index in range(len(limits)):
             ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
             retry = float(reply[2]) if index == int(reply[1]) - 1 else 0.0
-            outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
+            outcomes.append(
+                Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window))
+            )
         return make_decision(limits, costs, outcomes, lease)
 
-    async def _acquire_by_slot(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
+    async def _acquire_by_slot(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None
+    ) -> Decision:
         groups: dict[int, list[int]] = {}
         for index, limit in enumerate(limits):
             groups.setdefault(key_slot((self.prefix + limit.key).encode()), []).append(index)
         # Shared limits first: the principal's own group (the one holding its concurrency lease,
         # if any) is decided last, so a refusal there refunds the least.
-        ordered = sorted(groups.values(), key=lambda idx: any(limits[i].scope in ("key", "key+model") for i in idx))
+        ordered = sorted(
+            groups.values(), key=lambda idx: any(limits[i].scope in ("key", "key+model") for i in idx)
+        )
         granted: list[tuple[list[Limit], list[int], Decision]] = []
         statuses: dict[int, LimitStatus] = {}
         for indexes in ordered:
@@ -105,18 +113,30 @@ class RedisStore:
             if not decision.allowed:
                 for done_limits, done_costs, done in granted:
                     await self._refund(done_limits, done_costs, done, lease)
-                return Decision(False, tuple(statuses.get(i) or decision.statuses[0] for i in range(len(limits))), decision.denied_by, decision.retry_after, costs=tuple(costs))
+                return Decision(
+                    False,
+                    tuple(statuses.get(i) or decision.statuses[0] for i in range(len(limits))),
+                    decision.denied_by,
+                    decision.retry_after,
+                    costs=tuple(costs),
+                )
             granted.append((group_limits, group_costs, decision))
         return Decision(True, tuple(statuses[i] for i in range(len(limits))), lease=lease, costs=tuple(costs))
 
-    async def _refund(self, limits: list[Limit], costs: list[int], decision: Decision, lease: str | None) -> None:
+    async def _refund(
+        self, limits: list[Limit], costs: list[int], decision: Decision, lease: str | None
+    ) -> None:
         windows = [s.window for s in decision.statuses]
         await self.settle(limits, [-c for c in costs], windows)
         if lease is not None:
             await self.release(limits, lease)
 
     async def settle(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
-        chosen = [(l, d, w) for l, d, w in zip(limits, deltas, windows, strict=True) if d and l.algorithm is not Algorithm.CONCURRENCY]
+        chosen = [
+            (lim, d, w)
+            for lim, d, w in zip(limits, deltas, windows, strict=True)
+            if d and lim.algorithm is not Algorithm.CONCURRENCY
+        ]
         if not chosen:
             return
         if self._split:
@@ -137,21 +157,24 @@ class RedisStore:
         await self._settle(keys=[self.prefix + item[0].key for item in items], args=args)
 
     async def release(self, limits: Sequence[Limit], lease: str) -> None:
-        keys = [self.prefix + l.key for l in limits if l.algorithm is Algorithm.CONCURRENCY]
+        keys = [self.prefix + lim.key for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
         if keys:
             for key in keys if self._split else [None]:
                 await self._release(keys=[key] if key else keys, args=[lease])
 
     async def renew(self, limits: Sequence[Limit], lease: str) -> None:
-        chosen = [l for l in limits if l.algorithm is Algorithm.CONCURRENCY]
-        for group in ([[l] for l in chosen] if self._split else [chosen]):
+        chosen = [lim for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
+        for group in [[lim] for lim in chosen] if self._split else [chosen]:
             if group:
-                await self._renew(keys=[self.prefix + l.key for l in group], args=[lease, *(l.lease_seconds * 1000.0 for l in group)])
+                await self._renew(
+                    keys=[self.prefix + lim.key for lim in group],
+                    args=[lease, *(lim.lease_seconds * 1000.0 for lim in group)],
+                )
 
     async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
         if not self._split:
             return (await self._acquire_group(limits, [0] * len(limits), None, dry_run=True)).statuses
-        result = []
+        result: list[LimitStatus] = []
         for limit in limits:
             result.extend((await self._acquire_group([limit], [0], None, dry_run=True)).statuses)
         return tuple(result)

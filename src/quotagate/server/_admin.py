@@ -13,6 +13,7 @@ GET    /admin/tiers                the configured tiers and their limits
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,8 +21,8 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..auth import Authenticator, extract_key
-from ..config import Config
+from ..auth import Authenticator, Principal, extract_key
+from ..config import Config, LimitValues
 from ..errors import (
     AuthenticationError,
     GatewayError,
@@ -43,6 +44,7 @@ class KeyCreate(BaseModel):
     models: list[str] | None = None
     expires_at: datetime | None = None
     name: str | None = Field(default=None, max_length=200)
+    limits: LimitValues | None = Field(default=None, description="overrides of the tier's limits")
 
     @field_validator("expires_at")
     @classmethod
@@ -94,11 +96,13 @@ class AdminAPI:
         store: KeyStore,
         authenticator: Authenticator,
         master_key: str | None,
+        quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.authenticator = authenticator
         self._master_key = master_key
+        self._quota = quota
 
     def _check_master_key(self, headers: RequestHeaders) -> None:
         if self._master_key is None:
@@ -129,6 +133,10 @@ class AdminAPI:
                 raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.")
             return
         key_id = parts[1]
+        if len(parts) == 3 and parts[2] == "quota":
+            self._allow(method, "GET")
+            await self._key_quota(key_id, scope, send)
+            return
         if len(parts) == 3:
             if parts[2] not in ("disable", "enable"):
                 raise NotFoundError(f"Unknown admin route {scope['path']}.")
@@ -168,6 +176,22 @@ class AdminAPI:
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"Invalid JSON body: {exc.args[0]}.", code="invalid_json") from None
 
+    async def _key_quota(self, key_id: str, scope: Scope, send: Send) -> None:
+        record = await self.store.get(key_id)
+        if record is None:
+            raise self._no_such_key(key_id)
+        assert self._quota is not None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        model = query.get("model", [None])[0]
+        principal = Principal(
+            record.id,
+            record.user,
+            record.tier,
+            frozenset(record.models) if record.models is not None else None,
+            record.limits,
+        )
+        await send_json(send, 200, await self._quota(principal, model))
+
     async def _list(self, scope: Scope, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         user = query.get("user", [None])[0]
@@ -188,6 +212,7 @@ class AdminAPI:
             models=payload.models,
             expires_at=payload.expires_at,
             name=payload.name,
+            limits=payload.limits.model_dump(exclude_none=True) if payload.limits else None,
         )
         await send_json(send, 201, {"object": "key", "key": key, **record.to_public_dict()})
 
@@ -200,6 +225,8 @@ class AdminAPI:
         if any(changes.get(f) is None for f in ("user", "tier", "disabled") if f in changes):
             raise InvalidRequestError("user, tier and disabled cannot be null.", code="invalid_value")
         check_key_fields(self.config, changes.get("tier"), changes.get("models"))
+        if "limits" in changes:
+            changes["limits"] = {k: v for k, v in (changes["limits"] or {}).items() if v is not None} or None
         await self._respond_record(send, await self._change(key_id, **changes), key_id)
 
     async def _change(self, key_id: str, **changes: Any) -> KeyRecord | None:

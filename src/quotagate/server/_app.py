@@ -13,14 +13,20 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from ..auth import Authenticator
+from ..auth import Authenticator, Principal
 from ..config import Config, resolve_secret
-from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
+from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from ..keys import KeyStore
+from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError
+from ..policy import Policy
 from ..upstream import AiohttpTransport, ModelRoutes, Transport
 from ._admin import AdminAPI
 from ._asgi import (
@@ -56,7 +62,29 @@ class Gateway:
         self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
         self.transport: Transport = transport or AiohttpTransport()
-        self.redis: Redis | None = Redis.from_url(config.redis) if config.redis else None
+        self.redis: Redis | None = None
+        limit_store: Store
+        if config.redis:
+            # Tight socket timeouts and no client-side retries: the limiter decides what a slow
+            # or absent Redis means (fail closed or open), and must learn it quickly.
+            timeout = config.limiter.timeout_ms / 1000.0
+            self.redis = Redis.from_url(
+                config.redis,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            limit_store = RedisStore(self.redis)
+        else:
+            limit_store = InProcessStore()
+        self.policy = Policy(config)
+        self.limiter = Limiter(
+            limit_store,
+            timeout=config.limiter.timeout_ms / 1000.0,
+            on_store_failure=config.limiter.on_store_failure,
+            fallback_share=config.limiter.fallback_share,
+            max_queue=config.limiter.max_queue,
+        )
         upstream_secrets = tuple(
             str(t.headers.get("Authorization", "")).removeprefix("Bearer ")
             for name in self.routes.models
@@ -68,9 +96,16 @@ class Gateway:
             self.transport,
             config.server.max_body_bytes,
             tuple(s for s in upstream_secrets if s),
+            policy=self.policy,
+            limiter=self.limiter,
+            expected_output_tokens=config.limiter.expected_output_tokens,
         )
         self.admin = AdminAPI(
-            config, self.store, self.authenticator, resolve_secret(config.master_key, "master_key")
+            config,
+            self.store,
+            self.authenticator,
+            resolve_secret(config.master_key, "master_key"),
+            self.quota,
         )
         self._started = time.time()
         self._routes: dict[tuple[str, str], Handler] = {}
@@ -83,6 +118,7 @@ class Gateway:
             ):
                 self._routes[("POST", prefix + path)] = self._proxy_handler(endpoint)
             self._routes[("GET", prefix + "/models")] = self._list_models
+            self._routes[("GET", prefix + "/quota")] = self._quota
         self._routes[("GET", "/health")] = self._health
         self._routes[("GET", "/ready")] = self._ready
 
@@ -155,10 +191,9 @@ class Gateway:
         gc.freeze()
 
     async def shutdown(self) -> None:
+        await self.limiter.aclose()
         await self.transport.aclose()
         await self.store.close()
-        if self.redis is not None:
-            await self.redis.aclose()
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -200,6 +235,50 @@ class Gateway:
         name = scope["path"].split("/models/", 1)[1]
         self.proxy.check_model(principal, name)
         await send_json(send, 200, self._model_entry(name))
+
+    async def _quota(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        principal = await self.proxy.authenticate(headers)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        model = query.get("model", [None])[0]
+        if model is not None:
+            self.proxy.check_model(principal, model)
+        await send_json(send, 200, await self.quota(principal, model))
+
+    async def quota(self, principal: Principal, model: str | None) -> dict[str, Any]:
+        """A principal's limits with their usage, remaining and reset times."""
+        applied = self.policy.limits_for(principal, model)
+        try:
+            statuses = await self.limiter.status(applied.limits) if applied.limits else ()
+        except StoreUnavailableError:
+            raise ServiceUnavailableError(
+                "The rate limit store is unavailable.", code="limit_store_unavailable"
+            ) from None
+        now = time.time()
+        return {
+            "object": "quota",
+            "key_id": principal.key_id,
+            "user": principal.user,
+            "tier": principal.tier,
+            "model": model,
+            "limits": [
+                {
+                    "name": s.limit.label,
+                    "scope": s.limit.scope,
+                    "unit": s.limit.unit.value,
+                    "algorithm": s.limit.algorithm.value,
+                    "limit": s.limit.capacity,
+                    "used": s.used,
+                    "remaining": s.remaining,
+                    "reset_in_seconds": round(s.reset_after, 3),
+                    "resets_at": datetime.fromtimestamp(now + s.reset_after, UTC).isoformat(
+                        timespec="seconds"
+                    ),
+                }
+                for s in statuses
+            ],
+        }
 
     async def _health(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str

@@ -8,13 +8,20 @@ from ._counting import (
     encoding_name_for_model,
 )
 from ._encodings import ENCODING_NAMES, get_encoding
+from ._estimate import ZERO, Estimate, count_generated, estimate_tokens, generated_text, usage_of
 
 __all__ = [
     "ENCODING_NAMES",
+    "ZERO",
+    "Estimate",
     "count_chat_tokens",
+    "count_generated",
     "count_prompt_input",
     "count_text",
     "encoding_for_model",
     "encoding_name_for_model",
+    "estimate_tokens",
+    "generated_text",
     "get_encoding",
+    "usage_of",
 ]

@@ -1,0 +1,171 @@
+"""Which limits apply to a request: the caller's tier (per key, with the key's overrides), and
+the configured scoped limits (user, tier as a whole, model, key+model, global).
+
+Storage keys carry Redis Cluster hash tags: everything of one key (``{k:ID}``) shares a slot, so
+the common decision (a tier's RPM/TPM/TPD on a key) is one script on one node; shared limits
+carry their own tags (``{u:...}``, ``{t:...}``, ``{m:...}``, ``{g}``), see limits/_redis.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..auth import Principal
+from ..config import Config, LimitValues, ScopedLimit
+from ..limits import Algorithm, Calendar, Limit, Unit
+
+# shorthand -> (unit, period seconds or a calendar, label)
+SHORTHANDS: dict[str, tuple[Unit, float | Calendar, str]] = {
+    "rpm": (Unit.REQUESTS, 60.0, "requests per minute (RPM)"),
+    "rph": (Unit.REQUESTS, 3600.0, "requests per hour (RPH)"),
+    "rpd": (Unit.REQUESTS, Calendar.DAY, "requests per day (RPD)"),
+    "requests_per_month": (Unit.REQUESTS, Calendar.MONTH, "requests per month"),
+    "tpm": (Unit.TOKENS, 60.0, "tokens per minute (TPM)"),
+    "tph": (Unit.TOKENS, 3600.0, "tokens per hour (TPH)"),
+    "tpd": (Unit.TOKENS, Calendar.DAY, "tokens per day (TPD)"),
+    "tokens_per_month": (Unit.TOKENS, Calendar.MONTH, "tokens per month"),
+    "itpm": (Unit.INPUT_TOKENS, 60.0, "input tokens per minute (ITPM)"),
+    "otpm": (Unit.OUTPUT_TOKENS, 60.0, "output tokens per minute (OTPM)"),
+    "concurrency": (Unit.CONCURRENT, 0.0, "concurrent requests"),
+}
+_TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS)
+_CACHE_LIMIT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedLimits:
+    limits: tuple[Limit, ...]
+    counts_tokens: bool  # any token limit: the request's tokens must be estimated and settled
+    max_wait: float
+    priority: int
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
+
+
+def _tag(value: str) -> str:
+    # Braces would break the hash tag; nothing else in a name matters to Redis.
+    return value.replace("{", "(").replace("}", ")")
+
+
+def _shorthand_limit(
+    name: str, amount: int, key: str, algorithm: str, timezone: str, scope: str, owner: str
+) -> Limit:
+    unit, period, label = SHORTHANDS[name]
+    if unit is Unit.CONCURRENT:
+        return Limit(key, unit, amount, Algorithm.CONCURRENCY, label=label + owner, scope=scope)
+    if isinstance(period, Calendar):
+        return Limit(
+            key,
+            unit,
+            amount,
+            Algorithm.CALENDAR,
+            calendar=period,
+            timezone=timezone,
+            label=label + owner,
+            scope=scope,
+        )
+    return Limit(key, unit, amount, Algorithm(algorithm), period, label=label + owner, scope=scope)
+
+
+def _scoped_limit(
+    index: int, spec: ScopedLimit, principal: Principal, model: str | None, timezone: str
+) -> Limit | None:
+    if "tier" in spec.match and principal.tier not in spec.match["tier"]:
+        return None
+    if "user" in spec.match and principal.user not in spec.match["user"]:
+        return None
+    if "model" in spec.match and model not in spec.match["model"]:
+        return None
+    if spec.scope in ("model", "key+model") and model is None:
+        return None
+    name = spec.name or f"{index}-{spec.unit}-per-{spec.per}"
+    owner, tag = {
+        "key": ("", f"{{k:{_tag(principal.key_id)}}}"),
+        "user": (f" for user {principal.user}", f"{{u:{_tag(principal.user)}}}"),
+        "tier": (f" for tier {principal.tier}", f"{{t:{_tag(principal.tier)}}}"),
+        "model": (f" for model {model}", f"{{m:{_tag(model or '')}}}"),
+        "key+model": (
+            f" for model {model} on this key",
+            f"{{k:{_tag(principal.key_id)}}}:m:{_tag(model or '')}",
+        ),
+        "global": (" for the whole gateway", "{g}"),
+    }[spec.scope]
+    label = (spec.name or f"{spec.unit.replace('_', ' ')} per {spec.per}") + owner
+    key = f"{tag}:x:{name}"
+    unit = Unit(spec.unit)
+    if unit is Unit.CONCURRENT:
+        return Limit(key, unit, spec.amount, Algorithm.CONCURRENCY, label=label, scope=spec.scope)
+    algorithm = spec.algorithm or ("calendar" if spec.per in ("day", "month") else "gcra")
+    if algorithm == "calendar":
+        calendar = Calendar.MONTH if spec.per == "month" else Calendar.DAY
+        return Limit(
+            key,
+            unit,
+            spec.amount,
+            Algorithm.CALENDAR,
+            calendar=calendar,
+            timezone=timezone,
+            label=label,
+            scope=spec.scope,
+        )
+    return Limit(
+        key,
+        unit,
+        spec.amount,
+        Algorithm(algorithm),
+        spec.seconds,
+        burst=spec.burst,
+        label=label,
+        scope=spec.scope,
+    )
+
+
+class Policy:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._cache: dict[tuple[Principal, str | None], AppliedLimits] = {}
+        self.enabled = bool(config.limits) or any(
+            tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values()
+        )
+
+    def limits_for(self, principal: Principal, model: str | None) -> AppliedLimits:
+        """The limits on a request of ``principal`` for ``model`` (None: those not tied to a model)."""
+        cache_key = (principal, model)
+        applied = self._cache.get(cache_key)
+        if applied is None:
+            applied = self._build(principal, model)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[cache_key] = applied
+        return applied
+
+    def _build(self, principal: Principal, model: str | None) -> AppliedLimits:
+        config = self._config
+        tier = config.tiers.get(principal.tier)
+        values: dict[str, int] = {}
+        if tier is not None:
+            values.update(tier.model_dump(include=set(SHORTHANDS), exclude_none=True))
+        if principal.limits:
+            values.update(principal.limits)
+        algorithm = tier.algorithm if tier is not None else "gcra"
+        key_tag = f"{{k:{_tag(principal.key_id)}}}"
+        limits = [
+            _shorthand_limit(name, amount, f"{key_tag}:{name}", algorithm, config.timezone, "key", "")
+            for name, amount in values.items()
+        ]
+        for index, spec in enumerate(config.limits):
+            scoped = _scoped_limit(index, spec, principal, model, config.timezone)
+            if scoped is not None:
+                limits.append(scoped)
+        return AppliedLimits(
+            tuple(limits),
+            any(limit.unit in _TOKEN_UNITS for limit in limits),
+            tier.max_wait if tier is not None else 0.0,
+            tier.priority if tier is not None else 0,
+        )
+
+
+def check_overrides(values: dict[str, int]) -> dict[str, int]:
+    """Validate a key's limit overrides (the tier shorthands); raises ValueError."""
+    return LimitValues.model_validate(values).model_dump(exclude_none=True)

@@ -1,0 +1,95 @@
+"""What the client sees of the limits: 429 errors and the x-ratelimit-* headers."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from ..errors import GatewayError
+from ..limits import Algorithm, Decision, LimitStatus, Unit
+
+_TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS)
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, as OpenAI's x-ratelimit-reset-* do: 20ms, 1.5s, 6m0s, 1h2m3s."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{text}"
+    if minutes:
+        return f"{int(minutes)}m{text}"
+    return text
+
+
+def _tightest(statuses: tuple[LimitStatus, ...], units: tuple[Unit, ...]) -> LimitStatus | None:
+    best: LimitStatus | None = None
+    for status in statuses:
+        if status.limit.unit in units and (best is None or status.remaining < best.remaining):
+            best = status
+    return best
+
+
+def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the tightest limit of each kind."""
+    headers: list[tuple[bytes, bytes]] = []
+    for suffix, units in (("requests", (Unit.REQUESTS,)), ("tokens", _TOKEN_UNITS)):
+        status = _tightest(decision.statuses, units)
+        if status is None:
+            continue
+        headers.append((f"x-ratelimit-limit-{suffix}".encode(), str(status.limit.capacity).encode()))
+        headers.append((f"x-ratelimit-remaining-{suffix}".encode(), str(status.remaining).encode()))
+        headers.append((f"x-ratelimit-reset-{suffix}".encode(), go_duration(status.reset_after).encode()))
+    return headers
+
+
+def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
+    status = decision.denied_by
+    assert status is not None
+    limit = status.limit
+    requested = decision.costs[decision.statuses.index(status)] if decision.costs else 1
+    headers = {name.decode(): value.decode() for name, value in ratelimit_headers(decision)}
+    if decision.never_fits:
+        # No Retry-After: waiting cannot help, and a client that honours it would retry forever.
+        return RateLimitError(
+            f"Request too large for {limit.label}: limit {limit.capacity}, requested {requested}. "
+            "It can never be admitted; shorten the prompt or lower max_tokens.",
+            code="request_too_large",
+            headers=headers,
+        )
+    retry = decision.retry_after
+    headers["retry-after"] = str(max(1, math.ceil(retry)))
+    headers["retry-after-ms"] = str(max(1, math.ceil(retry * 1000)))
+    if limit.algorithm is Algorithm.CALENDAR:
+        resets = datetime.fromtimestamp(now + status.reset_after, ZoneInfo(limit.timezone))
+        return RateLimitError(
+            f"You exceeded your quota of {limit.label}: limit {limit.amount}, used {status.used}, "
+            f"requested {requested}. It resets at {resets.isoformat(timespec='seconds')}.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
+    if limit.algorithm is Algorithm.CONCURRENCY:
+        message = (
+            f"Too many {limit.label}: limit {limit.amount}, in flight {status.used}. "
+            f"Try again in {retry:.1f}s."
+        )
+    else:
+        message = (
+            f"Rate limit reached for {limit.label}: limit {limit.capacity}, used {status.used}, "
+            f"requested {requested}. Try again in {retry:.1f}s."
+        )
+    kind = "tokens_rate_limit_exceeded" if limit.unit in _TOKEN_UNITS else "rate_limit_exceeded"
+    return RateLimitError(message, type=kind, headers=headers)

@@ -1,0 +1,49 @@
+"""Reading usage out of a stream as it passes.
+
+The gateway asks every upstream stream for a final usage chunk (``stream_options.include_usage``)
+so that token limits settle on what the provider reports. When the client did not ask for that
+chunk, it is taken out of what the client receives. If the stream ends without one (the client
+left, the provider broke off), the text that did pass is counted with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..tokens import generated_text, usage_of
+
+
+class StreamUsage:
+    __slots__ = ("_strip", "pieces", "usage")
+
+    def __init__(self, strip_usage_chunk: bool) -> None:
+        self._strip = strip_usage_chunk
+        self.usage: tuple[int, int] | None = None
+        self.pieces: list[str] = []
+
+    def feed(self, events: bytes) -> bytes:
+        """Take complete SSE events; return what the client should receive of them."""
+        if b"\r" in events:
+            events = events.replace(b"\r\n", b"\n")  # SSE allows either; one is simpler to split
+        parts = events.split(b"\n\n")
+        drop = -1
+        for index, event in enumerate(parts):
+            data = event.strip()
+            if not data.startswith(b"data:") or data.endswith(b"[DONE]"):
+                continue
+            try:
+                payload = orjson.loads(data[5:])
+            except orjson.JSONDecodeError:
+                continue
+            usage = usage_of(payload)
+            if usage is not None:
+                self.usage = usage
+                if self._strip and not payload.get("choices"):
+                    drop = index
+                    continue
+            text = generated_text(payload)
+            if text:
+                self.pieces.append(text)
+        if drop < 0:
+            return events
+        return b"\n\n".join(parts[:drop] + parts[drop + 1 :])
