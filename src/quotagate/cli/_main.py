@@ -239,6 +239,37 @@ async def _with_store(config: Config, action: Any) -> Any:
         await store.close()
 
 
+LimitOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit",
+        help="Override one of the tier's limits for this key, as NAME=VALUE (repeatable): "
+        "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency.",
+        show_default=False,
+    ),
+]
+
+
+def _parse_limits(values: list[str] | None) -> dict[str, int] | None:
+    from pydantic import ValidationError
+
+    from ..policy import check_overrides
+
+    if not values:
+        return None
+    parsed: dict[str, int] = {}
+    for item in values:
+        name, _, amount = item.partition("=")
+        if not amount.strip().isdigit():
+            raise _fail(f"--limit {item!r}: expected NAME=POSITIVE_INTEGER, e.g. rpm=100")
+        parsed[name.strip()] = int(amount)
+    try:
+        return check_overrides(parsed)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise _fail(f"--limit: {problems}") from None
+
+
 def _parse_expiry(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -260,6 +291,7 @@ def keys_create(
         str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    limit: LimitOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key. The key is printed once, as the last line; it is stored only hashed."""
@@ -272,9 +304,13 @@ def keys_create(
     except Exception as exc:
         raise _fail(str(exc)) from None
     expires_at = _parse_expiry(expires)
+    overrides = _parse_limits(limit)
     record, key = _run(
         _with_store(
-            cfg, lambda s: s.create(user=user, tier=tier, models=model_list, expires_at=expires_at, name=name)
+            cfg,
+            lambda s: s.create(
+                user=user, tier=tier, models=model_list, expires_at=expires_at, name=name, limits=overrides
+            ),
         )
     )
     out.print(f"created key {record.id} for user {record.user} on tier {record.tier}", soft_wrap=True)
@@ -282,6 +318,8 @@ def keys_create(
         out.print(f"models: {', '.join(record.models)}")
     if record.expires_at is not None:
         out.print(f"expires: {record.expires_at.isoformat()}")
+    if record.limits:
+        out.print("limits: " + ", ".join(f"{k}={v}" for k, v in record.limits))
     out.print("store it now: it cannot be shown again")
     # Plain print: the last line must be the bare key, unwrapped and unstyled.
     print(key)
@@ -326,6 +364,50 @@ def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None
     if record is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"{verb} key {key_id} (running gateways notice within their auth cache time)")
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")],
+    tier: Annotated[str | None, typer.Option(help="Move the key to this tier.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated allowed models; 'all' for every model.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="New expiry (YYYY-MM-DD or ISO 8601); 'never' to clear.")
+    ] = None,
+    limit: LimitOption = None,
+    clear_limits: Annotated[
+        bool, typer.Option("--clear-limits", help="Drop the key's overrides: the tier's limits apply.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Change a key's tier, models, expiry or limit overrides (running gateways notice within
+    their auth cache time)."""
+    from ..server._admin import check_key_fields
+
+    cfg = _key_config(config)
+    changes: dict[str, Any] = {}
+    if tier is not None:
+        changes["tier"] = tier
+    if models is not None:
+        changes["models"] = None if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    if expires is not None:
+        changes["expires_at"] = None if expires == "never" else _parse_expiry(expires)
+    if clear_limits:
+        changes["limits"] = None
+    elif limit:
+        existing = _run(_with_store(cfg, lambda s: s.get(key_id)))
+        merged = dict(existing.limits or ()) if existing is not None else {}
+        merged.update(_parse_limits(limit) or {})
+        changes["limits"] = merged
+    if not changes:
+        raise _fail("nothing to change: give --tier, --models, --expires, --limit or --clear-limits")
+    try:
+        check_key_fields(cfg, changes.get("tier"), changes.get("models"))
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+    _change(key_id, config, "updated", **changes)
 
 
 @keys_app.command("disable")

@@ -48,6 +48,15 @@ def _tag(value: str) -> str:
     return value.replace("{", "(").replace("}", ")")
 
 
+def _rate_key(key: str, algorithm: str, amount: int, period: float, burst: int | None = None) -> str:
+    # GCRA keeps its state as a time scaled by the rate; when an operator changes the rate, the
+    # old state would mean something else. Naming the rate in the key starts a fresh bucket.
+    # (Counting algorithms keep counts, which stay right under a new amount: no suffix.)
+    if algorithm != "gcra":
+        return key
+    return f"{key}:{amount}/{period:g}" + (f"b{burst}" if burst else "")
+
+
 def _shorthand_limit(
     name: str, amount: int, key: str, algorithm: str, timezone: str, scope: str, owner: str
 ) -> Limit:
@@ -65,7 +74,15 @@ def _shorthand_limit(
             label=label + owner,
             scope=scope,
         )
-    return Limit(key, unit, amount, Algorithm(algorithm), period, label=label + owner, scope=scope)
+    return Limit(
+        _rate_key(key, algorithm, amount, period),
+        unit,
+        amount,
+        Algorithm(algorithm),
+        period,
+        label=label + owner,
+        scope=scope,
+    )
 
 
 def _scoped_limit(
@@ -110,7 +127,7 @@ def _scoped_limit(
             scope=spec.scope,
         )
     return Limit(
-        key,
+        _rate_key(key, algorithm, spec.amount, spec.seconds, spec.burst),
         unit,
         spec.amount,
         Algorithm(algorithm),
