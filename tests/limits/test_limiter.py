@@ -138,15 +138,16 @@ async def test_waiting_is_bounded(clock: FakeClock) -> None:
 async def test_fail_closed(clock: FakeClock) -> None:
     """With fail-closed, a broken store refuses with StoreUnavailableError, and recovers by itself."""
     store = BrokenStore(clock)
-    limiter = Limiter(store, clock=clock, on_store_failure="closed", retry_interval=1.0)
-    with pytest.raises(StoreUnavailableError):
-        await limiter.acquire([ONE_PER_SECOND], [1])
+    limiter = Limiter(store, clock=clock, on_store_failure="closed", retry_interval=1.0, failures_to_trip=2)
+    for _ in range(2):
+        with pytest.raises(StoreUnavailableError):
+            await limiter.acquire([ONE_PER_SECOND], [1])
     store.broken = False
     with pytest.raises(StoreUnavailableError):  # still resting the store
         await limiter.acquire([ONE_PER_SECOND], [1])
     clock.advance(1.0)
     assert (await limiter.acquire([ONE_PER_SECOND], [1])).allowed
-    assert limiter.stats.store_errors == 1
+    assert limiter.stats.store_errors == 2
 
 
 async def test_fail_open_uses_this_nodes_share(clock: FakeClock) -> None:

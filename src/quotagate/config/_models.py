@@ -140,7 +140,7 @@ class LimiterSettings(_Strict):
     fallback_share: float = Field(
         default=1.0, gt=0, le=1, description="the share of each limit one node enforces when failing open"
     )
-    timeout_ms: float = Field(default=100.0, gt=0, description="deadline of each call to the store")
+    timeout_ms: float = Field(default=250.0, gt=0, description="deadline of each call to the store")
     max_queue: PositiveInt = Field(default=10_000, description="requests waiting for capacity, per node")
     expected_output_tokens: PositiveInt = Field(
         default=512, description="output estimate when a request sets no max_tokens"

@@ -2,8 +2,9 @@
 
 - Every store call has a tight deadline. When the shared store fails, the limiter either fails
   closed (``StoreUnavailableError``, a 503 for the client) or fails open onto an in-process
-  store holding this node's share of each limit. After a failure it leaves the shared store
-  alone for ``retry_interval`` seconds, then tries it again: it recovers by itself.
+  store holding this node's share of each limit. After ``failures_to_trip`` failures in a row
+  it leaves the shared store alone for ``retry_interval`` seconds (requests go straight to the
+  failure policy, without waiting on a dead store), then tries it again: it recovers by itself.
 - Concurrency leases are renewed in the background while held, so a long stream keeps its slot
   and a dead node's slots expire after ``lease_seconds``.
 - Traffic shaping: a denied request may wait for capacity, up to ``max_wait`` seconds, in a
@@ -62,10 +63,11 @@ class Limiter:
         self,
         store: Store,
         *,
-        timeout: float = 0.1,
+        timeout: float = 0.25,
         on_store_failure: Literal["closed", "open"] = "closed",
         fallback_share: float = 1.0,
         retry_interval: float = 1.0,
+        failures_to_trip: int = 3,
         max_queue: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -77,6 +79,8 @@ class Limiter:
         self.on_store_failure = on_store_failure
         self.fallback_share = fallback_share
         self.retry_interval = retry_interval
+        self.failures_to_trip = failures_to_trip
+        self._consecutive_failures = 0
         self.max_queue = max_queue
         self.stats = LimiterStats()
         self._clock = clock
@@ -99,7 +103,9 @@ class Limiter:
         if self._clock() >= self._down_until:
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await call(self.store), False
+                    result = await call(self.store)
+                self._consecutive_failures = 0
+                return result, False
             except (OSError, TimeoutError, ConnectionError) as exc:
                 self._store_failed(exc)
             except Exception as exc:
@@ -114,15 +120,21 @@ class Limiter:
         return await fallback(self._fallback), True
 
     def _store_failed(self, exc: BaseException) -> None:
+        # One slow answer under a burst is not an outage: this request is decided by the
+        # failure policy, but the store is only set aside after several failures in a row.
         self.stats.store_errors += 1
-        if self._clock() >= self._down_until:
-            logger.warning(
-                "limit store failed (%s: %s); %s for %.1fs",
-                type(exc).__name__,
-                exc,
-                "failing closed" if self.on_store_failure == "closed" else "using this node's share locally",
-                self.retry_interval,
-            )
+        self._consecutive_failures += 1
+        if self._consecutive_failures < self.failures_to_trip:
+            return
+        logger.warning(
+            "limit store failed %d times in a row (last: %s: %s); %s for %.1fs",
+            self._consecutive_failures,
+            type(exc).__name__,
+            exc,
+            "failing closed" if self.on_store_failure == "closed" else "using this node's share locally",
+            self.retry_interval,
+        )
+        self._consecutive_failures = 0
         self._down_until = self._clock() + self.retry_interval
 
     def _local(self, limits: Sequence[Limit]) -> list[Limit]:

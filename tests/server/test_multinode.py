@@ -1,0 +1,73 @@
+"""Several gateway processes sharing one Redis hold one limit jointly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import redis
+
+from ..conftest import REDIS_URL, ServerThread, closed_port
+
+
+def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: ServerThread) -> None:
+    """200 concurrent requests for one key with RPM 50, spread over 3 gateways: exactly 50 pass."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    config = tmp_path / "quotagate.yaml"
+    config.write_text(
+        f"database: sqlite:///{tmp_path / 'keys.db'}\n"
+        f"redis: {REDIS_URL}\n"
+        # A sliding window holds exactly 50 over the minute, however long the burst takes.
+        "tiers: {free: {rpm: 50, algorithm: sliding-window}}\n"
+        "models:\n  - name: gpt-4o-mini\n"
+        f"    deployments: [{{provider: openai-compatible, base_url: '{mock_upstream.url}/v1', api_key: env:TEST_UPSTREAM_KEY}}]\n"
+    )
+    env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
+    created = subprocess.run(
+        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
+        capture_output=True, text=True, check=True, env=env,
+    )
+    key = created.stdout.strip().splitlines()[-1]
+    ports = [closed_port() for _ in range(3)]
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.05)
+
+        async def storm() -> list[int]:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+                async def one(index: int) -> int:
+                    url = f"http://127.0.0.1:{ports[index % 3]}/v1/chat/completions"
+                    async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+                        await response.read()
+                        return response.status
+
+                return await asyncio.gather(*(one(i) for i in range(200)))
+
+        statuses = asyncio.run(storm())
+        assert statuses.count(200) == 50
+        assert statuses.count(429) == 150
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
