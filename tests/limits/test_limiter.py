@@ -169,24 +169,19 @@ async def test_a_hanging_store_never_hangs_the_request(clock: FakeClock) -> None
     assert time.monotonic() - started < 1.0
 
 
-@pytest.fixture
-async def own_redis() -> AsyncIterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A Redis server of this test's own, so that it can be killed and restarted."""
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is needed (Debian package redis-server)")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A Redis server of this test's own, so that it can be killed and restarted."""
     port = closed_port()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(
-            subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-
-    start()
+    procs = [_start_redis(port)]
     yield port, procs
     for proc in procs:
         proc.kill()
@@ -221,22 +216,7 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
     assert during.allowed and during.fallback
     assert limiter.stats.store_errors >= 1
 
-    procs.append(
-        subprocess.Popen(
-            [
-                str(shutil.which("redis-server")),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-    )
+    procs.append(_start_redis(port))
     await _wait_for_redis(port)
     await asyncio.sleep(0.25)  # past retry_interval
     after = None

@@ -114,5 +114,11 @@ def test_bad_admin_payloads_get_400(gateway: RunningGateway) -> None:
         assert_openai_error(admin.put("/admin/keys"), 405)
         assert_openai_error(admin.get("/admin/nothing"), 404)
         tiers = admin.get("/admin/tiers").json()["data"]
-        assert tiers["free"] == {"rpm": 60, "tpd": 100000, "algorithm": "gcra", "max_wait": 0.0, "priority": 0}
+        assert tiers["free"] == {
+            "rpm": 60,
+            "tpd": 100000,
+            "algorithm": "gcra",
+            "max_wait": 0.0,
+            "priority": 0,
+        }
         assert tiers["paid"]["rpm"] == 600

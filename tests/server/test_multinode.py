@@ -30,13 +30,30 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
     )
     env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
     created = subprocess.run(
-        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
-        capture_output=True, text=True, check=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "quotagate",
+            "keys",
+            "create",
+            "--user",
+            "u",
+            "--tier",
+            "free",
+            "-c",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     key = created.stdout.strip().splitlines()[-1]
     ports = [closed_port() for _ in range(3)]
     nodes = [
-        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env
+        )
         for port in ports
     ]
     try:
@@ -57,7 +74,9 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
 
                 async def one(index: int) -> int:
                     url = f"http://127.0.0.1:{ports[index % 3]}/v1/chat/completions"
-                    async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+                    async with session.post(
+                        url, json=body, headers={"Authorization": f"Bearer {key}"}
+                    ) as response:
                         await response.read()
                         return response.status
 
