@@ -98,7 +98,11 @@ def test_config_check(config_file: Path, tmp_path: Path, monkeypatch: pytest.Mon
     """`config check` accepts a good file and names the field of a bad one, without a traceback."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     missing = runner.invoke(app, ["config", "check", str(config_file)])
-    assert missing.exit_code == 1 and "environment variable OPENAI_API_KEY is not set" in missing.output
+    assert missing.exit_code == 1
+    assert (
+        "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"
+        in missing.output
+    )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     ok = runner.invoke(app, ["config", "check", str(config_file)])
     assert ok.exit_code == 0 and "OK (2 tiers, 1 models, 1 deployments" in ok.output

@@ -343,3 +343,24 @@ def test_settled_tokens_equal_reported_usage(
     }
     abandoned_cost = used["tokens per day (TPD)"] - reported
     assert prompt + 3 <= abandoned_cost <= prompt + 6, abandoned_cost
+
+
+def test_streams_from_providers_without_stream_usage(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """With stream_usage off, the gateway does not ask for usage and counts the streamed text itself."""
+    config = gateway_config(sqlite_url, mock_upstream.url, tiers={"free": {"tpd": 100000}})
+    data = config.model_dump()
+    data["models"][0]["deployments"][0]["stream_usage"] = False
+    gw = start_gateway(type(config).model_validate(data))
+    key = gw.create_key()["key"]
+    marker = "no stream_options please"
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": marker}]}
+    with httpx.stream(
+        "POST", gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+    ) as response:
+        response.read()
+    sent = [r for r in httpx.get(mock_upstream.url + "/mock/requests").json() if marker in str(r["body"])]
+    assert "stream_options" not in sent[0]["body"]
+    used = httpx.get(gw.v1 + "/quota", headers={"Authorization": f"Bearer {key}"}).json()["limits"][0]["used"]
+    assert used == count_chat_tokens({"messages": body["messages"]}, get_encoding("o200k_base")) + 16

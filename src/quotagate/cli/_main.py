@@ -12,7 +12,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..config import Config, ConfigError, default_config, load_config, missing_secrets
 
@@ -44,7 +46,8 @@ ConfigOption = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    # The message is printed as text: field paths like models[gpt-4o] are not rich markup.
+    err.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -348,8 +351,8 @@ def keys_list(
         table.add_row(
             r.id,
             r.key_hint,
-            r.user,
-            r.tier,
+            escape(r.user),
+            escape(r.tier),
             ", ".join(r.models) if r.models is not None else "all",
             r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
             status,

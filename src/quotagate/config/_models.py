@@ -163,6 +163,11 @@ class Deployment(_Strict):
         default=600.0, gt=0, description="Seconds to wait for the response (or the next stream chunk)."
     )
     connect_timeout: float = Field(default=10.0, gt=0)
+    stream_usage: bool = Field(
+        default=True,
+        description="ask streams for a final usage chunk (stream_options.include_usage); turn off "
+        "for providers that reject the option, and the gateway counts streamed tokens itself",
+    )
 
     @field_validator("api_key")
     @classmethod

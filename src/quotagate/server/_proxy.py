@@ -187,20 +187,20 @@ class Proxy:
         changes: dict[str, Any] = {}
         if target.provider_model != request.model:
             changes["model"] = target.provider_model
-        client_wants_usage = False
-        if request.stream and applied.counts_tokens:
-            options = body.get("stream_options")
-            client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-            if not client_wants_usage:
-                # Settling needs the provider's count; the client will not see the extra chunk.
-                changes["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
+        options = body.get("stream_options")
+        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        we_asked_for_usage = False
+        if request.stream and applied.counts_tokens and target.stream_usage and not client_wants_usage:
+            # Settling needs the provider's count; the client will not see the extra chunk.
+            changes["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+            we_asked_for_usage = True
         upstream_body = orjson.dumps({**body, **changes}) if changes else raw
         usage = _Usage() if applied.counts_tokens else None
         stream_usage = (
-            StreamUsage(strip_usage_chunk=not client_wants_usage)
+            StreamUsage(strip_usage_chunk=we_asked_for_usage)
             if usage is not None and request.stream
             else None
         )

@@ -28,6 +28,7 @@ class DeploymentTarget:
     read_timeout: float
     connect_timeout: float
     label: str
+    stream_usage: bool = True
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -50,6 +51,7 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> Deployme
         read_timeout=deployment.timeout,
         connect_timeout=deployment.connect_timeout,
         label=f"{deployment.provider}/{provider_model}#{index}",
+        stream_usage=deployment.stream_usage,
     )
 
 
