@@ -364,3 +364,30 @@ def test_streams_from_providers_without_stream_usage(
     assert "stream_options" not in sent[0]["body"]
     used = httpx.get(gw.v1 + "/quota", headers={"Authorization": f"Bearer {key}"}).json()["limits"][0]["used"]
     assert used == count_chat_tokens({"messages": body["messages"]}, get_encoding("o200k_base")) + 16
+
+
+def test_a_stream_holds_its_concurrency_slot_until_it_ends(
+    start_gateway: Callable[..., RunningGateway],
+    start_mock: Callable[..., ServerThread],
+    sqlite_url: str,
+    store_config: dict[str, Any],
+) -> None:
+    """With concurrency 1, a second request is refused while a stream is still running."""
+    slow = start_mock(stream_chunk_delay_ms=100, completion_tokens=8)
+    gw = start(start_gateway, slow, sqlite_url, tiers={"free": {"concurrency": 1}}, **store_config)
+    key = gw.create_key()["key"]
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**CHAT, "stream": True},
+    ) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator would close the stream
+        assert next(lines).startswith("data: ")
+        refused = post(gw, key)
+        error = assert_openai_error(refused, 429, "rate_limit_exceeded")
+        assert error["message"].startswith("Too many concurrent requests: limit 1, in flight 1.")
+        for _ in lines:  # to the end of the stream
+            pass
+    time.sleep(0.2)
+    assert post(gw, key).status_code == 200
