@@ -16,6 +16,9 @@ PUBLIC = {
     "quotagate.tokens": ["get_encoding", "count_chat_tokens"],
     "quotagate.mock": ["MockUpstream", "MockOptions"],
     "quotagate.server": ["Gateway"],
+    "quotagate.limits": ["Limit", "Limiter", "InProcessStore", "RedisStore", "Decision", "Unit", "Algorithm"],
+    "quotagate.policy": ["Policy"],
+    "quotagate.client": ["limited", "RateLimiter", "RateLimitTimeout", "run_batch", "run_batch_sync"],
 }
 
 

@@ -150,6 +150,9 @@ def mock_upstream(
     rate_500: Annotated[float, typer.Option("--rate-500", help="Share of requests answered 500.")] = 0.0,
     rate_hang: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
     rate_drop: Annotated[float, typer.Option(help="Share of streams cut off midway.")] = 0.0,
+    fail_first: Annotated[
+        int, typer.Option(help="Answer the first N requests with 429 (for retry tests).")
+    ] = 0,
     api_key: Annotated[
         str | None,
         typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY"),
@@ -184,6 +187,7 @@ def mock_upstream(
         rate_500=rate_500,
         rate_hang=rate_hang,
         rate_drop=rate_drop,
+        fail_first=fail_first,
         api_key=api_key,
         record=record,
         seed=seed,

@@ -1,11 +1,13 @@
 """The in-process store: the embedded default, the fail-open fallback, and the tests' reference.
 
 Every operation runs without an await in between, so on one event loop each decision is atomic
-by construction. Idle state is swept as it expires, like Redis's TTLs.
+by construction; a lock makes it so across threads too (the client library's sync and async
+callers may share one store). Idle state is swept as it expires, like Redis's TTLs.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ class InProcessStore:
         self._state: dict[str, Any] = {}
         self._expires: dict[str, float] = {}  # key -> epoch ms after which the state is moot
         self._last_sweep = 0.0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._state)
@@ -39,6 +42,12 @@ class InProcessStore:
         lease: str | None = None,
         *,
         dry_run: bool = False,
+    ) -> Decision:
+        with self._lock:
+            return self._acquire_locked(limits, costs, lease, dry_run)
+
+    def _acquire_locked(
+        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None, dry_run: bool
     ) -> Decision:
         now_s = self._clock()
         now = now_s * 1000.0
@@ -67,6 +76,12 @@ class InProcessStore:
         self.settle_now(limits, deltas, windows)
 
     def settle_now(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
+        with self._lock:
+            self._settle_locked(limits, deltas, windows)
+
+    def _settle_locked(
+        self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]
+    ) -> None:
         now_s = self._clock()
         now = now_s * 1000.0
         for limit, delta, window in zip(limits, deltas, windows, strict=True):
@@ -90,10 +105,11 @@ class InProcessStore:
                 self._expires[limit.key] = now + ttl
 
     async def release(self, limits: Sequence[Limit], lease: str) -> None:
-        for limit in limits:
-            leases = self._state.get(limit.key)
-            if isinstance(leases, dict):
-                leases.pop(lease, None)
+        with self._lock:
+            for limit in limits:
+                leases = self._state.get(limit.key)
+                if isinstance(leases, dict):
+                    leases.pop(lease, None)
 
     async def renew(self, limits: Sequence[Limit], lease: str) -> None:
         now = self._clock() * 1000.0

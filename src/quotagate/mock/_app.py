@@ -73,6 +73,7 @@ class MockOptions:
     rate_500: float = 0.0
     rate_hang: float = 0.0
     rate_drop: float = 0.0
+    fail_first: int = 0  # the first N completion requests answer 429 (deterministic retries)
     api_key: str | None = None
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4.1", "text-embedding-3-small")
     record: bool = False
@@ -176,7 +177,7 @@ class MockUpstream:
             self.state.recorded.append(RecordedRequest(scope["path"], headers, body))
         self.state.requests_served += 1
 
-        fault = self._draw_fault()
+        fault = "429" if self.state.requests_served <= self.options.fail_first else self._draw_fault()
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
         if fault == "429":
