@@ -153,6 +153,9 @@ def mock_upstream(
     fail_first: Annotated[
         int, typer.Option(help="Answer the first N requests with 429 (for retry tests).")
     ] = 0,
+    rpm: Annotated[
+        int | None, typer.Option(help="Enforce this RPM exactly, as a provider would (429 past it).")
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY"),
@@ -188,6 +191,7 @@ def mock_upstream(
         rate_hang=rate_hang,
         rate_drop=rate_drop,
         fail_first=fail_first,
+        rpm=rpm,
         api_key=api_key,
         record=record,
         seed=seed,

@@ -3,11 +3,13 @@
 from ._defaults import DEMO_MODEL, default_config
 from ._loader import ConfigError, load_config, parse_config
 from ._models import (
+    BreakerSettings,
     Config,
     Deployment,
     LimiterSettings,
     LimitValues,
     ModelConfig,
+    RouterSettings,
     ScopedLimit,
     ServerSettings,
     TierLimits,
@@ -16,12 +18,14 @@ from ._secrets import missing_secrets, resolve_secret
 
 __all__ = [
     "DEMO_MODEL",
+    "BreakerSettings",
     "Config",
     "ConfigError",
     "Deployment",
     "LimitValues",
     "LimiterSettings",
     "ModelConfig",
+    "RouterSettings",
     "ScopedLimit",
     "ServerSettings",
     "TierLimits",

@@ -159,10 +159,20 @@ class Deployment(_Strict):
     weight: float = Field(default=1.0, gt=0)
     priority: int = Field(default=0, ge=0)
     region: str | None = None
+    burst: PositiveInt | None = Field(
+        default=None,
+        description="requests the gateway may send at once within the rpm (default 1: paced, so no "
+        "window of a minute ever holds more than rpm)",
+    )
     timeout: float = Field(
-        default=600.0, gt=0, description="Seconds to wait for the response (or the next stream chunk)."
+        default=600.0, gt=0, description="Default for first_byte_timeout and chunk_timeout, in seconds."
     )
     connect_timeout: float = Field(default=10.0, gt=0)
+    first_byte_timeout: float | None = Field(default=None, gt=0, description="until the response starts")
+    chunk_timeout: float | None = Field(default=None, gt=0, description="between two chunks of a stream")
+    total_timeout: float | None = Field(
+        default=None, gt=0, description="for the whole response, streams included"
+    )
     stream_usage: bool = Field(
         default=True,
         description="ask streams for a final usage chunk (stream_options.include_usage); turn off "
@@ -190,12 +200,36 @@ class Deployment(_Strict):
         return self.base_url
 
 
+Routing = Literal["weighted", "least-busy", "usage-based", "latency-based"]
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
+    routing: Routing = Field(default="weighted", description="how a deployment is chosen among equals")
     context_window: PositiveInt | None = Field(
-        default=None, description="caps the token estimate of a request to this model"
+        default=None, description="caps the token estimate; longer requests go to context_window_fallback"
     )
+    fallbacks: list[str] = Field(default_factory=list, description="models to try when this one fails")
+    context_window_fallback: str | None = None
+
+
+class BreakerSettings(_Strict):
+    failures: PositiveInt = Field(default=5, description="failures within window_seconds that open it")
+    window_seconds: float = Field(default=30.0, gt=0)
+    cooldown_seconds: float = Field(default=30.0, gt=0, description="open this long, then half-open")
+    probes: PositiveInt = Field(default=1, description="requests let through while half-open")
+
+
+class RouterSettings(_Strict):
+    max_attempts: PositiveInt = Field(default=3, description="tries per request, over all deployments")
+    deadline_seconds: float = Field(default=120.0, gt=0, description="for all tries of one request")
+    backoff_base: float = Field(default=0.2, gt=0)
+    backoff_cap: float = Field(default=5.0, gt=0)
+    default_cooldown_seconds: float = Field(
+        default=5.0, gt=0, description="cooldown after a provider 429 that names no Retry-After"
+    )
+    breaker: BreakerSettings = BreakerSettings()
 
 
 class Config(_Strict):
@@ -207,6 +241,7 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     limits: list[ScopedLimit] = Field(default_factory=list)
     limiter: LimiterSettings = LimiterSettings()
+    router: RouterSettings = RouterSettings()
     timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(
         default=5.0,
@@ -259,6 +294,15 @@ class Config(_Strict):
             if model.name in seen:
                 raise ValueError(f"model {model.name!r} is defined twice")
             seen.add(model.name)
+        for model in self.models:
+            for other in [
+                *model.fallbacks,
+                *([model.context_window_fallback] if model.context_window_fallback else []),
+            ]:
+                if other not in seen:
+                    raise ValueError(f"model {model.name!r} falls back to {other!r}, which is not configured")
+                if other == model.name:
+                    raise ValueError(f"model {model.name!r} falls back to itself")
         return self
 
     def model_named(self, name: str) -> ModelConfig | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import random
 import struct
 import time
@@ -74,6 +75,7 @@ class MockOptions:
     rate_hang: float = 0.0
     rate_drop: float = 0.0
     fail_first: int = 0  # the first N completion requests answer 429 (deterministic retries)
+    rpm: int | None = None  # enforce a provider RPM exactly: 429 past rpm requests in any 60 s
     api_key: str | None = None
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4.1", "text-embedding-3-small")
     record: bool = False
@@ -99,6 +101,8 @@ class RecordedRequest:
 @dataclass
 class MockState:
     requests_served: int = 0
+    rate_limited: int = 0  # 429s sent because the RPM was exceeded (the gateway's fault)
+    started: deque[float] = field(default_factory=deque)  # start times within the last minute
     recorded: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=200))
 
 
@@ -136,7 +140,15 @@ class MockUpstream:
                     send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]}
                 )
             elif path == "/health":
-                await self._json(send, 200, {"status": "ok", "requests_served": self.state.requests_served})
+                await self._json(
+                    send,
+                    200,
+                    {
+                        "status": "ok",
+                        "requests_served": self.state.requests_served,
+                        "rate_limited": self.state.rate_limited,
+                    },
+                )
             elif path == "/mock/requests":
                 await self._json(send, 200, [r.__dict__ for r in self.state.recorded])
             else:
@@ -177,6 +189,27 @@ class MockUpstream:
             self.state.recorded.append(RecordedRequest(scope["path"], headers, body))
         self.state.requests_served += 1
 
+        if self.options.rpm is not None:
+            now = time.monotonic()
+            started = self.state.started
+            while started and started[0] <= now - 60.0:
+                started.popleft()
+            if len(started) >= self.options.rpm:
+                self.state.rate_limited += 1
+                wait = max(0.001, started[0] + 60.0 - now)
+                await self._error(
+                    send,
+                    429,
+                    f"Rate limit reached for requests per min (RPM): Limit {self.options.rpm}.",
+                    "requests",
+                    "rate_limit_exceeded",
+                    headers=[
+                        (b"retry-after-ms", f"{wait * 1000:.0f}".encode()),
+                        (b"retry-after", f"{math.ceil(wait)}".encode()),
+                    ],
+                )
+                return
+            started.append(now)
         fault = "429" if self.state.requests_served <= self.options.fail_first else self._draw_fault()
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)

@@ -97,12 +97,14 @@ class AdminAPI:
         authenticator: Authenticator,
         master_key: str | None,
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
+        deployments: Callable[[], Awaitable[list[dict[str, object]]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.authenticator = authenticator
         self._master_key = master_key
         self._quota = quota
+        self._deployments = deployments
 
     def _check_master_key(self, headers: RequestHeaders) -> None:
         if self._master_key is None:
@@ -121,6 +123,10 @@ class AdminAPI:
             self._allow(method, "GET")
             tiers = {name: t.model_dump(exclude_none=True) for name, t in self.config.tiers.items()}
             await send_json(send, 200, {"object": "list", "data": tiers})
+            return
+        if parts == ["deployments"] and self._deployments is not None:
+            self._allow(method, "GET")
+            await send_json(send, 200, {"object": "list", "data": await self._deployments()})
             return
         if parts[:1] != ["keys"] or len(parts) > 3:
             raise NotFoundError(f"Unknown admin route {scope['path']}.")

@@ -27,6 +27,8 @@ from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, Service
 from ..keys import KeyStore
 from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError
 from ..policy import Policy
+from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
+from ..router._state import StateStore
 from ..upstream import AiohttpTransport, ModelRoutes, Transport
 from ._admin import AdminAPI
 from ._asgi import (
@@ -90,12 +92,22 @@ class Gateway:
             for name in self.routes.models
             for t in self.routes.deployments(name)
         )
+        state_store: StateStore = (
+            RedisStateStore(self.redis) if self.redis is not None else MemoryStateStore()
+        )
+        self.router = Router(
+            config,
+            self.routes,
+            self.transport,
+            self.limiter,
+            DeploymentStates(state_store, config.router.breaker),
+            secrets=tuple(s for s in upstream_secrets if s),
+        )
         self.proxy = Proxy(
             self.routes,
             self.authenticator,
-            self.transport,
+            self.router,
             config.server.max_body_bytes,
-            tuple(s for s in upstream_secrets if s),
             policy=self.policy,
             limiter=self.limiter,
             expected_output_tokens=config.limiter.expected_output_tokens,

@@ -16,16 +16,22 @@ from typing import Any
 import orjson
 
 from ..auth import Authenticator, Principal, extract_key
-from ..errors import GatewayError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
-from ..limits import Limit, Limiter, StoreUnavailableError, Unit
-from ..policy import Policy
+from ..errors import (
+    GatewayError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+)
+from ..limits import Decision, Limit, Limiter, StoreUnavailableError, Unit
+from ..policy import AppliedLimits, Policy
+from ..router import Exchange, Router, RouteRequest
 from ..tokens import ZERO, Estimate, count_generated, estimate_tokens, generated_text, usage_of
 from ..tokens._estimate import Kind
-from ..upstream import DeploymentTarget, ModelRoutes, Transport, UpstreamRequest, UpstreamResponse
+from ..upstream import DeploymentTarget, ModelRoutes
 from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Send, read_body, send_bytes
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._stream_usage import StreamUsage
-from ._upstream_errors import upstream_status_error
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
 
 SSE_HEADERS = [
@@ -78,6 +84,15 @@ def _deltas(limits: tuple[Limit, ...], estimate: Estimate, prompt: int, completi
 
 
 @dataclass(slots=True)
+class _Charged:
+    """The tenant limits a request is charged to: those of the model that serves it."""
+
+    applied: AppliedLimits | None
+    decision: Decision | None
+    model: str
+
+
+@dataclass(slots=True)
 class _Usage:
     """What the request actually used, as learnt from the response (None: nothing yet)."""
 
@@ -91,9 +106,8 @@ class Proxy:
         self,
         routes: ModelRoutes,
         authenticator: Authenticator,
-        transport: Transport,
+        router: Router,
         max_body_bytes: int,
-        upstream_secrets: tuple[str, ...],
         policy: Policy | None = None,
         limiter: Limiter | None = None,
         expected_output_tokens: int = 512,
@@ -101,12 +115,11 @@ class Proxy:
     ) -> None:
         self.routes = routes
         self.authenticator = authenticator
-        self.transport = transport
+        self.router = router
         self.max_body_bytes = max_body_bytes
         self.policy = policy
         self.limiter = limiter
         self.expected_output_tokens = expected_output_tokens
-        self._secrets = upstream_secrets
         self._clock = clock
 
     async def authenticate(self, headers: RequestHeaders) -> Principal:
@@ -128,6 +141,22 @@ class Proxy:
                 code="model_not_allowed",
             )
 
+    async def _decide(self, applied: AppliedLimits, estimate: Estimate, wait: bool) -> Decision:
+        assert self.limiter is not None
+        try:
+            return await self.limiter.acquire(
+                applied.limits,
+                _costs(applied.limits, estimate),
+                max_wait=applied.max_wait if wait else 0.0,
+                priority=applied.priority,
+            )
+        except StoreUnavailableError:
+            raise ServiceUnavailableError(
+                "The rate limit store is unavailable, and this gateway is set to refuse requests "
+                "it cannot count. Try again shortly.",
+                code="limit_store_unavailable",
+            ) from None
+
     async def handle(
         self,
         endpoint: Endpoint,
@@ -142,185 +171,229 @@ class Proxy:
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
-        target = self.routes.choose(request.model)
         body = request.body
-        id_header = (b"x-request-id", request_id.encode())
 
-        applied = (
-            self.policy.limits_for(principal, request.model) if self.policy and self.policy.enabled else None
-        )
-        if not applied or self.limiter is None:
-            upstream_body = (
-                raw
-                if target.provider_model == request.model
-                else orjson.dumps({**body, "model": target.provider_model})
-            )
-            await self._forward(
-                target, endpoint, upstream_body, request.stream, receive, send, [id_header], None, None
-            )
-            return
-
+        limited = self.policy is not None and self.policy.enabled and self.limiter is not None
+        applied = self.policy.limits_for(principal, request.model) if limited and self.policy else None
+        counts_tokens = bool(applied and applied.counts_tokens) or self.router.needs_estimate(request.model)
         estimate = ZERO
-        if applied.counts_tokens:
+        if counts_tokens:
             model_config = self.routes.models[request.model]
             estimate = estimate_tokens(
                 endpoint.kind, body, request.model, self.expected_output_tokens, model_config.context_window
             )
-        try:
-            decision = await self.limiter.acquire(
-                applied.limits,
-                _costs(applied.limits, estimate),
-                max_wait=applied.max_wait,
-                priority=applied.priority,
-            )
-        except StoreUnavailableError:
-            raise ServiceUnavailableError(
-                "The rate limit store is unavailable, and this gateway is set to refuse requests "
-                "it cannot count. Try again shortly.",
-                code="limit_store_unavailable",
-            ) from None
-        if not decision.allowed:
-            error = rate_limit_error(decision, self._clock())
-            error.headers["x-request-id"] = request_id
-            raise error
+        decision: Decision | None = None
+        if applied:
+            decision = await self._decide(applied, estimate, wait=True)
+            if not decision.allowed:
+                error = rate_limit_error(decision, self._clock())
+                error.headers["x-request-id"] = request_id
+                raise error
 
-        changes: dict[str, Any] = {}
-        if target.provider_model != request.model:
-            changes["model"] = target.provider_model
         options = body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        we_asked_for_usage = False
-        if request.stream and applied.counts_tokens and target.stream_usage and not client_wants_usage:
-            # Settling needs the provider's count; the client will not see the extra chunk.
-            changes["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
-            we_asked_for_usage = True
-        upstream_body = orjson.dumps({**body, **changes}) if changes else raw
-        usage = _Usage() if applied.counts_tokens else None
-        stream_usage = (
-            StreamUsage(strip_usage_chunk=we_asked_for_usage)
-            if usage is not None and request.stream
-            else None
-        )
-        try:
-            await self._forward(
-                target,
-                endpoint,
-                upstream_body,
-                request.stream,
-                receive,
-                send,
-                [id_header, *ratelimit_headers(decision)],
-                usage,
-                stream_usage,
-            )
-        finally:
-            # Settle on every path: success, provider error, client gone, or cancellation.
-            if usage is not None:
-                if stream_usage is not None:
-                    usage.reported = stream_usage.usage
-                    usage.generated = "".join(stream_usage.pieces)
-                if usage.reported is not None:
-                    prompt, completion = usage.reported
-                elif usage.upstream_answered:
-                    prompt, completion = estimate.prompt, count_generated(usage.generated, request.model)
-                else:
-                    prompt, completion = 0, 0  # the provider never took the request
-                await self.limiter.settle(
-                    decision, applied.limits, _deltas(applied.limits, estimate, prompt, completion)
-                )
-            await self.limiter.release(decision, applied.limits)
+        bodies: dict[str, bytes] = {}
+        asked_usage: dict[str, bool] = {}
 
-    async def _forward(
-        self,
-        target: DeploymentTarget,
-        endpoint: Endpoint,
-        upstream_body: bytes,
-        stream: bool,
-        receive: Receive,
-        send: Send,
-        extra_headers: list[tuple[bytes, bytes]],
-        usage: _Usage | None,
-        stream_usage: StreamUsage | None,
-    ) -> None:
-        response = await self.transport.send(
-            UpstreamRequest(
-                url=target.url(endpoint.upstream_path),
-                headers=target.headers,
-                body=upstream_body,
-                read_timeout=target.read_timeout,
-                connect_timeout=target.connect_timeout,
-                label=target.label,
-            )
-        )
-        if response.status >= 300:
-            body = await response.read()
-            raise upstream_status_error(response.status, body, response.headers, target.label, self._secrets)
-        if usage is not None:
-            usage.upstream_answered = True
-        content_type = response.headers.get("content-type", "")
-        if stream and content_type.startswith("text/event-stream"):
-            await self._relay_stream(response, receive, send, extra_headers, stream_usage)
-            return
-        body = await response.read()
-        if usage is not None:
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                payload = None
-            usage.reported = usage_of(payload)
-            if usage.reported is None:
-                usage.generated = generated_text(payload)
-        type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE
-        await send_bytes(send, response.status, body, [type_header, *extra_headers])
+        def body_for(target: DeploymentTarget) -> bytes:
+            cached = bodies.get(target.id)
+            if cached is not None:
+                return cached
+            changes: dict[str, Any] = {}
+            if target.provider_model != request.model:
+                changes["model"] = target.provider_model
+            ask = request.stream and counts_tokens and target.stream_usage and not client_wants_usage
+            if ask:
+                # Settling needs the provider's count; the client will not see the extra chunk.
+                changes["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+            asked_usage[target.id] = ask
+            bodies[target.id] = orjson.dumps({**body, **changes}) if changes else raw
+            return bodies[target.id]
 
-    async def _relay_stream(
-        self,
-        response: UpstreamResponse,
-        receive: Receive,
-        send: Send,
-        extra_headers: list[tuple[bytes, bytes]],
-        stream_usage: StreamUsage | None,
-    ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra_headers]})
-        relay_task = asyncio.current_task()
-        assert relay_task is not None
+        current = _Charged(applied, decision, request.model)
+
+        async def switch_model(model: str) -> bool:
+            # The tenant's limits are charged for the model that actually serves.
+            if model == current.model or not limited or self.policy is None:
+                current.model = model
+                return True
+            new_applied = self.policy.limits_for(principal, model)
+            if current.applied is not None and new_applied.limits == current.applied.limits:
+                current.model = model
+                return True
+            new_decision = await self._decide(new_applied, estimate, wait=False)
+            if not new_decision.allowed:
+                return False
+            await self._undo(current.decision, current.applied)
+            current.applied, current.decision, current.model = new_applied, new_decision, model
+            return True
+
+        task = asyncio.current_task()
+        assert task is not None
         client_gone = False
 
         async def watch_for_disconnect() -> None:
             # uvicorn's send() silently drops writes to a closed connection, so the only way to
-            # learn that the client left is to wait for http.disconnect; then the relay is
-            # cancelled, which closes the upstream response instead of reading it to the end.
+            # learn that the client left is to wait for http.disconnect; then the request is
+            # cancelled, which cancels the upstream call at once (and settles what was used).
             nonlocal client_gone
             while (await receive())["type"] != "http.disconnect":
                 pass
             client_gone = True
-            relay_task.cancel()
+            task.cancel()
 
         watcher = asyncio.ensure_future(watch_for_disconnect())
+        usage = _Usage()
+        exchange: Exchange | None = None
         try:
             try:
-                pending = b""
-                async for chunk in response.iter_chunks():
-                    data = pending + chunk if pending else chunk
+                exchange = await self.router.exchange(
+                    request.model,
+                    RouteRequest(
+                        endpoint.upstream_path,
+                        body_for,
+                        request.stream,
+                        estimate,
+                        applied.max_wait if applied else 0.0,
+                        switch_model,
+                    ),
+                )
+                usage.upstream_answered = True
+                served = exchange.target
+                extra = [
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-quotagate-deployment", served.label.encode()),
+                ]
+                if current.decision is not None:
+                    extra.extend(ratelimit_headers(current.decision))
+                stream_usage = (
+                    StreamUsage(strip_usage_chunk=asked_usage.get(served.id, False))
+                    if request.stream
+                    else None
+                )
+                ok = False
+                try:
+                    if request.stream and exchange.response.headers.get("content-type", "").startswith(
+                        "text/event-stream"
+                    ):
+                        ok = await self._relay_stream(exchange, send, extra, stream_usage)
+                        if stream_usage is not None:
+                            usage.reported = stream_usage.usage
+                            usage.generated = "".join(stream_usage.pieces)
+                    else:
+                        await self._relay_body(exchange, send, extra, usage)
+                        ok = True
+                finally:
+                    if stream_usage is not None and usage.reported is None:
+                        usage.reported = stream_usage.usage
+                        usage.generated = "".join(stream_usage.pieces)
+                    prompt, completion = self._actual(usage, estimate, current.model)
+                    await self.router.finish(exchange, ok, prompt + completion)
+            except asyncio.CancelledError:
+                if not client_gone:
+                    raise
+                task.uncancel()
+        finally:
+            watcher.cancel()
+            if current.decision is not None and current.applied is not None and self.limiter is not None:
+                if current.applied.counts_tokens:
+                    prompt, completion = self._actual(usage, estimate, current.model)
+                    deltas = _deltas(current.applied.limits, estimate, prompt, completion)
+                    await self.limiter.settle(current.decision, current.applied.limits, deltas)
+                await self.limiter.release(current.decision, current.applied.limits)
+
+    @staticmethod
+    def _actual(usage: _Usage, estimate: Estimate, model: str) -> tuple[int, int]:
+        if usage.reported is not None:
+            return usage.reported
+        if usage.upstream_answered:
+            return estimate.prompt, count_generated(usage.generated, model)
+        return 0, 0  # the provider never took the request
+
+    async def _undo(self, decision: Decision | None, applied: AppliedLimits | None) -> None:
+        if decision is None or applied is None or self.limiter is None:
+            return
+        costs = decision.costs or tuple(0 for _ in applied.limits)
+        await self.limiter.settle(
+            decision,
+            applied.limits,
+            [
+                -c if lim.unit is not Unit.CONCURRENT else 0
+                for lim, c in zip(applied.limits, costs, strict=True)
+            ],
+        )
+        await self.limiter.release(decision, applied.limits)
+
+    async def _relay_body(
+        self, exchange: Exchange, send: Send, extra: list[tuple[bytes, bytes]], usage: _Usage
+    ) -> None:
+        response = exchange.response
+        total = exchange.target.total_timeout
+        try:
+            if total is not None:
+                async with asyncio.timeout(max(0.001, exchange.started + total - time.monotonic())):
+                    body = await response.read()
+            else:
+                body = await response.read()
+        except TimeoutError:
+            response.close()
+            raise UpstreamTimeoutError(
+                f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
+            ) from None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        usage.reported = usage_of(payload)
+        if usage.reported is None:
+            usage.generated = generated_text(payload)
+        content_type = response.headers.get("content-type", "")
+        type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE
+        await send_bytes(send, response.status, body, [type_header, *extra])
+
+    async def _relay_stream(
+        self,
+        exchange: Exchange,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        stream_usage: StreamUsage | None,
+    ) -> bool:
+        """Relay SSE event by event; True when the stream ended as the provider meant it to."""
+        response = exchange.response
+        total = exchange.target.total_timeout
+        deadline = exchange.started + total if total is not None else None
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra]})
+        try:
+            try:
+                pending = exchange.first_chunk
+                chunks = response.iter_chunks().__aiter__()
+                while True:
                     # Forward whole events only, so that a failure mid-event can still be
                     # followed by a well-formed error event the SDK understands.
-                    cut = _end_of_last_event(data)
-                    if cut == 0:
-                        pending = data
-                        continue
-                    pending = data[cut:]
-                    events = data[:cut]
-                    if stream_usage is not None:
-                        events = stream_usage.feed(events)
-                    await send({"type": "http.response.body", "body": events, "more_body": True})
-                if pending:
-                    if stream_usage is not None:
-                        pending = stream_usage.feed(pending)
-                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                    cut = _end_of_last_event(pending)
+                    if cut:
+                        events = pending[:cut]
+                        pending = pending[cut:]
+                        if stream_usage is not None:
+                            events = stream_usage.feed(events)
+                        await send({"type": "http.response.body", "body": events, "more_body": True})
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise UpstreamTimeoutError(
+                            f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
+                        )
+                    chunk = await anext(chunks, b"")
+                    if not chunk:
+                        if pending:
+                            if stream_usage is not None:
+                                pending = stream_usage.feed(pending)
+                            await send({"type": "http.response.body", "body": pending, "more_body": True})
+                        break
+                    pending += chunk
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
             except GatewayError as exc:
                 # The status line has gone; an error event is the only way left to tell the
                 # client. The OpenAI SDKs raise it as an APIError.
@@ -332,10 +405,6 @@ class Proxy:
                     }
                 )
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not client_gone:
-                raise
-            relay_task.uncancel()
+                return False
         finally:
-            watcher.cancel()
             response.close()

@@ -1,23 +1,24 @@
-"""Deployments resolved for the request path, and choosing one for a request.
+"""Deployments resolved for the request path.
 
-Everything that can be worked out once (the full URL, the auth header with the resolved key, the
-label) is worked out at start, so a request only picks a deployment and goes.
+Everything that can be worked out once (the URL, the auth header with the resolved key, the
+label, the provider's limits as engine limits) is worked out at start.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._version import __version__
 from ..config import Config, Deployment, ModelConfig, resolve_secret
+from ..limits import Algorithm, Limit, Unit
 
 USER_AGENT = f"quotagate/{__version__}"
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentTarget:
+    id: str  # "model#index": stable across nodes with the same configuration
     model: str  # the gateway's model name
     provider_model: str  # the model's name at the provider
     provider: str
@@ -25,13 +26,50 @@ class DeploymentTarget:
     headers: Mapping[str, str]
     weight: float
     priority: int
-    read_timeout: float
     connect_timeout: float
+    first_byte_timeout: float
+    chunk_timeout: float
+    total_timeout: float | None
     label: str
+    limits: tuple[Limit, ...] = ()  # the provider's RPM/TPM for this key
     stream_usage: bool = True
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+
+def _provider_limits(target_id: str, deployment: Deployment, label: str) -> tuple[Limit, ...]:
+    tag = "{d:" + target_id.replace("{", "(").replace("}", ")") + "}"
+    limits = []
+    if deployment.rpm:
+        burst = deployment.burst or 1
+        # Requests are paced (burst 1 unless configured): the provider never sees more than rpm in
+        # any minute. The rate is in the key so that a changed rpm starts a fresh bucket.
+        limits.append(
+            Limit(
+                f"{tag}:rpm:{deployment.rpm}b{burst}",
+                Unit.REQUESTS,
+                deployment.rpm,
+                Algorithm.GCRA,
+                60.0,
+                burst=burst,
+                label=f"requests per minute (RPM) of deployment {label}",
+                scope="deployment",
+            )
+        )
+    if deployment.tpm:
+        limits.append(
+            Limit(
+                f"{tag}:tpm:{deployment.tpm}",
+                Unit.TOKENS,
+                deployment.tpm,
+                Algorithm.GCRA,
+                60.0,
+                label=f"tokens per minute (TPM) of deployment {label}",
+                scope="deployment",
+            )
+        )
+    return tuple(limits)
 
 
 def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> DeploymentTarget:
@@ -40,7 +78,10 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> Deployme
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     provider_model = deployment.model or model.name
+    target_id = f"{model.name}#{index}"
+    label = f"{deployment.provider}/{provider_model}#{index}"
     return DeploymentTarget(
+        id=target_id,
         model=model.name,
         provider_model=provider_model,
         provider=deployment.provider,
@@ -48,38 +89,26 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> Deployme
         headers=headers,
         weight=deployment.weight,
         priority=deployment.priority,
-        read_timeout=deployment.timeout,
         connect_timeout=deployment.connect_timeout,
-        label=f"{deployment.provider}/{provider_model}#{index}",
+        first_byte_timeout=deployment.first_byte_timeout or deployment.timeout,
+        chunk_timeout=deployment.chunk_timeout or deployment.timeout,
+        total_timeout=deployment.total_timeout,
+        label=label,
+        limits=_provider_limits(target_id, deployment, label),
         stream_usage=deployment.stream_usage,
     )
 
 
 class ModelRoutes:
-    """The configured models and, for each, its deployments grouped by priority."""
+    """The configured models and their deployments, best priority first."""
 
-    def __init__(self, config: Config, rng: Callable[[], float] = random.random) -> None:
-        self._rng = rng
+    def __init__(self, config: Config) -> None:
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._targets: dict[str, list[DeploymentTarget]] = {}
         for model in config.models:
             targets = [_resolve(model, i, d) for i, d in enumerate(model.deployments)]
             self._targets[model.name] = sorted(targets, key=lambda t: t.priority)
+        self.by_id = {t.id: t for targets in self._targets.values() for t in targets}
 
     def deployments(self, model: str) -> list[DeploymentTarget]:
         return self._targets.get(model, [])
-
-    def choose(self, model: str) -> DeploymentTarget:
-        """Weighted random among the deployments of the best (lowest) priority."""
-        targets = self._targets[model]
-        best = targets[0].priority
-        candidates = [t for t in targets if t.priority == best]
-        if len(candidates) == 1:
-            return candidates[0]
-        total = sum(t.weight for t in candidates)
-        point = self._rng() * total
-        for target in candidates:
-            point -= target.weight
-            if point < 0:
-                return target
-        return candidates[-1]

@@ -25,9 +25,9 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes
-    # Seconds to wait for the response head, and then between two reads of the body.
-    read_timeout: float
     connect_timeout: float
+    first_byte_timeout: float  # until the response head arrives
+    chunk_timeout: float  # between two reads of the body
     label: str  # names the deployment in error messages and logs
 
 
@@ -51,17 +51,19 @@ class Transport(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_label", "_response", "headers", "status")
+    __slots__ = ("_chunk_timeout", "_label", "_response", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, label: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, label: str, chunk_timeout: float) -> None:
         self._response = response
         self._label = label
+        self._chunk_timeout = chunk_timeout
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
+            async with asyncio.timeout(self._chunk_timeout):
+                return await self._response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(f"Upstream {self._label} timed out sending its response.") from exc
         except aiohttp.ClientError as exc:
@@ -72,8 +74,13 @@ class _AiohttpResponse:
             self._response.release()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_any():
+            while True:
+                async with asyncio.timeout(self._chunk_timeout):
+                    chunk = await content.readany()
+                if not chunk:
+                    return
                 yield chunk
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(f"Upstream {self._label} stalled mid-stream.") from exc
@@ -121,20 +128,21 @@ class AiohttpTransport:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._get_session()
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=request.connect_timeout, sock_read=request.read_timeout
-        )
+        # aiohttp has one read timeout for head and body alike; the first byte and the gaps
+        # between chunks have deadlines of their own here.
+        timeout = aiohttp.ClientTimeout(total=None, connect=request.connect_timeout, sock_read=None)
         try:
-            response = await session.post(
-                request.url, data=request.body, headers=dict(request.headers), timeout=timeout
-            )
+            async with asyncio.timeout(request.first_byte_timeout):
+                response = await session.post(
+                    request.url, data=request.body, headers=dict(request.headers), timeout=timeout
+                )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(
-                f"Upstream {request.label} did not answer within {request.read_timeout:g}s."
+                f"Upstream {request.label} did not answer within {request.first_byte_timeout:g}s."
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"Upstream {request.label} is unreachable: {_describe(exc)}.") from exc
-        return _AiohttpResponse(response, request.label)
+        return _AiohttpResponse(response, request.label, request.chunk_timeout)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -1,0 +1,474 @@
+"""Choosing a deployment, retrying, falling back: the gateway absorbs what goes wrong upstream.
+
+For each attempt the router takes the best priority group that has a usable deployment
+(breaker not open, not cooling down after a provider 429, not failed already in this request),
+orders it by the model's strategy, and sends the request to the first deployment whose own
+provider limits (RPM/TPM, in the limit engine) admit it. So the gateway never sends a provider
+more than its limits allow: when no deployment admits, the request waits (within the tier's
+max_wait) or gets the gateway's own 429.
+
+Failures that retrying can fix (429, 5xx, connection errors, timeouts, a stream that breaks
+before its first byte) move the request to another deployment at once when one is usable, and
+otherwise back off with full jitter, honouring Retry-After, within ``max_attempts`` and
+``deadline_seconds``. When a model has nothing left, the next model of its fallback chain is
+tried. Errors that retrying cannot fix (400, 401, 403, 404, 422) are returned at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..config import Config, RouterSettings
+from ..errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+from ..limits import Decision, Limiter, StoreUnavailableError, Unit
+from ..tokens import Estimate
+from ..upstream import DeploymentTarget, ModelRoutes, Transport, UpstreamRequest, UpstreamResponse
+from ._state import STATE_NAMES, DeploymentStates
+
+_NOT_RETRYABLE = {400, 401, 403, 404, 413, 422}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_EWMA = 0.2
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go-style duration ("1s", "6m0s", "20ms") or a plain number of seconds."""
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total, matched = 0.0, False
+    for number, unit in _DURATION_PART.findall(text):
+        matched = True
+        total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return total if matched else None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+@dataclass
+class DeploymentStats:
+    """What this node has seen of a deployment: for the strategies and /admin/deployments."""
+
+    in_flight: int = 0
+    latency_ms: float | None = None
+    error_rate: float = 0.0
+    remaining_fraction: float = 1.0
+    requests: int = 0
+    failures: int = 0
+
+
+@dataclass
+class Exchange:
+    """A deployment that answered: its response head, and for streams the first chunk."""
+
+    target: DeploymentTarget
+    response: UpstreamResponse
+    decision: Decision | None
+    costs: list[int]
+    started: float
+    first_chunk: bytes = b""
+    attempts: int = 1
+    tried: list[str] = field(default_factory=list)
+
+
+class RouteRequest:
+    """What the router needs from the proxy for one request."""
+
+    def __init__(
+        self,
+        path: str,
+        body_for: Callable[[DeploymentTarget], bytes],
+        stream: bool,
+        estimate: Estimate,
+        max_wait: float,
+        switch_model: Callable[[str], Awaitable[bool]],
+    ) -> None:
+        self.path = path
+        self.body_for = body_for
+        self.stream = stream
+        self.estimate = estimate
+        self.max_wait = max_wait
+        self.switch_model = switch_model
+
+
+class CapacityError(GatewayError):
+    """The gateway's own 429: every deployment is at its provider limits."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class Router:
+    def needs_estimate(self, model: str) -> bool:
+        """Whether routing this model needs the request's tokens (TPM limits, context windows)."""
+        return self._needs_estimate.get(model, False)
+
+    def __init__(
+        self,
+        config: Config,
+        routes: ModelRoutes,
+        transport: Transport,
+        limiter: Limiter,
+        states: DeploymentStates,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.config = config
+        self.settings: RouterSettings = config.router
+        self.routes = routes
+        self.transport = transport
+        self.limiter = limiter
+        self.states = states
+        self.stats: dict[str, DeploymentStats] = {t: DeploymentStats() for t in routes.by_id}
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._secrets = secrets
+        self._needs_estimate: dict[str, bool] = {}
+        for model in routes.models:
+            chain = [model, *routes.models[model].fallbacks]
+            long_context = routes.models[model].context_window_fallback
+            if long_context:
+                chain.append(long_context)
+            self._needs_estimate[model] = routes.models[model].context_window is not None or any(
+                limit.unit is not Unit.REQUESTS
+                for name in chain
+                for t in routes.deployments(name)
+                for limit in t.limits
+            )
+
+    # -- the model chain ------------------------------------------------------------------------
+
+    def chain(self, model: str, estimate: Estimate) -> list[str]:
+        """The models to try in order: the context-window fallback first when the request is too
+        long for the model, then the model and its fallbacks."""
+        config = self.routes.models[model]
+        if (
+            config.context_window is not None
+            and config.context_window_fallback is not None
+            and estimate.prompt + estimate.output > config.context_window
+        ):
+            start = config.context_window_fallback
+        else:
+            start = model
+        chain = [start, *self.routes.models[start].fallbacks]
+        seen: set[str] = set()
+        return [m for m in chain if not (m in seen or seen.add(m))]  # type: ignore[func-returns-value]
+
+    # -- choosing ---------------------------------------------------------------------------------
+
+    def _ordered(self, model: str, candidates: list[DeploymentTarget]) -> list[DeploymentTarget]:
+        strategy = self.routes.models[model].routing
+        if strategy == "least-busy":
+            return sorted(candidates, key=lambda t: (self.stats[t.id].in_flight, self._rng.random()))
+        if strategy == "usage-based":
+            return sorted(
+                candidates, key=lambda t: (-self.stats[t.id].remaining_fraction, self._rng.random())
+            )
+        if strategy == "latency-based":
+            return sorted(candidates, key=lambda t: (self.stats[t.id].latency_ms or 0.0, self._rng.random()))
+        # weighted: a weighted random order (each pick proportional to weight among those left)
+        pool, ordered = list(candidates), []
+        while pool:
+            point = self._rng.random() * sum(t.weight for t in pool)
+            for index, target in enumerate(pool):
+                point -= target.weight
+                if point < 0 or index == len(pool) - 1:
+                    ordered.append(pool.pop(index))
+                    break
+        return ordered
+
+    def _costs(self, target: DeploymentTarget, estimate: Estimate) -> list[int]:
+        return [1 if limit.unit is Unit.REQUESTS else estimate.total for limit in target.limits]
+
+    async def _pick(
+        self, model: str, request: RouteRequest, failed: set[str]
+    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None]:
+        """A deployment that admits the request now; else (None, ..., seconds until one may)."""
+        soonest: float | None = None
+        by_priority: dict[int, list[DeploymentTarget]] = {}
+        for target in self.routes.deployments(model):
+            if target.id in failed:
+                continue
+            if not await self.states.usable(target.id):
+                # Cooling down after a provider 429 is worth waiting for; an open breaker is not:
+                # its model's fallbacks are tried instead.
+                left = self.states.cached(target.id).cooldown_until - time.monotonic()
+                if left > 0:
+                    soonest = left if soonest is None else min(soonest, left)
+                continue
+            by_priority.setdefault(target.priority, []).append(target)
+        for priority in sorted(by_priority):
+            for target in self._ordered(model, by_priority[priority]):
+                costs = self._costs(target, request.estimate)
+                if not target.limits:
+                    return target, None, costs, None
+                decision = await self.limiter.acquire(target.limits, costs)
+                if decision.allowed:
+                    self._note_remaining(target, decision)
+                    return target, decision, costs, None
+                if not decision.never_fits:
+                    soonest = decision.retry_after if soonest is None else min(soonest, decision.retry_after)
+        return None, None, [], soonest
+
+    def _note_remaining(self, target: DeploymentTarget, decision: Decision) -> None:
+        fractions = [s.remaining / s.limit.capacity for s in decision.statuses if s.limit.capacity]
+        if fractions:
+            self.stats[target.id].remaining_fraction = min(fractions)
+
+    # -- the attempts -----------------------------------------------------------------------------
+
+    async def exchange(self, model: str, request: RouteRequest) -> Exchange:
+        settings = self.settings
+        deadline = time.monotonic() + settings.deadline_seconds
+        wait_until = time.monotonic() + request.max_wait
+        attempts = 0
+        tried: list[str] = []
+        last_error: GatewayError | None = None
+        capacity_wait: float | None = None
+        for model_name in self.chain(model, request.estimate):
+            if not await request.switch_model(model_name):
+                continue
+            failed: set[str] = set()
+            while attempts < settings.max_attempts and time.monotonic() < deadline:
+                try:
+                    target, decision, costs, soonest = await self._pick(model_name, request, failed)
+                except StoreUnavailableError:
+                    raise
+                if target is None:
+                    if soonest is None:
+                        break  # nothing left in this model: fall back
+                    capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
+                    if time.monotonic() + soonest <= min(wait_until, deadline):
+                        await self._sleep(soonest)  # the request waits for a deployment's capacity
+                        continue
+                    break
+                attempts += 1
+                tried.append(target.id)
+                outcome = await self._attempt(target, decision, costs, request)
+                if isinstance(outcome, Exchange):
+                    outcome.attempts, outcome.tried = attempts, tried
+                    return outcome
+                error, retryable, wait = outcome
+                last_error = error
+                if not retryable:
+                    raise error
+                failed.add(target.id)
+                if not self._has_other(model_name, failed):
+                    pause = wait if wait is not None else self._backoff(attempts)
+                    if time.monotonic() + pause >= deadline:
+                        break
+                    await self._sleep(pause)
+                    failed.discard(target.id)  # the only one left: try it again after the pause
+            if attempts >= settings.max_attempts or time.monotonic() >= deadline:
+                break
+        if last_error is not None:
+            raise last_error
+        retry = capacity_wait if capacity_wait is not None else self.settings.default_cooldown_seconds
+        raise CapacityError(
+            f"All deployments of `{model}` are at their provider limits or unavailable. "
+            f"Try again in {retry:.1f}s.",
+            headers={
+                "retry-after": str(max(1, math.ceil(retry))),
+                "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
+            },
+        )
+
+    def _has_other(self, model: str, failed: set[str]) -> bool:
+        now = time.monotonic()
+        for target in self.routes.deployments(model):
+            if target.id in failed:
+                continue
+            view = self.states.cached(target.id)
+            if view.cooldown_until <= now and (view.state != 1 or view.open_until <= now):
+                return True
+        return False
+
+    def _backoff(self, attempt: int) -> float:
+        return self._rng.uniform(
+            0, min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** (attempt - 1))
+        )
+
+    async def _attempt(
+        self, target: DeploymentTarget, decision: Decision | None, costs: list[int], request: RouteRequest
+    ) -> Exchange | tuple[GatewayError, bool, float | None]:
+        stats = self.stats[target.id]
+        stats.in_flight += 1
+        stats.requests += 1
+        started = time.monotonic()
+        response: UpstreamResponse | None = None
+        try:
+            response = await self.transport.send(
+                UpstreamRequest(
+                    url=target.url(request.path),
+                    headers=target.headers,
+                    body=request.body_for(target),
+                    connect_timeout=target.connect_timeout,
+                    first_byte_timeout=target.first_byte_timeout,
+                    chunk_timeout=target.chunk_timeout,
+                    label=target.label,
+                )
+            )
+            if response.status >= 300:
+                from ..server._upstream_errors import upstream_status_error
+
+                body = await response.read()
+                error: GatewayError = upstream_status_error(
+                    response.status, body, response.headers, target.label, self._secrets
+                )
+                await self._give_back(target, decision, costs)
+                if response.status == 429:
+                    wait = retry_after(response.headers) or parse_duration(
+                        response.headers.get("x-ratelimit-reset-requests")
+                    )
+                    await self.states.cooldown(target.id, wait or self.settings.default_cooldown_seconds)
+                    self._record(stats, failed=False)
+                    return error, True, wait
+                if response.status in _NOT_RETRYABLE or response.status < 500:
+                    self._record(stats, failed=False)
+                    return error, False, None
+                await self.states.failure(target.id)
+                self._record(stats, failed=True)
+                return error, True, None
+            first = b""
+            if request.stream:
+                # Read the first chunk before the client gets anything: a deployment that breaks
+                # now can still be retried elsewhere.
+                iterator = response.iter_chunks().__aiter__()
+                first = await anext(iterator, b"")
+                response = _Prefetched(response, iterator)
+            await self._adapt(target, response.headers)
+            return Exchange(target, response, decision, costs, started, first)
+        except (UpstreamError, UpstreamTimeoutError) as exc:
+            if isinstance(exc, UpstreamStatusError):
+                raise
+            if response is not None:
+                response.close()
+            await self._give_back(target, decision, costs)
+            await self.states.failure(target.id)
+            self._record(stats, failed=True)
+            return exc, True, None
+        except BaseException:
+            if response is not None:
+                response.close()
+            await self._give_back(target, decision, costs)
+            stats.in_flight -= 1
+            raise
+
+    async def _adapt(self, target: DeploymentTarget, headers: Mapping[str, str]) -> None:
+        """Heed the provider's own view: no requests left means a cooldown until its reset."""
+        for kind in ("requests", "tokens"):
+            if headers.get(f"x-ratelimit-remaining-{kind}") == "0":
+                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    await self.states.cooldown(target.id, reset)
+
+    def _record(self, stats: DeploymentStats, failed: bool) -> None:
+        stats.in_flight -= 1
+        stats.failures += int(failed)
+        stats.error_rate += _EWMA * ((1.0 if failed else 0.0) - stats.error_rate)
+
+    async def _give_back(self, target: DeploymentTarget, decision: Decision | None, costs: list[int]) -> None:
+        # The provider took nothing: its token estimate is refunded (the request still counted).
+        if decision is not None:
+            deltas = [
+                -c if limit.unit is not Unit.REQUESTS else 0
+                for limit, c in zip(target.limits, costs, strict=True)
+            ]
+            await self.limiter.settle(decision, target.limits, deltas)
+
+    async def finish(self, exchange: Exchange, ok: bool, tokens_used: int | None) -> None:
+        """The response has been relayed (or broke off): settle and learn from it."""
+        target = exchange.target
+        stats = self.stats[target.id]
+        latency = (time.monotonic() - exchange.started) * 1000.0
+        stats.latency_ms = (
+            latency if stats.latency_ms is None else stats.latency_ms + _EWMA * (latency - stats.latency_ms)
+        )
+        self._record(stats, failed=not ok)
+        if ok:
+            await self.states.success(target.id)
+        else:
+            await self.states.failure(target.id)
+        if exchange.decision is not None and tokens_used is not None:
+            deltas = [
+                tokens_used - cost if limit.unit is not Unit.REQUESTS else 0
+                for limit, cost in zip(target.limits, exchange.costs, strict=True)
+            ]
+            await self.limiter.settle(exchange.decision, target.limits, deltas)
+
+    async def describe(self) -> list[dict[str, object]]:
+        """Every deployment's state, for GET /admin/deployments."""
+        out: list[dict[str, object]] = []
+        now = time.monotonic()
+        for model in self.routes.models:
+            for target in self.routes.deployments(model):
+                view = await self.states.view(target.id)
+                stats = self.stats[target.id]
+                remaining: dict[str, int] = {}
+                if target.limits:
+                    try:
+                        for status in await self.limiter.status(target.limits):
+                            remaining["rpm" if status.limit.unit is Unit.REQUESTS else "tpm"] = (
+                                status.remaining
+                            )
+                    except StoreUnavailableError:
+                        pass
+                out.append(
+                    {
+                        "id": target.id,
+                        "model": model,
+                        "label": target.label,
+                        "provider": target.provider,
+                        "priority": target.priority,
+                        "weight": target.weight,
+                        "breaker": STATE_NAMES[view.state],
+                        "open_seconds_left": round(max(0.0, view.open_until - now), 3) if view.state else 0.0,
+                        "cooldown_seconds_left": round(max(0.0, view.cooldown_until - now), 3),
+                        "in_flight": stats.in_flight,
+                        "remaining": remaining,
+                        "latency_ms": round(stats.latency_ms, 2) if stats.latency_ms is not None else None,
+                        "error_rate": round(stats.error_rate, 4),
+                        "requests": stats.requests,
+                        "failures": stats.failures,
+                    }
+                )
+        return out
+
+
+class _Prefetched:
+    """A streamed response whose first chunk was already read."""
+
+    def __init__(self, response: UpstreamResponse, iterator: object) -> None:
+        self._response = response
+        self._iterator = iterator
+        self.status = response.status
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    async def iter_chunks(self):  # type: ignore[no-untyped-def]
+        async for chunk in self._iterator:  # type: ignore[attr-defined]
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
