@@ -156,6 +156,10 @@ def mock_upstream(
     rpm: Annotated[
         int | None, typer.Option(help="Enforce this RPM exactly, as a provider would (429 past it).")
     ] = None,
+    rate_window: Annotated[float, typer.Option(help="The window of --rpm, in seconds.")] = 60.0,
+    storm_seconds: Annotated[
+        float, typer.Option(help="Answer everything 429 for this long after start.")
+    ] = 0.0,
     api_key: Annotated[
         str | None,
         typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY"),
@@ -192,6 +196,8 @@ def mock_upstream(
         rate_drop=rate_drop,
         fail_first=fail_first,
         rpm=rpm,
+        rate_window=rate_window,
+        storm_seconds=storm_seconds,
         api_key=api_key,
         record=record,
         seed=seed,

@@ -75,7 +75,9 @@ class MockOptions:
     rate_hang: float = 0.0
     rate_drop: float = 0.0
     fail_first: int = 0  # the first N completion requests answer 429 (deterministic retries)
-    rpm: int | None = None  # enforce a provider RPM exactly: 429 past rpm requests in any 60 s
+    rpm: int | None = None  # enforce a provider limit exactly: 429 past rpm requests in any window
+    rate_window: float = 60.0  # seconds of that window (60: a true RPM)
+    storm_seconds: float = 0.0  # answer every request 429 for this long after start (a 429 storm)
     api_key: str | None = None
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4.1", "text-embedding-3-small")
     record: bool = False
@@ -114,6 +116,7 @@ class MockUpstream:
         self.state = MockState()
         self._rng = random.Random(self.options.seed)
         self._created = int(time.time())
+        self._born = time.monotonic()
         self._fault_total = (
             self.options.rate_429 + self.options.rate_500 + self.options.rate_hang + self.options.rate_drop
         )
@@ -192,11 +195,11 @@ class MockUpstream:
         if self.options.rpm is not None:
             now = time.monotonic()
             started = self.state.started
-            while started and started[0] <= now - 60.0:
+            while started and started[0] <= now - self.options.rate_window:
                 started.popleft()
             if len(started) >= self.options.rpm:
                 self.state.rate_limited += 1
-                wait = max(0.001, started[0] + 60.0 - now)
+                wait = max(0.001, started[0] + self.options.rate_window - now)
                 await self._error(
                     send,
                     429,
@@ -210,7 +213,10 @@ class MockUpstream:
                 )
                 return
             started.append(now)
-        fault = "429" if self.state.requests_served <= self.options.fail_first else self._draw_fault()
+        storm = self.options.storm_seconds and time.monotonic() - self._born < self.options.storm_seconds
+        fault = (
+            "429" if storm or self.state.requests_served <= self.options.fail_first else self._draw_fault()
+        )
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
         if fault == "429":

@@ -146,6 +146,11 @@ class Policy:
             tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values()
         )
 
+    def shaping(self, principal: Principal) -> tuple[float, int]:
+        """(max_wait, priority) of the caller's tier: how long a request may wait for capacity."""
+        tier = self._config.tiers.get(principal.tier)
+        return (tier.max_wait, tier.priority) if tier is not None else (0.0, 0)
+
     def limits_for(self, principal: Principal, model: str | None) -> AppliedLimits:
         """The limits on a request of ``principal`` for ``model`` (None: those not tied to a model)."""
         cache_key = (principal, model)

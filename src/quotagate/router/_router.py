@@ -98,6 +98,7 @@ class RouteRequest:
         stream: bool,
         estimate: Estimate,
         max_wait: float,
+        priority: int,
         switch_model: Callable[[str], Awaitable[bool]],
     ) -> None:
         self.path = path
@@ -105,6 +106,7 @@ class RouteRequest:
         self.stream = stream
         self.estimate = estimate
         self.max_wait = max_wait
+        self.priority = priority
         self.switch_model = switch_model
 
 
@@ -201,9 +203,12 @@ class Router:
 
     async def _pick(
         self, model: str, request: RouteRequest, failed: set[str]
-    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None]:
-        """A deployment that admits the request now; else (None, ..., seconds until one may)."""
+    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None, DeploymentTarget | None]:
+        """A deployment that admits the request now; else (None, ..., seconds until one may, and
+        the deployment whose own limits free up first, to wait in line for)."""
         soonest: float | None = None
+        line: DeploymentTarget | None = None
+        line_wait = math.inf
         by_priority: dict[int, list[DeploymentTarget]] = {}
         for target in self.routes.deployments(model):
             if target.id in failed:
@@ -220,14 +225,16 @@ class Router:
             for target in self._ordered(model, by_priority[priority]):
                 costs = self._costs(target, request.estimate)
                 if not target.limits:
-                    return target, None, costs, None
+                    return target, None, costs, None, None
                 decision = await self.limiter.acquire(target.limits, costs)
                 if decision.allowed:
                     self._note_remaining(target, decision)
-                    return target, decision, costs, None
+                    return target, decision, costs, None, None
                 if not decision.never_fits:
                     soonest = decision.retry_after if soonest is None else min(soonest, decision.retry_after)
-        return None, None, [], soonest
+                    if decision.retry_after < line_wait:
+                        line, line_wait = target, decision.retry_after
+        return None, None, [], soonest, line
 
     def _note_remaining(self, target: DeploymentTarget, decision: Decision) -> None:
         fractions = [s.remaining / s.limit.capacity for s in decision.statuses if s.limit.capacity]
@@ -244,23 +251,34 @@ class Router:
         tried: list[str] = []
         last_error: GatewayError | None = None
         capacity_wait: float | None = None
-        for model_name in self.chain(model, request.estimate):
+        chain = self.chain(model, request.estimate)
+        for position, model_name in enumerate(chain):
+            last_model = position == len(chain) - 1
             if not await request.switch_model(model_name):
                 continue
             failed: set[str] = set()
             while attempts < settings.max_attempts and time.monotonic() < deadline:
-                try:
-                    target, decision, costs, soonest = await self._pick(model_name, request, failed)
-                except StoreUnavailableError:
-                    raise
+                target, decision, costs, soonest, line = await self._pick(model_name, request, failed)
                 if target is None:
                     if soonest is None:
                         break  # nothing left in this model: fall back
                     capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
-                    if time.monotonic() + soonest <= min(wait_until, deadline):
-                        await self._sleep(soonest)  # the request waits for a deployment's capacity
+                    budget = min(wait_until, deadline) - time.monotonic()
+                    if soonest > budget:
+                        break
+                    if line is None:
+                        await self._sleep(soonest)  # cooling down: wait for it to end
                         continue
-                    break
+                    # Wait in line (first come, first served; higher tiers first) for the
+                    # deployment whose limits free up first.
+                    costs = self._costs(line, request.estimate)
+                    decision = await self.limiter.acquire(
+                        line.limits, costs, max_wait=budget, priority=request.priority
+                    )
+                    if not decision.allowed:
+                        break  # the wait ran out, or the queue is full: this model cannot take it
+                    target = line
+                    self._note_remaining(target, decision)
                 attempts += 1
                 tried.append(target.id)
                 outcome = await self._attempt(target, decision, costs, request)
@@ -273,6 +291,8 @@ class Router:
                     raise error
                 failed.add(target.id)
                 if not self._has_other(model_name, failed):
+                    if not last_model:
+                        break  # a fallback model is better than the same deployment again
                     pause = wait if wait is not None else self._backoff(attempts)
                     if time.monotonic() + pause >= deadline:
                         break

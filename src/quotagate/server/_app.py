@@ -118,6 +118,7 @@ class Gateway:
             self.authenticator,
             resolve_secret(config.master_key, "master_key"),
             self.quota,
+            self.router.describe,
         )
         self._started = time.time()
         self._routes: dict[tuple[str, str], Handler] = {}

@@ -231,6 +231,7 @@ class Proxy:
             current.applied, current.decision, current.model = new_applied, new_decision, model
             return True
 
+        max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
         task = asyncio.current_task()
         assert task is not None
         client_gone = False
@@ -257,7 +258,8 @@ class Proxy:
                         body_for,
                         request.stream,
                         estimate,
-                        applied.max_wait if applied else 0.0,
+                        max_wait,
+                        priority,
                         switch_model,
                     ),
                 )

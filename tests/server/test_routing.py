@@ -1,0 +1,201 @@
+"""Routing over several real mock providers: failover, cooldowns, breakers, fallbacks, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from quotagate.config import parse_config
+
+from ..conftest import RunningGateway, ServerThread, closed_port
+from .test_errors import assert_openai_error
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+def dep(mock: ServerThread | str, **extra: Any) -> dict[str, Any]:
+    url = mock if isinstance(mock, str) else mock.url
+    return {"provider": "openai-compatible", "base_url": url + "/v1", "model": "gpt-4o-mini", **extra}
+
+
+def start(start_gateway: Callable[..., RunningGateway], sqlite_url: str, models: list[dict[str, Any]], **extra: Any) -> tuple[RunningGateway, str]:
+    config = parse_config({"database": sqlite_url, "master_key": "env:TEST_MASTER_KEY", "tiers": {"free": {}}, "models": models, **extra})
+    gw = start_gateway(config)
+    return gw, str(gw.create_key()["key"])
+
+
+def post(gw: RunningGateway, key: str, body: dict[str, Any] = CHAT, timeout: float = 30) -> httpx.Response:
+    return httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=timeout)
+
+
+def deployments(gw: RunningGateway) -> dict[str, dict[str, Any]]:
+    with gw.admin() as admin:
+        reply = admin.get("/admin/deployments").json()
+    assert "data" in reply, reply
+    return {d["label"]: d for d in reply["data"]}
+
+
+def test_failing_deployment_is_routed_around(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """With one deployment always failing, every request succeeds on the other, and the breaker opens."""
+    bad, good = start_mock(rate_500=1.0), start_mock()
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(bad), dep(good)]}], router={"breaker": {"failures": 3, "cooldown_seconds": 60}})
+    served = [post(gw, key) for _ in range(12)]
+    assert all(r.status_code == 200 for r in served)
+    assert {r.headers["x-quotagate-deployment"] for r in served} == {"openai-compatible/gpt-4o-mini#1"}
+    state = deployments(gw)
+    assert state["openai-compatible/gpt-4o-mini#0"]["breaker"] == "open"
+    assert state["openai-compatible/gpt-4o-mini#0"]["failures"] == 3  # then it was left alone
+    assert state["openai-compatible/gpt-4o-mini#1"]["breaker"] == "closed"
+    assert bad.app.state.requests_served == 3
+
+
+def test_provider_429_puts_the_deployment_in_cooldown(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """A provider 429 cools its deployment for the Retry-After it named; traffic goes elsewhere."""
+    limited, spare = start_mock(rate_429=1.0, retry_after=7), start_mock()
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(limited, priority=0), dep(spare, priority=1)]}])
+    first = post(gw, key)
+    assert first.status_code == 200 and first.headers["x-quotagate-deployment"].endswith("#1")
+    cooling = deployments(gw)["openai-compatible/gpt-4o-mini#0"]
+    assert 6.0 < cooling["cooldown_seconds_left"] <= 7.0
+    assert all(post(gw, key).headers["x-quotagate-deployment"].endswith("#1") for _ in range(5))
+    assert limited.app.state.requests_served == 1  # not asked again while cooling down
+
+
+def test_priorities(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """Lower-priority deployments serve only when the higher ones are unavailable; weights split traffic."""
+    a, b, backup = start_mock(), start_mock(), start_mock()
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(a, weight=3), dep(b, weight=1), dep(backup, priority=1)]}])
+    for _ in range(80):
+        assert post(gw, key).status_code == 200
+    served_a, served_b = a.app.state.requests_served, b.app.state.requests_served
+    assert backup.app.state.requests_served == 0 and served_a + served_b == 80
+    assert 45 <= served_a <= 75  # about three in four
+
+
+def test_model_fallback_chain(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """When all of a model's deployments fail, the next model in its chain serves, and says so."""
+    broken, other = start_mock(rate_500=1.0), start_mock()
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [
+            {"name": "gpt-4o-mini", "deployments": [dep(broken)], "fallbacks": ["backup-model"]},
+            {"name": "backup-model", "deployments": [dep(other, model="gpt-4.1")]},
+        ],
+        router={"max_attempts": 4},
+    )
+    response = post(gw, key)
+    assert response.status_code == 200
+    assert response.json()["model"] == "gpt-4.1"
+    assert response.headers["x-quotagate-deployment"] == "openai-compatible/gpt-4.1#0"
+
+
+def test_context_window_fallback(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """A request too long for the model goes to its long-context model instead of failing upstream."""
+    short, long_ = start_mock(), start_mock()
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [
+            {"name": "gpt-4o-mini", "deployments": [dep(short)], "context_window": 200, "context_window_fallback": "long-context"},
+            {"name": "long-context", "deployments": [dep(long_, model="gemini-2.5-flash")]},
+        ],
+    )
+    assert post(gw, key).headers["x-quotagate-deployment"].endswith("gpt-4o-mini#0")
+    long_body = {**CHAT, "messages": [{"role": "user", "content": "word " * 400}]}
+    response = post(gw, key, long_body)
+    assert response.status_code == 200 and response.json()["model"] == "gemini-2.5-flash"
+    assert short.app.state.requests_served == 1
+
+
+def test_errors_retrying_cannot_fix_return_at_once(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """A provider 400 is returned after one attempt, with its message; no other deployment is tried."""
+    strict = start_mock(api_key="sk-right-key-000000")
+    other = start_mock()
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(strict, priority=0), dep(other, priority=1)]}])
+    bad = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
+    # The mock answers 401 to the gateway's (wrong) upstream key: the client sees a 502, once.
+    response = post(gw, key, bad)
+    assert_openai_error(response, 502, "upstream_auth_error")
+    assert strict.app.state.requests_served == 0 and other.app.state.requests_served == 0
+
+
+def test_hanging_deployment_times_out_and_fails_over(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """A deployment that never answers is abandoned after its first-byte timeout; another serves."""
+    hanging, fine = start_mock(rate_hang=1.0), start_mock()
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(hanging, first_byte_timeout=0.3), dep(fine, priority=1)]}])
+    started = time.monotonic()
+    response = post(gw, key)
+    assert response.status_code == 200 and response.headers["x-quotagate-deployment"].endswith("#1")
+    assert time.monotonic() - started < 2.0
+
+
+def test_retries_back_off_and_honour_retry_after(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """With a single deployment, a 429 with Retry-After is waited out and the retry succeeds."""
+    mock = start_mock(fail_first=1, retry_after=0.5)
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock)]}])
+    started = time.monotonic()
+    response = post(gw, key)
+    assert response.status_code == 200
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert mock.app.state.requests_served == 2
+
+
+def test_gateway_429_instead_of_the_providers(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """Past a deployment's RPM the gateway answers its own 429; the provider never sees the excess."""
+    mock = start_mock(rpm=10, rate_window=1.0)
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=60)]}])  # paced: 1/s
+    statuses = [post(gw, key).status_code for _ in range(3)]
+    assert statuses == [200, 429, 429]
+    refused = post(gw, key)
+    assert "provider limits" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+    assert mock.app.state.rate_limited == 0 and mock.app.state.requests_served == 1
+
+
+def test_offered_3x_a_deployments_rpm_causes_no_provider_429(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """Offered three times what a deployment takes, with waiting allowed, the provider sees no excess."""
+    mock = start_mock(rpm=10, rate_window=1.0)  # the provider allows 10 in any second
+    config = {"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=540)]}  # the gateway sends 9/s
+    gw, key = start(start_gateway, sqlite_url, [config], tiers={"free": {"max_wait": 10}})
+
+    async def offer() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(delay: float) -> int:
+                await asyncio.sleep(delay)
+                async with session.post(gw.v1 + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}) as r:
+                    return r.status
+
+            return await asyncio.gather(*(one(i / 27.0) for i in range(54)))  # 27/s for 2 s
+
+    statuses = asyncio.run(offer())
+    assert mock.app.state.rate_limited == 0
+    assert statuses.count(200) == mock.app.state.requests_served
+    assert statuses.count(200) >= 30
+
+
+def test_client_disconnect_cancels_the_upstream_call(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+    """A client that hangs up releases its concurrency slot at once: the upstream call was cancelled."""
+    slow = start_mock(latency_ms=3000)
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(slow)]}], tiers={"free": {"concurrency": 1}})
+    with pytest.raises(httpx.ReadTimeout):
+        post(gw, key, timeout=0.3)
+    time.sleep(0.2)
+    started = time.monotonic()
+    second = post(gw, key)
+    assert second.status_code == 200  # the slot was free, not held by the abandoned call
+    assert time.monotonic() - started >= 2.5
+
+
+def test_all_deployments_down_is_an_upstream_error(start_gateway: Callable[..., RunningGateway], sqlite_url: str) -> None:
+    """With nothing reachable, the client gets 502 after the allowed attempts, quickly."""
+    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(f"http://127.0.0.1:{closed_port()}"), dep(f"http://127.0.0.1:{closed_port()}")]}])
+    started = time.monotonic()
+    assert_openai_error(post(gw, key), 502, "bad_gateway")
+    assert time.monotonic() - started < 5
