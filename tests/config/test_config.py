@@ -124,3 +124,43 @@ def test_missing_secrets_are_listed(tmp_path: Path) -> None:
         "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"
     ]
     assert missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m", "OPENAI_API_KEY": "k"}) == []
+
+
+ROUTING_CONTRACT = """
+models:
+  - name: gpt-4.1
+    routing: usage-based            # or weighted, least-busy, latency-based
+    context_window: 128000
+    fallbacks: [claude-sonnet-4.5, deepseek-v3.2]
+    context_window_fallback: gemini-2.5-flash
+    deployments:
+      - {provider: openai, base_url: https://api.openai.com/v1, api_key: env:OPENAI_KEY_A, model: gpt-4.1, rpm: 500, tpm: 120000, weight: 2, priority: 0}
+      - {provider: openai, base_url: https://relay.example/v1, api_key: env:RELAY_KEY, model: gpt-4.1, rpm: 3000, tpm: 800000, priority: 1}
+  - {name: claude-sonnet-4.5, deployments: [{provider: anthropic, api_key: env:ANTHROPIC_KEY}]}
+  - {name: deepseek-v3.2, deployments: [{provider: deepseek, api_key: env:DEEPSEEK_KEY, model: deepseek-chat}]}
+  - {name: gemini-2.5-flash, deployments: [{provider: gemini, api_key: env:GEMINI_KEY}]}
+"""
+
+
+def test_the_routing_contract_loads(tmp_path: Path) -> None:
+    """The routing configuration promised for deployments, fallbacks and context windows validates."""
+    config = load_config(write(tmp_path, ROUTING_CONTRACT))
+    model = config.models[0]
+    assert (model.routing, model.context_window, model.fallbacks, model.context_window_fallback) == (
+        "usage-based",
+        128000,
+        ["claude-sonnet-4.5", "deepseek-v3.2"],
+        "gemini-2.5-flash",
+    )
+    assert [(d.rpm, d.tpm, d.weight, d.priority) for d in model.deployments] == [
+        (500, 120000, 2, 0),
+        (3000, 800000, 1.0, 1),
+    ]
+
+
+def test_unknown_fallback_is_refused() -> None:
+    """A fallback to a model that is not configured is a configuration error."""
+    with pytest.raises(ConfigError, match="falls back to 'nope', which is not configured"):
+        parse_config(
+            {"models": [{"name": "m", "fallbacks": ["nope"], "deployments": [{"base_url": "http://x"}]}]}
+        )

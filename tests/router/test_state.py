@@ -80,7 +80,10 @@ async def test_state_is_shared_between_nodes() -> None:
     client = Redis.from_url(REDIS_URL)
     await client.flushdb()
     settings = BreakerSettings(failures=1, cooldown_seconds=5)
-    first, second = DeploymentStates(RedisStateStore(client), settings), DeploymentStates(RedisStateStore(client), settings)
+    first, second = (
+        DeploymentStates(RedisStateStore(client), settings),
+        DeploymentStates(RedisStateStore(client), settings),
+    )
     assert await second.usable("m#3")
     await first.failure("m#3")
     await asyncio.sleep(0.3)  # past the view's lifetime

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -85,6 +86,85 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
         statuses = asyncio.run(storm())
         assert statuses.count(200) == 50
         assert statuses.count(429) == 150
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
+
+
+def test_a_deployments_rpm_holds_across_three_nodes(
+    tmp_path: Path, start_mock: Callable[..., ServerThread]
+) -> None:
+    """Three gateways sharing one Redis keep a deployment under its provider limit together."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    provider = start_mock(rpm=10, rate_window=1.0)  # the provider refuses an 11th request in any second
+    config = tmp_path / "quotagate.yaml"
+    config.write_text(
+        f"database: sqlite:///{tmp_path / 'keys.db'}\n"
+        f"redis: {REDIS_URL}\n"
+        "tiers: {free: {max_wait: 15}}\n"
+        "models:\n  - name: gpt-4o-mini\n"
+        # 540 per minute, paced: 9 a second, shared by the three nodes through Redis.
+        f"    deployments: [{{provider: openai-compatible, base_url: '{provider.url}/v1', rpm: 540}}]\n"
+    )
+    key = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quotagate",
+                "keys",
+                "create",
+                "--user",
+                "u",
+                "--tier",
+                "free",
+                "-c",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    ports = [closed_port() for _ in range(3)]
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(p)])
+        for p in ports
+    ]
+    try:
+        for p in ports:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{p}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+        async def offer() -> list[int]:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+                async def one(index: int) -> int:
+                    await asyncio.sleep(index / 30.0)  # 30 a second, three times what the provider takes
+                    url = f"http://127.0.0.1:{ports[index % 3]}/v1/chat/completions"
+                    async with session.post(
+                        url, json=body, headers={"Authorization": f"Bearer {key}"}
+                    ) as response:
+                        await response.read()
+                        return response.status
+
+                return await asyncio.gather(*(one(i) for i in range(60)))
+
+        statuses = asyncio.run(offer())
+        assert provider.app.state.rate_limited == 0  # no second ever saw more than 10
+        assert statuses.count(200) == provider.app.state.requests_served == 60
     finally:
         for node in nodes:
             node.terminate()

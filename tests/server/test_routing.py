@@ -24,14 +24,26 @@ def dep(mock: ServerThread | str, **extra: Any) -> dict[str, Any]:
     return {"provider": "openai-compatible", "base_url": url + "/v1", "model": "gpt-4o-mini", **extra}
 
 
-def start(start_gateway: Callable[..., RunningGateway], sqlite_url: str, models: list[dict[str, Any]], **extra: Any) -> tuple[RunningGateway, str]:
-    config = parse_config({"database": sqlite_url, "master_key": "env:TEST_MASTER_KEY", "tiers": {"free": {}}, "models": models, **extra})
+def start(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str, models: list[dict[str, Any]], **extra: Any
+) -> tuple[RunningGateway, str]:
+    config = parse_config(
+        {
+            "database": sqlite_url,
+            "master_key": "env:TEST_MASTER_KEY",
+            "tiers": {"free": {}},
+            "models": models,
+            **extra,
+        }
+    )
     gw = start_gateway(config)
     return gw, str(gw.create_key()["key"])
 
 
 def post(gw: RunningGateway, key: str, body: dict[str, Any] = CHAT, timeout: float = 30) -> httpx.Response:
-    return httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=timeout)
+    return httpx.post(
+        gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=timeout
+    )
 
 
 def deployments(gw: RunningGateway) -> dict[str, dict[str, Any]]:
@@ -41,10 +53,17 @@ def deployments(gw: RunningGateway) -> dict[str, dict[str, Any]]:
     return {d["label"]: d for d in reply["data"]}
 
 
-def test_failing_deployment_is_routed_around(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_failing_deployment_is_routed_around(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """With one deployment always failing, every request succeeds on the other, and the breaker opens."""
     bad, good = start_mock(rate_500=1.0), start_mock()
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(bad), dep(good)]}], router={"breaker": {"failures": 3, "cooldown_seconds": 60}})
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(bad), dep(good)]}],
+        router={"breaker": {"failures": 3, "cooldown_seconds": 60}},
+    )
     served = [post(gw, key) for _ in range(12)]
     assert all(r.status_code == 200 for r in served)
     assert {r.headers["x-quotagate-deployment"] for r in served} == {"openai-compatible/gpt-4o-mini#1"}
@@ -55,10 +74,16 @@ def test_failing_deployment_is_routed_around(start_gateway: Callable[..., Runnin
     assert bad.app.state.requests_served == 3
 
 
-def test_provider_429_puts_the_deployment_in_cooldown(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_provider_429_puts_the_deployment_in_cooldown(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A provider 429 cools its deployment for the Retry-After it named; traffic goes elsewhere."""
     limited, spare = start_mock(rate_429=1.0, retry_after=7), start_mock()
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(limited, priority=0), dep(spare, priority=1)]}])
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(limited, priority=0), dep(spare, priority=1)]}],
+    )
     first = post(gw, key)
     assert first.status_code == 200 and first.headers["x-quotagate-deployment"].endswith("#1")
     cooling = deployments(gw)["openai-compatible/gpt-4o-mini#0"]
@@ -67,10 +92,21 @@ def test_provider_429_puts_the_deployment_in_cooldown(start_gateway: Callable[..
     assert limited.app.state.requests_served == 1  # not asked again while cooling down
 
 
-def test_priorities(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_priorities(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """Lower-priority deployments serve only when the higher ones are unavailable; weights split traffic."""
     a, b, backup = start_mock(), start_mock(), start_mock()
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(a, weight=3), dep(b, weight=1), dep(backup, priority=1)]}])
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [
+            {
+                "name": "gpt-4o-mini",
+                "deployments": [dep(a, weight=3), dep(b, weight=1), dep(backup, priority=1)],
+            }
+        ],
+    )
     for _ in range(80):
         assert post(gw, key).status_code == 200
     served_a, served_b = a.app.state.requests_served, b.app.state.requests_served
@@ -78,7 +114,9 @@ def test_priorities(start_gateway: Callable[..., RunningGateway], start_mock: Ca
     assert 45 <= served_a <= 75  # about three in four
 
 
-def test_model_fallback_chain(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_model_fallback_chain(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """When all of a model's deployments fail, the next model in its chain serves, and says so."""
     broken, other = start_mock(rate_500=1.0), start_mock()
     gw, key = start(
@@ -96,14 +134,21 @@ def test_model_fallback_chain(start_gateway: Callable[..., RunningGateway], star
     assert response.headers["x-quotagate-deployment"] == "openai-compatible/gpt-4.1#0"
 
 
-def test_context_window_fallback(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_context_window_fallback(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A request too long for the model goes to its long-context model instead of failing upstream."""
     short, long_ = start_mock(), start_mock()
     gw, key = start(
         start_gateway,
         sqlite_url,
         [
-            {"name": "gpt-4o-mini", "deployments": [dep(short)], "context_window": 200, "context_window_fallback": "long-context"},
+            {
+                "name": "gpt-4o-mini",
+                "deployments": [dep(short)],
+                "context_window": 200,
+                "context_window_fallback": "long-context",
+            },
             {"name": "long-context", "deployments": [dep(long_, model="gemini-2.5-flash")]},
         ],
     )
@@ -114,11 +159,17 @@ def test_context_window_fallback(start_gateway: Callable[..., RunningGateway], s
     assert short.app.state.requests_served == 1
 
 
-def test_errors_retrying_cannot_fix_return_at_once(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_errors_retrying_cannot_fix_return_at_once(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A provider 400 is returned after one attempt, with its message; no other deployment is tried."""
     strict = start_mock(api_key="sk-right-key-000000")
     other = start_mock()
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(strict, priority=0), dep(other, priority=1)]}])
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(strict, priority=0), dep(other, priority=1)]}],
+    )
     bad = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
     # The mock answers 401 to the gateway's (wrong) upstream key: the client sees a 502, once.
     response = post(gw, key, bad)
@@ -126,17 +177,30 @@ def test_errors_retrying_cannot_fix_return_at_once(start_gateway: Callable[..., 
     assert strict.app.state.requests_served == 0 and other.app.state.requests_served == 0
 
 
-def test_hanging_deployment_times_out_and_fails_over(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_hanging_deployment_times_out_and_fails_over(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A deployment that never answers is abandoned after its first-byte timeout; another serves."""
     hanging, fine = start_mock(rate_hang=1.0), start_mock()
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(hanging, first_byte_timeout=0.3), dep(fine, priority=1)]}])
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [
+            {
+                "name": "gpt-4o-mini",
+                "deployments": [dep(hanging, first_byte_timeout=0.3), dep(fine, priority=1)],
+            }
+        ],
+    )
     started = time.monotonic()
     response = post(gw, key)
     assert response.status_code == 200 and response.headers["x-quotagate-deployment"].endswith("#1")
     assert time.monotonic() - started < 2.0
 
 
-def test_retries_back_off_and_honour_retry_after(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_retries_back_off_and_honour_retry_after(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """With a single deployment, a 429 with Retry-After is waited out and the retry succeeds."""
     mock = start_mock(fail_first=1, retry_after=0.5)
     gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock)]}])
@@ -147,18 +211,26 @@ def test_retries_back_off_and_honour_retry_after(start_gateway: Callable[..., Ru
     assert mock.app.state.requests_served == 2
 
 
-def test_gateway_429_instead_of_the_providers(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_gateway_429_instead_of_the_providers(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """Past a deployment's RPM the gateway answers its own 429; the provider never sees the excess."""
     mock = start_mock(rpm=10, rate_window=1.0)
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=60)]}])  # paced: 1/s
+    gw, key = start(
+        start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=60)]}]
+    )  # paced: 1/s
     statuses = [post(gw, key).status_code for _ in range(3)]
     assert statuses == [200, 429, 429]
     refused = post(gw, key)
-    assert "provider limits" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+    assert (
+        "provider limits" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+    )
     assert mock.app.state.rate_limited == 0 and mock.app.state.requests_served == 1
 
 
-def test_offered_3x_a_deployments_rpm_causes_no_provider_429(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_offered_3x_a_deployments_rpm_causes_no_provider_429(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """Offered three times what a deployment takes, with waiting allowed, the provider sees no excess."""
     mock = start_mock(rpm=10, rate_window=1.0)  # the provider allows 10 in any second
     config = {"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=540)]}  # the gateway sends 9/s
@@ -169,7 +241,9 @@ def test_offered_3x_a_deployments_rpm_causes_no_provider_429(start_gateway: Call
 
             async def one(delay: float) -> int:
                 await asyncio.sleep(delay)
-                async with session.post(gw.v1 + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}) as r:
+                async with session.post(
+                    gw.v1 + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+                ) as r:
                     return r.status
 
             return await asyncio.gather(*(one(i / 27.0) for i in range(54)))  # 27/s for 2 s
@@ -180,10 +254,17 @@ def test_offered_3x_a_deployments_rpm_causes_no_provider_429(start_gateway: Call
     assert statuses.count(200) >= 30
 
 
-def test_client_disconnect_cancels_the_upstream_call(start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str) -> None:
+def test_client_disconnect_cancels_the_upstream_call(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
     """A client that hangs up releases its concurrency slot at once: the upstream call was cancelled."""
     slow = start_mock(latency_ms=3000)
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(slow)]}], tiers={"free": {"concurrency": 1}})
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(slow)]}],
+        tiers={"free": {"concurrency": 1}},
+    )
     with pytest.raises(httpx.ReadTimeout):
         post(gw, key, timeout=0.3)
     time.sleep(0.2)
@@ -193,9 +274,23 @@ def test_client_disconnect_cancels_the_upstream_call(start_gateway: Callable[...
     assert time.monotonic() - started >= 2.5
 
 
-def test_all_deployments_down_is_an_upstream_error(start_gateway: Callable[..., RunningGateway], sqlite_url: str) -> None:
+def test_all_deployments_down_is_an_upstream_error(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str
+) -> None:
     """With nothing reachable, the client gets 502 after the allowed attempts, quickly."""
-    gw, key = start(start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(f"http://127.0.0.1:{closed_port()}"), dep(f"http://127.0.0.1:{closed_port()}")]}])
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [
+            {
+                "name": "gpt-4o-mini",
+                "deployments": [
+                    dep(f"http://127.0.0.1:{closed_port()}"),
+                    dep(f"http://127.0.0.1:{closed_port()}"),
+                ],
+            }
+        ],
+    )
     started = time.monotonic()
     assert_openai_error(post(gw, key), 502, "bad_gateway")
     assert time.monotonic() - started < 5
