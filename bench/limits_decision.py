@@ -52,9 +52,7 @@ async def script_calls(client: Redis) -> int:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=20000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()

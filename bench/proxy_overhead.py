@@ -91,9 +91,7 @@ def _row(conns: int, target: str, r: dict[str, float], cpu: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--limits", default="none,memory,redis", help="variants to run, comma-separated")
@@ -111,9 +109,7 @@ def main() -> None:
     procs = []
     try:
         procs.append(
-            subprocess.Popen(
-                [*QUOTAGATE, "mock-upstream", "--port", str(mock_port)], stderr=subprocess.DEVNULL
-            )
+            subprocess.Popen([*QUOTAGATE, "mock-upstream", "--port", str(mock_port)], stderr=subprocess.DEVNULL)
         )
         wait_ready(f"http://127.0.0.1:{mock_port}/v1/models")
         mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"

@@ -60,9 +60,7 @@ class Scenario:
             self.mock_ports.append(p)
         for p in self.mock_ports:
             wait_ready(f"http://127.0.0.1:{p}/health")
-        deps = ", ".join(
-            d.format(*[f"http://127.0.0.1:{p}/v1" for p in self.mock_ports]) for d in deployments
-        )
+        deps = ", ".join(d.format(*[f"http://127.0.0.1:{p}/v1" for p in self.mock_ports]) for d in deployments)
         config = self.work / "quotagate.yaml"
         config.write_text(
             f"database: sqlite:///{self.work}/db.sqlite\n"
@@ -110,9 +108,7 @@ async def drive(
         async def one() -> None:
             started = time.perf_counter()
             try:
-                async with session.post(
-                    url, json=BODY, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
-                ) as r:
+                async with session.post(url, json=BODY, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as r:
                     await r.read()
                     statuses.append(r.status)
             except (aiohttp.ClientError, TimeoutError):
@@ -146,9 +142,7 @@ def p99(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
@@ -223,8 +217,7 @@ def main() -> None:
                 f"offered 3x a deployment's RPM 300 for {seconds:g} s",
                 statuses,
                 lat,
-                f"provider 429s caused: {health['rate_limited']}; "
-                f"provider served {health['requests_served']}",
+                f"provider 429s caused: {health['rate_limited']}; provider served {health['requests_served']}",
             )
         )
     finally:

@@ -26,9 +26,7 @@ from quotagate.mock import MockOptions, MockUpstream
 from quotagate.server import Gateway
 from quotagate.server._run import bound_socket, uvicorn_config
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("QUOTAGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 MASTER_KEY = "qg-test-master-" + secrets.token_hex(8)
 
@@ -71,9 +69,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[ServerThread]:
-    server = ServerThread(
-        MockUpstream(MockOptions(record=True, api_key="sk-upstream-test-key-123456"))
-    ).start()
+    server = ServerThread(MockUpstream(MockOptions(record=True, api_key="sk-upstream-test-key-123456"))).start()
     yield server
     server.stop()
 

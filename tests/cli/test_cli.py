@@ -54,9 +54,7 @@ def test_keys_create_prints_the_key_last_and_once(config_file: Path) -> None:
 
 def test_keys_list_disable_enable_delete(config_file: Path) -> None:
     """The key lifecycle from the command line, against the configured database."""
-    created = runner.invoke(
-        app, ["keys", "create", "--user", "bob", "--tier", "paid", "-c", str(config_file)]
-    )
+    created = runner.invoke(app, ["keys", "create", "--user", "bob", "--tier", "paid", "-c", str(config_file)])
     key = created.output.strip().splitlines()[-1]
     listed = json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)
     assert len(listed) == 1 and listed[0]["user"] == "bob" and key not in json.dumps(listed)
@@ -64,10 +62,7 @@ def test_keys_list_disable_enable_delete(config_file: Path) -> None:
 
     assert runner.invoke(app, ["keys", "disable", key_id, "-c", str(config_file)]).exit_code == 0
     assert (
-        json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)[0][
-            "disabled"
-        ]
-        is True
+        json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)[0]["disabled"] is True
     )
     table = runner.invoke(app, ["keys", "list", "-c", str(config_file)], terminal_width=200).output
     assert "disabled" in table and key_id in table
@@ -100,8 +95,7 @@ def test_config_check(config_file: Path, tmp_path: Path, monkeypatch: pytest.Mon
     missing = runner.invoke(app, ["config", "check", str(config_file)])
     assert missing.exit_code == 1
     assert (
-        "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"
-        in missing.output
+        "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set" in missing.output
     )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     ok = runner.invoke(app, ["config", "check", str(config_file)])

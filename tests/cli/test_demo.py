@@ -18,9 +18,7 @@ def test_serve_without_config_runs_a_usable_demo(tmp_path: Path) -> None:
     """It starts with SQLite and a mock upstream, prints a demo key last, and the SDK works with it."""
     port = closed_port()
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENAI_API_KEY", "QUOTAGATE_CONFIG", "QUOTAGATE_MASTER_KEY")
+        k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "QUOTAGATE_CONFIG", "QUOTAGATE_MASTER_KEY")
     }
     env["NO_COLOR"] = "1"
     process = subprocess.Popen(
@@ -50,9 +48,7 @@ def test_serve_without_config_runs_a_usable_demo(tmp_path: Path) -> None:
         assert (tmp_path / "quotagate.db").exists()
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        reply = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}]
-        )
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
         assert reply.choices[0].message.content
         assert [m.id for m in client.models.list()] == ["gpt-4o-mini"]
     finally:

@@ -56,9 +56,7 @@ def test_example_config_in_the_repository_loads() -> None:
 
 def test_provider_default_base_url() -> None:
     """Known providers need no base_url."""
-    config = parse_config(
-        {"models": [{"name": "ds", "deployments": [{"provider": "deepseek", "api_key": "env:DS"}]}]}
-    )
+    config = parse_config({"models": [{"name": "ds", "deployments": [{"provider": "deepseek", "api_key": "env:DS"}]}]})
     assert config.models[0].deployments[0].url == "https://api.deepseek.com/v1"
 
 
@@ -120,9 +118,7 @@ def test_missing_secrets_are_listed(tmp_path: Path) -> None:
     """Every env:NAME that the environment lacks is named."""
     config = load_config(write(tmp_path, CONTRACT))
     problems = missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m"})
-    assert problems == [
-        "models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"
-    ]
+    assert problems == ["models[gpt-4o-mini].deployments[0].api_key: environment variable OPENAI_API_KEY is not set"]
     assert missing_secrets(config, environ={"QUOTAGATE_MASTER_KEY": "m", "OPENAI_API_KEY": "k"}) == []
 
 
@@ -161,6 +157,4 @@ def test_the_routing_contract_loads(tmp_path: Path) -> None:
 def test_unknown_fallback_is_refused() -> None:
     """A fallback to a model that is not configured is a configuration error."""
     with pytest.raises(ConfigError, match="falls back to 'nope', which is not configured"):
-        parse_config(
-            {"models": [{"name": "m", "fallbacks": ["nope"], "deployments": [{"base_url": "http://x"}]}]}
-        )
+        parse_config({"models": [{"name": "m", "fallbacks": ["nope"], "deployments": [{"base_url": "http://x"}]}]})

@@ -40,9 +40,7 @@ async def test_keys_are_stored_only_hashed(store: KeyStore) -> None:
 async def test_create_list_update_delete(store: KeyStore) -> None:
     """Keys round-trip with their user, tier, models and expiry, and can be changed and removed."""
     expires = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
-    first, _ = await store.create(
-        user="alice", tier="free", models=["gpt-4o-mini"], expires_at=expires, name="ci"
-    )
+    first, _ = await store.create(user="alice", tier="free", models=["gpt-4o-mini"], expires_at=expires, name="ci")
     second, _ = await store.create(user="bob", tier="paid")
     assert [r.id for r in await store.list()] == [first.id, second.id]
     assert [r.id for r in await store.list(user="bob")] == [second.id]

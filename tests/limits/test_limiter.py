@@ -45,9 +45,7 @@ class BrokenStore(InProcessStore):
         self.broken = True
         self.hang = hang
 
-    async def acquire(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
-    ) -> Decision:
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
         if self.broken:
             if self.hang:
                 await asyncio.Event().wait()
@@ -204,9 +202,7 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
     port, procs = own_redis
     await _wait_for_redis(port)
     client = Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
-    limiter = Limiter(
-        RedisStore(client), on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3
-    )
+    limiter = Limiter(RedisStore(client), on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3)
     limit = Limit("{k:a}:rpm", Unit.REQUESTS, 10, Algorithm.SLIDING_WINDOW, 60.0)
     assert not (await limiter.acquire([limit], [1])).fallback
 

@@ -23,9 +23,7 @@ from .conftest import T0, FakeClock
 
 # Arrivals in whole milliseconds and integer ms-per-unit keep both sides exact.
 steps = st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 12)), min_size=1, max_size=40)
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def run_on_both(check: object) -> None:
@@ -49,15 +47,11 @@ def run_on_both(check: object) -> None:
 
 @SETTINGS
 @given(steps=steps, interval=st.integers(1, 500), amount=st.integers(1, 10), burst=st.integers(1, 10))
-def test_gcra_matches_a_token_bucket(
-    steps: list[tuple[int, int]], interval: int, amount: int, burst: int
-) -> None:
+def test_gcra_matches_a_token_bucket(steps: list[tuple[int, int]], interval: int, amount: int, burst: int) -> None:
     """GCRA admits exactly what a token bucket of size `burst` refilling one unit per interval admits."""
 
     async def check(store: object, clock: FakeClock) -> None:
-        limit = Limit(
-            "p:gcra", Unit.TOKENS, amount, Algorithm.GCRA, period=interval * amount / 1000.0, burst=burst
-        )
+        limit = Limit("p:gcra", Unit.TOKENS, amount, Algorithm.GCRA, period=interval * amount / 1000.0, burst=burst)
         tokens, last = Fraction(burst), 0
         elapsed = 0
         for gap, cost in steps:
@@ -76,9 +70,7 @@ def test_gcra_matches_a_token_bucket(
 
 @SETTINGS
 @given(steps=steps, period=st.sampled_from([1000, 2000, 5000]), amount=st.integers(1, 30))
-def test_sliding_window_matches_per_window_counts(
-    steps: list[tuple[int, int]], period: int, amount: int
-) -> None:
+def test_sliding_window_matches_per_window_counts(steps: list[tuple[int, int]], period: int, amount: int) -> None:
     """The sliding window admits when previous-window count x unexpired share + current count fits."""
 
     async def check(store: object, clock: FakeClock) -> None:
@@ -140,9 +132,7 @@ def test_calendar_quota_matches_a_counter_per_day(steps: list[tuple[int, int]], 
 
 @SETTINGS
 @given(
-    steps=st.lists(
-        st.tuples(st.integers(0, 5000), st.sampled_from(["acquire", "release"])), min_size=1, max_size=40
-    ),
+    steps=st.lists(st.tuples(st.integers(0, 5000), st.sampled_from(["acquire", "release"])), min_size=1, max_size=40),
     amount=st.integers(1, 4),
 )
 def test_concurrency_matches_a_lease_table(steps: list[tuple[int, str]], amount: int) -> None:

@@ -61,15 +61,11 @@ async def test_sliding_window_weights_the_previous_window(make_store: StoreFacto
     assert refused.retry_after == pytest.approx(0.6)
 
 
-async def test_calendar_quota_resets_at_midnight_in_its_time_zone(
-    make_store: StoreFactory, clock: FakeClock
-) -> None:
+async def test_calendar_quota_resets_at_midnight_in_its_time_zone(make_store: StoreFactory, clock: FakeClock) -> None:
     """A daily quota in Asia/Shanghai resets at 16:00 UTC, and says so."""
     store = make_store(clock)
     clock.now = datetime(2026, 11, 23, 15, 0, tzinfo=UTC).timestamp()  # 23:00 in Shanghai
-    quota = Limit(
-        "{k:a}:tpd", Unit.TOKENS, 1000, Algorithm.CALENDAR, calendar=Calendar.DAY, timezone="Asia/Shanghai"
-    )
+    quota = Limit("{k:a}:tpd", Unit.TOKENS, 1000, Algorithm.CALENDAR, calendar=Calendar.DAY, timezone="Asia/Shanghai")
     assert (await store.acquire([quota], [900])).allowed
     refused = await store.acquire([quota], [200])
     assert not refused.allowed

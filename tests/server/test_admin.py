@@ -33,9 +33,7 @@ def test_admin_disabled_without_master_key(
 ) -> None:
     """With no master_key configured the admin API is closed."""
     gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, master_key=None))
-    assert_openai_error(
-        httpx.get(gw.url + "/admin/keys", headers={"Authorization": "Bearer x"}), 403, "admin_disabled"
-    )
+    assert_openai_error(httpx.get(gw.url + "/admin/keys", headers={"Authorization": "Bearer x"}), 403, "admin_disabled")
 
 
 def test_key_lifecycle_over_http(gateway: RunningGateway) -> None:
@@ -50,9 +48,7 @@ def test_key_lifecycle_over_http(gateway: RunningGateway) -> None:
         assert body["user"] == "dave" and body["tier"] == "paid" and body["models"] == ["gpt-4o-mini"]
 
         def use() -> httpx.Response:
-            return httpx.post(
-                gateway.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT
-            )
+            return httpx.post(gateway.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT)
 
         assert use().status_code == 200
 
@@ -98,9 +94,7 @@ def test_bad_admin_payloads_get_400(gateway: RunningGateway) -> None:
             param="expires_at",
         )
         assert_openai_error(
-            admin.post(
-                "/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2030-01-01T00:00:00"}
-            ),
+            admin.post("/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2030-01-01T00:00:00"}),
             400,
             param="expires_at",
         )

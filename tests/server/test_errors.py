@@ -160,9 +160,7 @@ def test_body_over_the_limit_gets_413(
             yield b" " * 512  # no Content-Length: chunked transfer encoding
         yield b"{}"
 
-    response = httpx.post(
-        gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, content=chunks()
-    )
+    response = httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, content=chunks())
     assert_openai_error(response, 413, "request_too_large")
     assert post(gw, key, CHAT).status_code == 200
 

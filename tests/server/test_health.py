@@ -24,9 +24,7 @@ def test_not_ready_when_redis_is_down(
     start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
 ) -> None:
     """An unreachable Redis makes /ready answer 503 (and say why) while /health stays 200."""
-    gw = start_gateway(
-        gateway_config(sqlite_url, mock_upstream.url, redis=f"redis://127.0.0.1:{closed_port()}/0")
-    )
+    gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url, redis=f"redis://127.0.0.1:{closed_port()}/0"))
     ready = httpx.get(gw.url + "/ready", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "ok"

@@ -22,9 +22,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 
 
 def post(gw: RunningGateway, key: str, body: dict[str, Any] = CHAT) -> httpx.Response:
-    return httpx.post(
-        gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=30
-    )
+    return httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body, timeout=30)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -77,9 +75,7 @@ def test_a_tpm_refusal_does_not_consume_rpm(
     store_config: dict[str, Any],
 ) -> None:
     """A request refused by the key's TPM leaves its RPM untouched."""
-    gw = start(
-        start_gateway, mock_upstream, sqlite_url, tiers={"free": {"rpm": 5, "tpm": 100}}, **store_config
-    )
+    gw = start(start_gateway, mock_upstream, sqlite_url, tiers={"free": {"rpm": 5, "tpm": 100}}, **store_config)
     key = gw.create_key()["key"]
     assert post(gw, key, {**CHAT, "max_tokens": 80}).status_code == 200  # charged ~88, settled to ~18
     refused = post(gw, key, {**CHAT, "max_tokens": 80})  # 18 used + 88 estimated > 100
@@ -178,9 +174,7 @@ def test_per_key_overrides(
     assert created["limits"] == {"rpm": 2}
     assert [post(gw, key).status_code for _ in range(3)] == [200, 200, 429]
     with gw.admin() as admin:
-        assert admin.patch(f"/admin/keys/{created['id']}", json={"limits": {"rpm": 5}}).json()["limits"] == {
-            "rpm": 5
-        }
+        assert admin.patch(f"/admin/keys/{created['id']}", json={"limits": {"rpm": 5}}).json()["limits"] == {"rpm": 5}
         assert_openai_error(admin.patch(f"/admin/keys/{created['id']}", json={"limits": {"rpx": 5}}), 400)
     assert post(gw, key).status_code == 200
 
@@ -280,9 +274,7 @@ def test_settled_tokens_equal_reported_usage(
 ) -> None:
     """After plain, streamed and abandoned requests, the store holds exactly the tokens used."""
     mock = start_mock(stream_chunk_delay_ms=30, completion_tokens=20)
-    gw = start(
-        start_gateway, mock, sqlite_url, tiers={"free": {"tpd": 1_000_000, "tpm": 100_000}}, **store_config
-    )
+    gw = start(start_gateway, mock, sqlite_url, tiers={"free": {"tpd": 1_000_000, "tpm": 100_000}}, **store_config)
     key = gw.create_key()["key"]
     client = OpenAI(base_url=gw.v1, api_key=key, max_retries=0)
     reported = 0

@@ -52,9 +52,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
     key = created.stdout.strip().splitlines()[-1]
     ports = [closed_port() for _ in range(3)]
     nodes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env
-        )
+        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
         for port in ports
     ]
     try:
@@ -75,9 +73,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
 
                 async def one(index: int) -> int:
                     url = f"http://127.0.0.1:{ports[index % 3]}/v1/chat/completions"
-                    async with session.post(
-                        url, json=body, headers={"Authorization": f"Bearer {key}"}
-                    ) as response:
+                    async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
                         await response.read()
                         return response.status
 
@@ -93,9 +89,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
             node.wait(10)
 
 
-def test_a_deployments_rpm_holds_across_three_nodes(
-    tmp_path: Path, start_mock: Callable[..., ServerThread]
-) -> None:
+def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: Callable[..., ServerThread]) -> None:
     """Three gateways sharing one Redis keep a deployment under its provider limit together."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     provider = start_mock(rpm=10, rate_window=1.0)  # the provider refuses an 11th request in any second
@@ -154,9 +148,7 @@ def test_a_deployments_rpm_holds_across_three_nodes(
                 async def one(index: int) -> int:
                     await asyncio.sleep(index / 30.0)  # 30 a second, three times what the provider takes
                     url = f"http://127.0.0.1:{ports[index % 3]}/v1/chat/completions"
-                    async with session.post(
-                        url, json=body, headers={"Authorization": f"Bearer {key}"}
-                    ) as response:
+                    async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
                         await response.read()
                         return response.status
 

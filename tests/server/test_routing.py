@@ -222,9 +222,7 @@ def test_gateway_429_instead_of_the_providers(
     statuses = [post(gw, key).status_code for _ in range(3)]
     assert statuses == [200, 429, 429]
     refused = post(gw, key)
-    assert (
-        "provider limits" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
-    )
+    assert "provider limits" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
     assert mock.app.state.rate_limited == 0 and mock.app.state.requests_served == 1
 
 

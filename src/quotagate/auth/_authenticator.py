@@ -29,14 +29,11 @@ def extract_key(authorization: str | None, x_api_key: str | None) -> str:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-        raise AuthenticationError(
-            "Invalid Authorization header: expected 'Bearer YOUR_KEY'.", code="invalid_api_key"
-        )
+        raise AuthenticationError("Invalid Authorization header: expected 'Bearer YOUR_KEY'.", code="invalid_api_key")
     if x_api_key and x_api_key.strip():
         return x_api_key.strip()
     raise AuthenticationError(
-        "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
-        "(or in the 'x-api-key' header).",
+        "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' (or in the 'x-api-key' header).",
         code="missing_api_key",
     )
 
@@ -68,9 +65,7 @@ class Authenticator:
             raise AuthenticationError("This API key has been disabled.", code="key_disabled")
         if record.is_expired(self._now()):
             assert record.expires_at is not None
-            raise AuthenticationError(
-                f"This API key expired at {record.expires_at.isoformat()}.", code="key_expired"
-            )
+            raise AuthenticationError(f"This API key expired at {record.expires_at.isoformat()}.", code="key_expired")
         return Principal(
             key_id=record.id,
             user=record.user,

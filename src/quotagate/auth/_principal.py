@@ -13,7 +13,7 @@ class Principal:
     # None: every configured model.
     models: frozenset[str] | None
     # Per-key overrides of the tier's limits, as sorted (name, value) pairs.
-    limits: tuple[tuple[str, int], ...] | None = None
+    limits: tuple[tuple[str, float], ...] | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

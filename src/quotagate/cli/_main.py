@@ -71,9 +71,7 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Interface to listen on [default: from config, else 127.0.0.1].")
     ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")
-    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")] = None,
 ) -> None:
     """Run the gateway.
 
@@ -140,9 +138,7 @@ def mock_upstream(
     completion_tokens: Annotated[
         int, typer.Option(help="Tokens generated per completion (fewer if max_tokens is lower).")
     ] = 16,
-    stream_chunk_delay_ms: Annotated[
-        float, typer.Option(help="Delay between stream chunks (slow streams).")
-    ] = 0.0,
+    stream_chunk_delay_ms: Annotated[float, typer.Option(help="Delay between stream chunks (slow streams).")] = 0.0,
     rate_429: Annotated[
         float, typer.Option("--rate-429", help="Share of requests answered 429 with Retry-After.")
     ] = 0.0,
@@ -150,23 +146,17 @@ def mock_upstream(
     rate_500: Annotated[float, typer.Option("--rate-500", help="Share of requests answered 500.")] = 0.0,
     rate_hang: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
     rate_drop: Annotated[float, typer.Option(help="Share of streams cut off midway.")] = 0.0,
-    fail_first: Annotated[
-        int, typer.Option(help="Answer the first N requests with 429 (for retry tests).")
-    ] = 0,
+    fail_first: Annotated[int, typer.Option(help="Answer the first N requests with 429 (for retry tests).")] = 0,
     rpm: Annotated[
         int | None, typer.Option(help="Enforce this RPM exactly, as a provider would (429 past it).")
     ] = None,
     rate_window: Annotated[float, typer.Option(help="The window of --rpm, in seconds.")] = 60.0,
-    storm_seconds: Annotated[
-        float, typer.Option(help="Answer everything 429 for this long after start.")
-    ] = 0.0,
+    storm_seconds: Annotated[float, typer.Option(help="Answer everything 429 for this long after start.")] = 0.0,
     api_key: Annotated[
         str | None,
         typer.Option(help="Require this Bearer key (401 otherwise).", envvar="MOCK_UPSTREAM_API_KEY"),
     ] = None,
-    record: Annotated[
-        bool, typer.Option(help="Keep the last 200 requests, served at GET /mock/requests.")
-    ] = False,
+    record: Annotated[bool, typer.Option(help="Keep the last 200 requests, served at GET /mock/requests.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed for the fault draws, for repeatable runs.")] = None,
 ) -> None:
     """Run a fast OpenAI-compatible mock provider (chat, completions, embeddings, models)."""
@@ -261,25 +251,27 @@ LimitOption = Annotated[
     typer.Option(
         "--limit",
         help="Override one of the tier's limits for this key, as NAME=VALUE (repeatable): "
-        "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency.",
+        "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency, "
+        "usd_per_day, usd_per_month.",
         show_default=False,
     ),
 ]
 
 
-def _parse_limits(values: list[str] | None) -> dict[str, int] | None:
+def _parse_limits(values: list[str] | None) -> dict[str, float] | None:
     from pydantic import ValidationError
 
     from ..policy import check_overrides
 
     if not values:
         return None
-    parsed: dict[str, int] = {}
+    parsed: dict[str, float] = {}
     for item in values:
         name, _, amount = item.partition("=")
-        if not amount.strip().isdigit():
-            raise _fail(f"--limit {item!r}: expected NAME=POSITIVE_INTEGER, e.g. rpm=100")
-        parsed[name.strip()] = int(amount)
+        try:
+            parsed[name.strip()] = float(amount) if "." in amount else int(amount)
+        except ValueError:
+            raise _fail(f"--limit {item!r}: expected NAME=NUMBER, e.g. rpm=100 or usd_per_day=5.50") from None
     try:
         return check_overrides(parsed)
     except ValidationError as exc:
@@ -301,12 +293,8 @@ def _parse_expiry(value: str | None) -> datetime | None:
 def keys_create(
     user: Annotated[str, typer.Option(help="The user the key belongs to.")],
     tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
-    models: Annotated[
-        str | None, typer.Option(help="Comma-separated models the key may use [default: all].")
-    ] = None,
-    expires: Annotated[
-        str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")
-    ] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use [default: all].")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     limit: LimitOption = None,
     config: ConfigOption = None,
@@ -387,12 +375,8 @@ def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None
 def keys_update(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")],
     tier: Annotated[str | None, typer.Option(help="Move the key to this tier.")] = None,
-    models: Annotated[
-        str | None, typer.Option(help="Comma-separated allowed models; 'all' for every model.")
-    ] = None,
-    expires: Annotated[
-        str | None, typer.Option(help="New expiry (YYYY-MM-DD or ISO 8601); 'never' to clear.")
-    ] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated allowed models; 'all' for every model.")] = None,
+    expires: Annotated[str | None, typer.Option(help="New expiry (YYYY-MM-DD or ISO 8601); 'never' to clear.")] = None,
     limit: LimitOption = None,
     clear_limits: Annotated[
         bool, typer.Option("--clear-limits", help="Drop the key's overrides: the tier's limits apply.")

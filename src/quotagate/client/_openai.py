@@ -90,14 +90,10 @@ class _Call:
     def actual(self, usage_total: int | None, generated: str) -> int:
         if usage_total is not None:
             return usage_total
-        return self.estimate.prompt + (
-            count_generated(generated, self.model) if isinstance(self.model, str) else 0
-        )
+        return self.estimate.prompt + (count_generated(generated, self.model) if isinstance(self.model, str) else 0)
 
 
-def _sync_request(
-    client: openai.OpenAI, limiter: RateLimiter, retry: RetryPolicy, expected_output: int
-) -> Any:
+def _sync_request(client: openai.OpenAI, limiter: RateLimiter, retry: RetryPolicy, expected_output: int) -> Any:
     original = client.request
 
     def request(cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
@@ -150,9 +146,7 @@ def _watch_sync_stream(chunks: Iterator[Any], permit: Permit, call: _Call) -> It
         permit.__exit__(None, None, None)
 
 
-def _async_request(
-    client: openai.AsyncOpenAI, limiter: RateLimiter, retry: RetryPolicy, expected_output: int
-) -> Any:
+def _async_request(client: openai.AsyncOpenAI, limiter: RateLimiter, retry: RetryPolicy, expected_output: int) -> Any:
     original = client.request
 
     async def request(cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
@@ -207,9 +201,7 @@ async def _watch_async_stream(chunks: AsyncIterator[Any], permit: Permit, call: 
 @overload
 def limited(client: openai.OpenAI, *, limiter: RateLimiter | None = ..., **kwargs: Any) -> openai.OpenAI: ...
 @overload
-def limited(
-    client: openai.AsyncOpenAI, *, limiter: RateLimiter | None = ..., **kwargs: Any
-) -> openai.AsyncOpenAI: ...
+def limited(client: openai.AsyncOpenAI, *, limiter: RateLimiter | None = ..., **kwargs: Any) -> openai.AsyncOpenAI: ...
 
 
 def limited(

@@ -105,9 +105,7 @@ class RateLimiter:
         for label, amount, period in (("tpm", tpm, 60.0), ("tph", tph, 3600.0)):
             if amount:
                 built.append(
-                    Limit(
-                        f"qgc:{tag}:{label}", Unit.TOKENS, amount, Algorithm.GCRA, period, label=label.upper()
-                    )
+                    Limit(f"qgc:{tag}:{label}", Unit.TOKENS, amount, Algorithm.GCRA, period, label=label.upper())
                 )
         for label, amount, unit in (("rpd", rpd, Unit.REQUESTS), ("tpd", tpd, Unit.TOKENS)):
             if amount:
@@ -230,9 +228,7 @@ class RateLimiter:
 
     async def aremaining(self) -> list[Remaining]:
         statuses = await self._limiter().status(self.limits)
-        return [
-            Remaining(s.limit.label, s.limit.capacity, s.used, s.remaining, s.reset_after) for s in statuses
-        ]
+        return [Remaining(s.limit.label, s.limit.capacity, s.used, s.remaining, s.reset_after) for s in statuses]
 
     def remaining(self) -> list[Remaining]:
         """Used / remaining / reset per limit (from sync code; ``aremaining`` from async code)."""
@@ -272,7 +268,5 @@ class Permit:
         run_sync(self.__aenter__())
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         run_sync(self.__aexit__(kind, exc, tb))

@@ -3,12 +3,17 @@
 from ._defaults import DEMO_MODEL, default_config
 from ._loader import ConfigError, load_config, parse_config
 from ._models import (
+    AlertSettings,
     BreakerSettings,
     Config,
+    CurrencySettings,
     Deployment,
+    LedgerSettings,
     LimiterSettings,
     LimitValues,
+    LoggingSettings,
     ModelConfig,
+    PriceConfig,
     RouterSettings,
     ScopedLimit,
     ServerSettings,
@@ -18,13 +23,18 @@ from ._secrets import missing_secrets, resolve_secret
 
 __all__ = [
     "DEMO_MODEL",
+    "AlertSettings",
     "BreakerSettings",
     "Config",
     "ConfigError",
+    "CurrencySettings",
     "Deployment",
+    "LedgerSettings",
     "LimitValues",
     "LimiterSettings",
+    "LoggingSettings",
     "ModelConfig",
+    "PriceConfig",
     "RouterSettings",
     "ScopedLimit",
     "ServerSettings",

@@ -49,9 +49,7 @@ def _check_secret_ref(value: str | None) -> str | None:
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=4000, ge=0, le=65535)
-    max_body_bytes: PositiveInt = Field(
-        default=16 * 1024 * 1024, description="Requests with a larger body get 413."
-    )
+    max_body_bytes: PositiveInt = Field(default=16 * 1024 * 1024, description="Requests with a larger body get 413.")
 
 
 class LimitValues(_Strict):
@@ -72,6 +70,8 @@ class LimitValues(_Strict):
     itpm: PositiveInt | None = Field(default=None, description="input (prompt) tokens per minute")
     otpm: PositiveInt | None = Field(default=None, description="output (completion) tokens per minute")
     concurrency: PositiveInt | None = Field(default=None, description="requests in flight at once")
+    usd_per_day: float | None = Field(default=None, gt=0, description="a daily budget, in USD")
+    usd_per_month: float | None = Field(default=None, gt=0, description="a monthly budget, in USD")
 
 
 RateAlgorithm = Literal["gcra", "sliding-window"]
@@ -101,8 +101,8 @@ class ScopedLimit(_Strict):
     """
 
     scope: Literal["key", "user", "tier", "model", "key+model", "global"]
-    unit: Literal["requests", "tokens", "input_tokens", "output_tokens", "concurrent"]
-    amount: PositiveInt
+    unit: Literal["requests", "tokens", "input_tokens", "output_tokens", "concurrent", "usd"]
+    amount: float = Field(gt=0, description="an integer count, or USD for unit usd")
     per: str = "minute"
     algorithm: Literal["gcra", "sliding-window", "calendar"] | None = None
     burst: PositiveInt | None = None
@@ -125,12 +125,53 @@ class ScopedLimit(_Strict):
         return float(matched.group(1)) * _UNIT_SECONDS[matched.group(2)]
 
     @model_validator(mode="after")
+    def _check_amount(self) -> ScopedLimit:
+        if self.unit != "usd" and self.amount != int(self.amount):
+            raise ValueError(f"amount must be a whole number of {self.unit}")
+        return self
+
+    @model_validator(mode="after")
     def _check_algorithm(self) -> ScopedLimit:
         if self.algorithm == "calendar" and self.per not in ("day", "month"):
             raise ValueError("a calendar quota is per day or per month")
         if self.per == "month" and self.algorithm not in (None, "calendar"):
             raise ValueError("per month is a calendar quota")
         return self
+
+
+class PriceConfig(_Strict):
+    input: float = Field(ge=0, description="USD per million input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+    cached_input: float | None = Field(default=None, ge=0, description="USD per million cached input tokens")
+
+
+class CurrencySettings(_Strict):
+    display: str = Field(default="USD", min_length=3, max_length=3, description="shown in reports")
+    rate: float = Field(default=1.0, gt=0, description="units of the display currency per USD")
+
+
+class AlertSettings(_Strict):
+    webhook: str | None = Field(default=None, description="JSON POSTs go here")
+    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in value):
+            raise ValueError("thresholds are fractions in (0, 1], e.g. [0.5, 0.8, 1.0]")
+        return sorted(set(value))
+
+
+class LedgerSettings(_Strict):
+    enabled: bool = True
+    batch_size: PositiveInt = Field(default=500, description="rows per database write")
+    flush_seconds: float = Field(default=0.5, gt=0, description="longest a row waits to be written")
+
+
+class LoggingSettings(_Strict):
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    requests: bool = Field(default=False, description="a log line per request")
 
 
 class LimiterSettings(_Strict):
@@ -170,9 +211,7 @@ class Deployment(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0)
     first_byte_timeout: float | None = Field(default=None, gt=0, description="until the response starts")
     chunk_timeout: float | None = Field(default=None, gt=0, description="between two chunks of a stream")
-    total_timeout: float | None = Field(
-        default=None, gt=0, description="for the whole response, streams included"
-    )
+    total_timeout: float | None = Field(default=None, gt=0, description="for the whole response, streams included")
     stream_usage: bool = Field(
         default=True,
         description="ask streams for a final usage chunk (stream_options.include_usage); turn off "
@@ -242,6 +281,12 @@ class Config(_Strict):
     limits: list[ScopedLimit] = Field(default_factory=list)
     limiter: LimiterSettings = LimiterSettings()
     router: RouterSettings = RouterSettings()
+    pricing: dict[str, PriceConfig] = Field(default_factory=dict, description="overrides the shipped prices")
+    currency: CurrencySettings = CurrencySettings()
+    alerts: AlertSettings = AlertSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics_per_key: bool = Field(default=False, description="key labels on metrics (unbounded cardinality)")
     timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(
         default=5.0,

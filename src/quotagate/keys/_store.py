@@ -45,7 +45,7 @@ class KeyRecord:
     user: str
     tier: str
     models: tuple[str, ...] | None
-    limits: tuple[tuple[str, int], ...] | None
+    limits: tuple[tuple[str, float], ...] | None
     expires_at: datetime | None
     disabled: bool
     created_at: datetime
@@ -155,7 +155,7 @@ class KeyStore:
         models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         name: str | None = None,
-        limits: dict[str, int] | None = None,
+        limits: dict[str, float] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it in clear; this is the only time it exists in clear."""
         key = new_key()

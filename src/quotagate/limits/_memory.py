@@ -30,9 +30,7 @@ class InProcessStore:
     def __len__(self) -> int:
         return len(self._state)
 
-    async def acquire(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
-    ) -> Decision:
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
         return self.acquire_now(limits, costs, lease)
 
     def acquire_now(
@@ -79,9 +77,7 @@ class InProcessStore:
         with self._lock:
             self._settle_locked(limits, deltas, windows)
 
-    def _settle_locked(
-        self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]
-    ) -> None:
+    def _settle_locked(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
         now_s = self._clock()
         now = now_s * 1000.0
         for limit, delta, window in zip(limits, deltas, windows, strict=True):

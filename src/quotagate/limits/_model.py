@@ -18,6 +18,7 @@ class Unit(StrEnum):
     INPUT_TOKENS = "input_tokens"
     OUTPUT_TOKENS = "output_tokens"
     CONCURRENT = "concurrent"
+    SPEND = "spend"  # micro-dollars: budgets are limits like any other
 
 
 class Algorithm(StrEnum):

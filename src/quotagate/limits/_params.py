@@ -59,9 +59,7 @@ def make_decision(
             # This limit would have taken the request, but another refused it: nothing was
             # charged, so report the limit as it stands.
             used, remaining = max(0, used - cost), min(limit.capacity, remaining + cost)
-        statuses.append(
-            LimitStatus(limit, used, remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0)
-        )
+        statuses.append(LimitStatus(limit, used, remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0))
     denied_index = -1
     worst = -1.0
     for index, outcome in enumerate(outcomes):

@@ -68,9 +68,7 @@ class RedisStore:
         now = self._clock()
         return now, repr(now * 1000.0)
 
-    async def acquire(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
-    ) -> Decision:
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
         if not self._split:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
@@ -87,22 +85,16 @@ class RedisStore:
         for index in range(len(limits)):
             ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
             retry = float(reply[2]) if index == int(reply[1]) - 1 else 0.0
-            outcomes.append(
-                Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window))
-            )
+            outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
         return make_decision(limits, costs, outcomes, lease)
 
-    async def _acquire_by_slot(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None
-    ) -> Decision:
+    async def _acquire_by_slot(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
         groups: dict[int, list[int]] = {}
         for index, limit in enumerate(limits):
             groups.setdefault(key_slot((self.prefix + limit.key).encode()), []).append(index)
         # Shared limits first: the principal's own group (the one holding its concurrency lease,
         # if any) is decided last, so a refusal there refunds the least.
-        ordered = sorted(
-            groups.values(), key=lambda idx: any(limits[i].scope in ("key", "key+model") for i in idx)
-        )
+        ordered = sorted(groups.values(), key=lambda idx: any(limits[i].scope in ("key", "key+model") for i in idx))
         granted: list[tuple[list[Limit], list[int], Decision]] = []
         statuses: dict[int, LimitStatus] = {}
         for indexes in ordered:
@@ -123,9 +115,7 @@ class RedisStore:
             granted.append((group_limits, group_costs, decision))
         return Decision(True, tuple(statuses[i] for i in range(len(limits))), lease=lease, costs=tuple(costs))
 
-    async def _refund(
-        self, limits: list[Limit], costs: list[int], decision: Decision, lease: str | None
-    ) -> None:
+    async def _refund(self, limits: list[Limit], costs: list[int], decision: Decision, lease: str | None) -> None:
         windows = [s.window for s in decision.statuses]
         await self.settle(limits, [-c for c in costs], windows)
         if lease is not None:

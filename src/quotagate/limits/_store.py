@@ -9,9 +9,7 @@ from ._model import Decision, Limit, LimitStatus
 class Store(Protocol):
     """Where limits keep their state. Both stores implement exactly the same semantics."""
 
-    async def acquire(
-        self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None
-    ) -> Decision:
+    async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
         """Charge every limit its cost, or none of them (and say which limit refused)."""
         ...
 

@@ -139,9 +139,7 @@ class MockUpstream:
         method = scope["method"]
         if method == "GET":
             if path == "/models":
-                await self._json(
-                    send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]}
-                )
+                await self._json(send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]})
             elif path == "/health":
                 await self._json(
                     send,
@@ -214,9 +212,7 @@ class MockUpstream:
                 return
             started.append(now)
         storm = self.options.storm_seconds and time.monotonic() - self._born < self.options.storm_seconds
-        fault = (
-            "429" if storm or self.state.requests_served <= self.options.fail_first else self._draw_fault()
-        )
+        fault = "429" if storm or self.state.requests_served <= self.options.fail_first else self._draw_fault()
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
         if fault == "429":
@@ -230,9 +226,7 @@ class MockUpstream:
             )
             return
         if fault == "500":
-            await self._error(
-                send, 500, "The server had an error while processing your request.", "server_error", None
-            )
+            await self._error(send, 500, "The server had an error while processing your request.", "server_error", None)
             return
         if fault == "hang":
             # Answer nothing until the client goes away.
@@ -278,9 +272,7 @@ class MockUpstream:
         return {"id": name, "object": "model", "created": self._created, "owned_by": "quotagate-mock"}
 
     @staticmethod
-    async def _json(
-        send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    async def _json(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         await send({"type": "http.response.start", "status": status, "headers": _JSON + (headers or [])})
         await send({"type": "http.response.body", "body": orjson.dumps(payload)})
 
@@ -383,14 +375,11 @@ class MockUpstream:
                 )
             )
             events.extend(
-                event({"index": 0, "delta": {"content": p}, "logprobs": None, "finish_reason": None})
-                for p in pieces
+                event({"index": 0, "delta": {"content": p}, "logprobs": None, "finish_reason": None}) for p in pieces
             )
             events.append(event({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}))
         else:
-            events.extend(
-                event({"index": 0, "text": p, "logprobs": None, "finish_reason": None}) for p in pieces
-            )
+            events.extend(event({"index": 0, "text": p, "logprobs": None, "finish_reason": None}) for p in pieces)
             events.append(event({"index": 0, "text": "", "logprobs": None, "finish_reason": finish}))
         if include_usage:
             usage = {
@@ -429,18 +418,12 @@ class MockUpstream:
             else [raw_input]
         )
         encoding = encoding_for_model(body["model"])
-        dims = (
-            body.get("dimensions")
-            if isinstance(body.get("dimensions"), int)
-            else self.options.embedding_dimensions
-        )
+        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.options.embedding_dimensions
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, item in enumerate(inputs):
             vector = _vector(orjson.dumps(item), dims)
-            embedding: Any = (
-                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
-            )
+            embedding: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         tokens = count_prompt_input(raw_input, encoding)
         await self._json(

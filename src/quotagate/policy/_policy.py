@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..accounting._pricing import micro_usd
 from ..auth import Principal
 from ..config import Config, LimitValues, ScopedLimit
 from ..limits import Algorithm, Calendar, Limit, Unit
@@ -27,15 +28,17 @@ SHORTHANDS: dict[str, tuple[Unit, float | Calendar, str]] = {
     "itpm": (Unit.INPUT_TOKENS, 60.0, "input tokens per minute (ITPM)"),
     "otpm": (Unit.OUTPUT_TOKENS, 60.0, "output tokens per minute (OTPM)"),
     "concurrency": (Unit.CONCURRENT, 0.0, "concurrent requests"),
+    "usd_per_day": (Unit.SPEND, Calendar.DAY, "USD per day (budget)"),
+    "usd_per_month": (Unit.SPEND, Calendar.MONTH, "USD per month (budget)"),
 }
-_TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS)
+_TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS, Unit.SPEND)
 _CACHE_LIMIT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
 class AppliedLimits:
     limits: tuple[Limit, ...]
-    counts_tokens: bool  # any token limit: the request's tokens must be estimated and settled
+    counts_tokens: bool  # any token or spend limit: the request's tokens must be estimated and settled
     max_wait: float
     priority: int
 
@@ -58,9 +61,10 @@ def _rate_key(key: str, algorithm: str, amount: int, period: float, burst: int |
 
 
 def _shorthand_limit(
-    name: str, amount: int, key: str, algorithm: str, timezone: str, scope: str, owner: str
+    name: str, amount: float, key: str, algorithm: str, timezone: str, scope: str, owner: str
 ) -> Limit:
     unit, period, label = SHORTHANDS[name]
+    amount = micro_usd(amount) if unit is Unit.SPEND else int(amount)
     if unit is Unit.CONCURRENT:
         return Limit(key, unit, amount, Algorithm.CONCURRENCY, label=label + owner, scope=scope)
     if isinstance(period, Calendar):
@@ -108,18 +112,19 @@ def _scoped_limit(
         ),
         "global": (" for the whole gateway", "{g}"),
     }[spec.scope]
-    label = (spec.name or f"{spec.unit.replace('_', ' ')} per {spec.per}") + owner
+    label = (spec.name or f"{spec.unit.replace('_', ' ').replace('usd', 'USD')} per {spec.per}") + owner
     key = f"{tag}:x:{name}"
-    unit = Unit(spec.unit)
+    unit = Unit.SPEND if spec.unit == "usd" else Unit(spec.unit)
+    amount = micro_usd(spec.amount) if unit is Unit.SPEND else int(spec.amount)
     if unit is Unit.CONCURRENT:
-        return Limit(key, unit, spec.amount, Algorithm.CONCURRENCY, label=label, scope=spec.scope)
+        return Limit(key, unit, amount, Algorithm.CONCURRENCY, label=label, scope=spec.scope)
     algorithm = spec.algorithm or ("calendar" if spec.per in ("day", "month") else "gcra")
     if algorithm == "calendar":
         calendar = Calendar.MONTH if spec.per == "month" else Calendar.DAY
         return Limit(
             key,
             unit,
-            spec.amount,
+            amount,
             Algorithm.CALENDAR,
             calendar=calendar,
             timezone=timezone,
@@ -127,9 +132,9 @@ def _scoped_limit(
             scope=spec.scope,
         )
     return Limit(
-        _rate_key(key, algorithm, spec.amount, spec.seconds, spec.burst),
+        _rate_key(key, algorithm, amount, spec.seconds, spec.burst),
         unit,
-        spec.amount,
+        amount,
         Algorithm(algorithm),
         spec.seconds,
         burst=spec.burst,
@@ -165,7 +170,7 @@ class Policy:
     def _build(self, principal: Principal, model: str | None) -> AppliedLimits:
         config = self._config
         tier = config.tiers.get(principal.tier)
-        values: dict[str, int] = {}
+        values: dict[str, float] = {}
         if tier is not None:
             values.update(tier.model_dump(include=set(SHORTHANDS), exclude_none=True))
         if principal.limits:
@@ -188,6 +193,6 @@ class Policy:
         )
 
 
-def check_overrides(values: dict[str, int]) -> dict[str, int]:
+def check_overrides(values: dict[str, float]) -> dict[str, float]:
     """Validate a key's limit overrides (the tier shorthands); raises ValueError."""
     return LimitValues.model_validate(values).model_dump(exclude_none=True)

@@ -182,9 +182,7 @@ class Router:
         if strategy == "least-busy":
             return sorted(candidates, key=lambda t: (self.stats[t.id].in_flight, self._rng.random()))
         if strategy == "usage-based":
-            return sorted(
-                candidates, key=lambda t: (-self.stats[t.id].remaining_fraction, self._rng.random())
-            )
+            return sorted(candidates, key=lambda t: (-self.stats[t.id].remaining_fraction, self._rng.random()))
         if strategy == "latency-based":
             return sorted(candidates, key=lambda t: (self.stats[t.id].latency_ms or 0.0, self._rng.random()))
         # weighted: a weighted random order (each pick proportional to weight among those left)
@@ -304,8 +302,7 @@ class Router:
             raise last_error
         retry = capacity_wait if capacity_wait is not None else self.settings.default_cooldown_seconds
         raise CapacityError(
-            f"All deployments of `{model}` are at their provider limits or unavailable. "
-            f"Try again in {retry:.1f}s.",
+            f"All deployments of `{model}` are at their provider limits or unavailable. Try again in {retry:.1f}s.",
             headers={
                 "retry-after": str(max(1, math.ceil(retry))),
                 "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
@@ -323,9 +320,7 @@ class Router:
         return False
 
     def _backoff(self, attempt: int) -> float:
-        return self._rng.uniform(
-            0, min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** (attempt - 1))
-        )
+        return self._rng.uniform(0, min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** (attempt - 1)))
 
     async def _attempt(
         self, target: DeploymentTarget, decision: Decision | None, costs: list[int], request: RouteRequest
@@ -410,8 +405,7 @@ class Router:
         # The provider took nothing: its token estimate is refunded (the request still counted).
         if decision is not None:
             deltas = [
-                -c if limit.unit is not Unit.REQUESTS else 0
-                for limit, c in zip(target.limits, costs, strict=True)
+                -c if limit.unit is not Unit.REQUESTS else 0 for limit, c in zip(target.limits, costs, strict=True)
             ]
             await self.limiter.settle(decision, target.limits, deltas)
 
@@ -447,9 +441,7 @@ class Router:
                 if target.limits:
                     try:
                         for status in await self.limiter.status(target.limits):
-                            remaining["rpm" if status.limit.unit is Unit.REQUESTS else "tpm"] = (
-                                status.remaining
-                            )
+                            remaining["rpm" if status.limit.unit is Unit.REQUESTS else "tpm"] = status.remaining
                     except StoreUnavailableError:
                         pass
                 out.append(

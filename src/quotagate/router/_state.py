@@ -96,9 +96,7 @@ class RedisStateStore:
     async def call(self, deployment: str, op: str, *args: float) -> StateReply:
         tag = "{d:" + deployment.replace("{", "(").replace("}", ")") + "}"
         reply = await self._script(keys=[f"{self._prefix}{tag}:state"], args=[op, "", *args])
-        return StateReply(
-            int(reply[0]), float(reply[1]) / 1000.0, float(reply[2]) / 1000.0, bool(int(reply[3]))
-        )
+        return StateReply(int(reply[0]), float(reply[1]) / 1000.0, float(reply[2]) / 1000.0, bool(int(reply[3])))
 
 
 @dataclass
@@ -165,9 +163,7 @@ class DeploymentStates:
             return True
         if view.state == OPEN and view.open_until > now:
             return False
-        reply = await self._call(
-            deployment, "probe", self.settings.probes, self.settings.cooldown_seconds * 1000.0
-        )
+        reply = await self._call(deployment, "probe", self.settings.probes, self.settings.cooldown_seconds * 1000.0)
         self._apply(deployment, reply)
         return reply.allowed
 
@@ -175,9 +171,7 @@ class DeploymentStates:
         s = self.settings
         self._apply(
             deployment,
-            await self._call(
-                deployment, "failure", s.failures, s.window_seconds * 1000.0, s.cooldown_seconds * 1000.0
-            ),
+            await self._call(deployment, "failure", s.failures, s.window_seconds * 1000.0, s.cooldown_seconds * 1000.0),
         )
 
     async def success(self, deployment: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -79,6 +79,16 @@ def check_key_fields(config: Config, tier: str | None, models: list[str] | None)
             )
 
 
+def _parse_day(value: str | None, param: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 time.", param=param) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _payload_error(exc: ValidationError) -> InvalidRequestError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -98,6 +108,7 @@ class AdminAPI:
         master_key: str | None,
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
         deployments: Callable[[], Awaitable[list[dict[str, object]]]] | None = None,
+        usage: Callable[[str, datetime | None, datetime | None], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -105,6 +116,7 @@ class AdminAPI:
         self._master_key = master_key
         self._quota = quota
         self._deployments = deployments
+        self._usage = usage
 
     def _check_master_key(self, headers: RequestHeaders) -> None:
         if self._master_key is None:
@@ -123,6 +135,15 @@ class AdminAPI:
             self._allow(method, "GET")
             tiers = {name: t.model_dump(exclude_none=True) for name, t in self.config.tiers.items()}
             await send_json(send, 200, {"object": "list", "data": tiers})
+            return
+        if parts == ["usage"] and self._usage is not None:
+            self._allow(method, "GET")
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            by = query.get("by", ["key"])[0]
+            if by not in ("key", "user", "model", "deployment", "day"):
+                raise InvalidRequestError("by must be key, user, model, deployment or day.", param="by")
+            since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
+            await send_json(send, 200, await self._usage(by, since, until))
             return
         if parts == ["deployments"] and self._deployments is not None:
             self._allow(method, "GET")

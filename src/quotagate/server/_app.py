@@ -12,15 +12,19 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..accounting import Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
+from ..accounting._reports import GroupBy
 from ..auth import Authenticator, Principal
 from ..config import Config, resolve_secret
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
@@ -41,7 +45,7 @@ from ._asgi import (
     send_bytes,
     send_json,
 )
-from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Endpoint, Proxy
 
 logger = logging.getLogger("quotagate")
 
@@ -92,9 +96,7 @@ class Gateway:
             for name in self.routes.models
             for t in self.routes.deployments(name)
         )
-        state_store: StateStore = (
-            RedisStateStore(self.redis) if self.redis is not None else MemoryStateStore()
-        )
+        state_store: StateStore = RedisStateStore(self.redis) if self.redis is not None else MemoryStateStore()
         self.router = Router(
             config,
             self.routes,
@@ -103,6 +105,27 @@ class Gateway:
             DeploymentStates(state_store, config.router.breaker),
             secrets=tuple(s for s in upstream_secrets if s),
         )
+        self.metrics = Metrics(per_key=config.metrics_per_key)
+        writer = SqlWriter(self.store.engine)
+        self.ledger: Ledger | None = None
+        if config.ledger.enabled:
+            settings = config.ledger
+            self.ledger = (
+                StreamLedger(writer, self.redis, settings.batch_size, settings.flush_seconds)
+                if self.redis is not None
+                else Ledger(writer, settings.batch_size, settings.flush_seconds)
+            )
+        self.alerts = Alerts(config.alerts, self.redis)
+        prices = {name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()}
+        self.books = Books(
+            pricing=Pricing(prices),
+            ledger=self.ledger,
+            metrics=self.metrics,
+            alerts=self.alerts,
+            timezone=config.timezone,
+            log_requests=config.logging.requests,
+        )
+        self.metrics.add_gauges(self._gauges)
         self.proxy = Proxy(
             self.routes,
             self.authenticator,
@@ -111,6 +134,7 @@ class Gateway:
             policy=self.policy,
             limiter=self.limiter,
             expected_output_tokens=config.limiter.expected_output_tokens,
+            books=self.books,
         )
         self.admin = AdminAPI(
             config,
@@ -119,6 +143,7 @@ class Gateway:
             resolve_secret(config.master_key, "master_key"),
             self.quota,
             self.router.describe,
+            self.usage,
         )
         self._started = time.time()
         self._routes: dict[tuple[str, str], Handler] = {}
@@ -133,6 +158,7 @@ class Gateway:
             self._routes[("GET", prefix + "/models")] = self._list_models
             self._routes[("GET", prefix + "/quota")] = self._quota
         self._routes[("GET", "/health")] = self._health
+        self._routes[("GET", "/metrics")] = self._metrics
         self._routes[("GET", "/ready")] = self._ready
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -160,12 +186,8 @@ class Gateway:
         except Exception:
             # A bug, not a client error. The traceback goes to the log, never to the client.
             logger.exception("unhandled error in request %s", request_id)
-            error = GatewayError(
-                "The gateway hit an internal error; it has been logged.", code="internal_error"
-            )
-            await send_bytes(
-                send, 500, error.body(), [JSON_CONTENT_TYPE, (b"x-request-id", request_id.encode())]
-            )
+            error = GatewayError("The gateway hit an internal error; it has been logged.", code="internal_error")
+            await send_bytes(send, 500, error.body(), [JSON_CONTENT_TYPE, (b"x-request-id", request_id.encode())])
 
     def _route(self, method: str, path: str) -> Handler:
         handler = self._routes.get((method, path))
@@ -198,12 +220,17 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.store.create_schema()
+        if self.ledger is not None:
+            await self.ledger.start()
         # Everything alive now (config, modules, pools) lives as long as the process: moving it
         # out of the collector's generations keeps full collections short under load.
         gc.collect()
         gc.freeze()
 
     async def shutdown(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.aclose()
+        await self.alerts.aclose()
         await self.limiter.aclose()
         await self.transport.aclose()
         await self.store.close()
@@ -213,9 +240,7 @@ class Gateway:
     def _proxy_handler(self, endpoint: Endpoint) -> Handler:
         proxy = self.proxy
 
-        async def handle(
-            scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
-        ) -> None:
+        async def handle(scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str) -> None:
             await proxy.handle(endpoint, receive, send, headers, request_id)
 
         return handle
@@ -285,13 +310,45 @@ class Gateway:
                     "used": s.used,
                     "remaining": s.remaining,
                     "reset_in_seconds": round(s.reset_after, 3),
-                    "resets_at": datetime.fromtimestamp(now + s.reset_after, UTC).isoformat(
-                        timespec="seconds"
-                    ),
+                    "resets_at": datetime.fromtimestamp(now + s.reset_after, UTC).isoformat(timespec="seconds"),
                 }
                 for s in statuses
             ],
         }
+
+    async def _metrics(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        await send_bytes(send, 200, self.metrics.exposition(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+
+    def _gauges(self) -> Iterator[GaugeMetricFamily]:
+        queue = GaugeMetricFamily("quotagate_queue_depth", "Requests waiting for capacity on this node")
+        queue.add_metric([], self.limiter._waiting)
+        yield queue
+        breakers = GaugeMetricFamily(
+            "quotagate_breaker_state",
+            "Circuit breaker per deployment (0 closed, 1 open, 2 half-open)",
+            labels=["deployment"],
+        )
+        for target_id, target in self.routes.by_id.items():
+            breakers.add_metric([target.label], self.router.states.cached(target_id).state)
+        yield breakers
+        errors = GaugeMetricFamily("quotagate_store_errors", "Failed calls to the shared store", labels=["store"])
+        errors.add_metric(["limits"], self.limiter.stats.store_errors)
+        errors.add_metric(["deployment_state"], self.router.states.store_errors)
+        yield errors
+        if self.ledger is not None:
+            ledger = GaugeMetricFamily("quotagate_ledger_rows_written", "Usage rows written to the database")
+            ledger.add_metric([], self.ledger.written)
+            yield ledger
+
+    async def usage(self, by: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+        if self.ledger is not None:
+            await self.ledger.flush()  # a report includes what this node has not written yet
+        group = cast(GroupBy, by)
+        currency = self.config.currency
+        report = await usage_report(self.store.engine, group, since, until, currency.display, currency.rate)
+        return report.to_dict()
 
     async def _health(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
@@ -306,9 +363,7 @@ class Gateway:
         if self.redis is not None:
             checks["redis"] = await _check(self.redis.ping())
         ready = all(v == "ok" for v in checks.values())
-        await send_json(
-            send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks}
-        )
+        await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 
 
 async def _check(probe: Awaitable[Any]) -> str:

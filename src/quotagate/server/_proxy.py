@@ -8,13 +8,17 @@ relayed event by event as they arrive, never buffered whole.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
+from ..accounting import Alerts, Ledger, Metrics, Price, Pricing, UsageRow, cost_usd, limit_kind, micro_usd
 from ..auth import Authenticator, Principal, extract_key
 from ..errors import (
     GatewayError,
@@ -26,13 +30,23 @@ from ..errors import (
 from ..limits import Decision, Limit, Limiter, StoreUnavailableError, Unit
 from ..policy import AppliedLimits, Policy
 from ..router import Exchange, Router, RouteRequest
-from ..tokens import ZERO, Estimate, count_generated, estimate_tokens, generated_text, usage_of
+from ..tokens import (
+    ZERO,
+    Estimate,
+    cached_tokens_of,
+    count_generated,
+    estimate_tokens,
+    generated_text,
+    usage_of,
+)
 from ..tokens._estimate import Kind
 from ..upstream import DeploymentTarget, ModelRoutes
 from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Send, read_body, send_bytes
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._stream_usage import StreamUsage
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
+
+logger = logging.getLogger("quotagate.requests")
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -61,24 +75,33 @@ def _end_of_last_event(data: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-def _costs(limits: tuple[Limit, ...], estimate: Estimate) -> list[int]:
+def _costs(limits: tuple[Limit, ...], estimate: Estimate, spend: int = 0) -> list[int]:
     by_unit = {
         Unit.REQUESTS: 1,
         Unit.CONCURRENT: 1,
         Unit.TOKENS: estimate.total,
         Unit.INPUT_TOKENS: estimate.prompt,
         Unit.OUTPUT_TOKENS: estimate.output,
+        Unit.SPEND: spend,  # the most the request can cost, in micro-dollars
     }
     return [by_unit[limit.unit] for limit in limits]
 
 
-def _deltas(limits: tuple[Limit, ...], estimate: Estimate, prompt: int, completion: int) -> list[int]:
+def _deltas(
+    limits: tuple[Limit, ...],
+    estimate: Estimate,
+    prompt: int,
+    completion: int,
+    spent: int = 0,
+    reserved: int = 0,
+) -> list[int]:
     by_unit = {
         Unit.REQUESTS: 0,
         Unit.CONCURRENT: 0,
         Unit.TOKENS: prompt + completion - estimate.total,
         Unit.INPUT_TOKENS: prompt - estimate.prompt,
         Unit.OUTPUT_TOKENS: completion - estimate.output,
+        Unit.SPEND: spent - reserved,
     }
     return [by_unit[limit.unit] for limit in limits]
 
@@ -97,8 +120,48 @@ class _Usage:
     """What the request actually used, as learnt from the response (None: nothing yet)."""
 
     reported: tuple[int, int] | None = None
+    cached: int = 0
     generated: str = ""
     upstream_answered: bool = False
+
+
+@dataclass
+class Books:
+    """What the proxy records about each request: prices, the ledger, metrics and alerts."""
+
+    pricing: Pricing = field(default_factory=Pricing)
+    ledger: Ledger | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    alerts: Alerts | None = None
+    timezone: str = "UTC"
+    log_requests: bool = False
+
+    def day(self, when: float) -> str:
+        return datetime.fromtimestamp(when, ZoneInfo(self.timezone)).date().isoformat()
+
+
+@dataclass(slots=True)
+class _Record:
+    """One request as the ledger will see it."""
+
+    request_id: str
+    principal: Principal
+    model: str
+    stream: bool
+    began: float
+    estimate: Estimate = ZERO
+    reserved: int = 0
+    usage: _Usage = field(default_factory=lambda: _Usage())
+    charged: _Charged | None = None
+    exchange: Exchange | None = None
+    stream_usage: StreamUsage | None = None
+    done: bool = False
+
+    def collect_stream_usage(self) -> None:
+        if self.stream_usage is not None and self.usage.reported is None:
+            self.usage.reported = self.stream_usage.usage
+            self.usage.cached = self.stream_usage.cached
+            self.usage.generated = "".join(self.stream_usage.pieces)
 
 
 class Proxy:
@@ -112,7 +175,9 @@ class Proxy:
         limiter: Limiter | None = None,
         expected_output_tokens: int = 512,
         clock: Callable[[], float] = time.time,
+        books: Books | None = None,
     ) -> None:
+        self.books = books or Books()
         self.routes = routes
         self.authenticator = authenticator
         self.router = router
@@ -141,12 +206,12 @@ class Proxy:
                 code="model_not_allowed",
             )
 
-    async def _decide(self, applied: AppliedLimits, estimate: Estimate, wait: bool) -> Decision:
+    async def _decide(self, applied: AppliedLimits, estimate: Estimate, wait: bool, spend: int = 0) -> Decision:
         assert self.limiter is not None
         try:
             return await self.limiter.acquire(
                 applied.limits,
-                _costs(applied.limits, estimate),
+                _costs(applied.limits, estimate, spend),
                 max_wait=applied.max_wait if wait else 0.0,
                 priority=applied.priority,
             )
@@ -165,29 +230,62 @@ class Proxy:
         headers: RequestHeaders,
         request_id: str,
     ) -> None:
+        began = time.perf_counter()
         # Authenticate before reading the body: an anonymous client cannot make the gateway
         # buffer up to max_body_bytes.
         principal = await self.authenticate(headers)
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
-        body = request.body
+        books = self.books
+        record = _Record(request_id, principal, request.model, request.stream, began)
+        try:
+            await self._handle(endpoint, receive, send, request, raw, principal, record)
+        except GatewayError as exc:
+            await self._account(record, exc.status, exc.code or exc.type)
+            raise
+        finally:
+            if not record.done:
+                # The client left (or the task was cancelled): the row says so.
+                await self._account(record, 499, "client_disconnected")
+        del books
 
+    async def _handle(
+        self,
+        endpoint: Endpoint,
+        receive: Receive,
+        send: Send,
+        request: ParsedRequest,
+        raw: bytes,
+        principal: Principal,
+        record: _Record,
+    ) -> None:
+        body = request.body
+        books = self.books
         limited = self.policy is not None and self.policy.enabled and self.limiter is not None
         applied = self.policy.limits_for(principal, request.model) if limited and self.policy else None
         counts_tokens = bool(applied and applied.counts_tokens) or self.router.needs_estimate(request.model)
+        counts_tokens = counts_tokens or books.ledger is not None
         estimate = ZERO
         if counts_tokens:
             model_config = self.routes.models[request.model]
             estimate = estimate_tokens(
                 endpoint.kind, body, request.model, self.expected_output_tokens, model_config.context_window
             )
+        record.estimate = estimate
+        reserved = 0
+        if applied and any(limit.unit is Unit.SPEND for limit in applied.limits):
+            reserved = micro_usd(cost_usd(self._price(request.model), estimate.prompt, estimate.output))
+        record.reserved = reserved
         decision: Decision | None = None
         if applied:
-            decision = await self._decide(applied, estimate, wait=True)
+            waited = time.perf_counter()
+            decision = await self._decide(applied, estimate, wait=True, spend=reserved)
+            books.metrics.wait.observe(time.perf_counter() - waited)
+            self._note_decision(principal, decision)
             if not decision.allowed:
                 error = rate_limit_error(decision, self._clock())
-                error.headers["x-request-id"] = request_id
+                error.headers["x-request-id"] = record.request_id
                 raise error
 
         options = body.get("stream_options")
@@ -214,6 +312,7 @@ class Proxy:
             return bodies[target.id]
 
         current = _Charged(applied, decision, request.model)
+        record.charged = current
 
         async def switch_model(model: str) -> bool:
             # The tenant's limits are charged for the model that actually serves.
@@ -224,7 +323,7 @@ class Proxy:
             if current.applied is not None and new_applied.limits == current.applied.limits:
                 current.model = model
                 return True
-            new_decision = await self._decide(new_applied, estimate, wait=False)
+            new_decision = await self._decide(new_applied, estimate, wait=False, spend=reserved)
             if not new_decision.allowed:
                 return False
             await self._undo(current.decision, current.applied)
@@ -247,8 +346,7 @@ class Proxy:
             task.cancel()
 
         watcher = asyncio.ensure_future(watch_for_disconnect())
-        usage = _Usage()
-        exchange: Exchange | None = None
+        usage = record.usage
         try:
             try:
                 exchange = await self.router.exchange(
@@ -263,35 +361,35 @@ class Proxy:
                         switch_model,
                     ),
                 )
+                record.exchange = exchange
                 usage.upstream_answered = True
                 served = exchange.target
                 extra = [
-                    (b"x-request-id", request_id.encode()),
+                    (b"x-request-id", record.request_id.encode()),
                     (b"x-quotagate-deployment", served.label.encode()),
                 ]
                 if current.decision is not None:
                     extra.extend(ratelimit_headers(current.decision))
                 stream_usage = (
-                    StreamUsage(strip_usage_chunk=asked_usage.get(served.id, False))
-                    if request.stream
-                    else None
+                    StreamUsage(strip_usage_chunk=asked_usage.get(served.id, False)) if request.stream else None
                 )
+                record.stream_usage = stream_usage
                 ok = False
+
+                async def before_complete(status: int, error_type: str | None) -> None:
+                    # The row is durable before the client has the whole response (see ledger).
+                    await self._account(record, status, error_type)
+
                 try:
                     if request.stream and exchange.response.headers.get("content-type", "").startswith(
                         "text/event-stream"
                     ):
-                        ok = await self._relay_stream(exchange, send, extra, stream_usage)
-                        if stream_usage is not None:
-                            usage.reported = stream_usage.usage
-                            usage.generated = "".join(stream_usage.pieces)
+                        ok = await self._relay_stream(exchange, send, extra, stream_usage, before_complete)
                     else:
-                        await self._relay_body(exchange, send, extra, usage)
+                        await self._relay_body(exchange, send, extra, usage, before_complete)
                         ok = True
                 finally:
-                    if stream_usage is not None and usage.reported is None:
-                        usage.reported = stream_usage.usage
-                        usage.generated = "".join(stream_usage.pieces)
+                    record.collect_stream_usage()
                     prompt, completion = self._actual(usage, estimate, current.model)
                     await self.router.finish(exchange, ok, prompt + completion)
             except asyncio.CancelledError:
@@ -300,12 +398,81 @@ class Proxy:
                 task.uncancel()
         finally:
             watcher.cancel()
+            record.collect_stream_usage()
             if current.decision is not None and current.applied is not None and self.limiter is not None:
                 if current.applied.counts_tokens:
                     prompt, completion = self._actual(usage, estimate, current.model)
-                    deltas = _deltas(current.applied.limits, estimate, prompt, completion)
+                    spent = micro_usd(self._cost(record, prompt, completion)) if reserved else 0
+                    deltas = _deltas(current.applied.limits, estimate, prompt, completion, spent, reserved)
                     await self.limiter.settle(current.decision, current.applied.limits, deltas)
                 await self.limiter.release(current.decision, current.applied.limits)
+
+    def _note_decision(self, principal: Principal, decision: Decision) -> None:
+        metrics = self.books.metrics
+        metrics.decisions.labels("allowed" if decision.allowed else "denied").inc()
+        if decision.denied_by is not None:
+            metrics.denials.labels(limit_kind(decision.denied_by.limit)).inc()
+        if self.books.alerts is not None:
+            self.books.alerts.check(principal, decision)
+
+    def _price(self, model: str) -> Price | None:
+        names = [model, *(t.provider_model for t in self.routes.deployments(model))]
+        return self.books.pricing.price_for(*names)
+
+    def _cost(self, record: _Record, prompt: int, completion: int) -> float:
+        served = record.exchange.target if record.exchange is not None else None
+        model = record.charged.model if record.charged is not None else record.model
+        names = [served.provider_model, model] if served is not None else [model]
+        return cost_usd(self.books.pricing.price_for(*names), prompt, completion, record.usage.cached)
+
+    async def _account(self, record: _Record, status: int, error_type: str | None) -> None:
+        """The request's ledger row and metrics; once per request."""
+        if record.done:
+            return
+        record.done = True
+        record.collect_stream_usage()
+        books = self.books
+        now = time.perf_counter()
+        model = record.charged.model if record.charged is not None else record.model
+        prompt, completion = self._actual(record.usage, record.estimate, model)
+        exchange = record.exchange
+        latency = (now - record.began) * 1000.0
+        upstream = (time.monotonic() - exchange.started) * 1000.0 if exchange is not None else None
+        wall = time.time()
+        row = UsageRow(
+            request_id=record.request_id,
+            ts=wall,
+            day=books.day(wall),
+            key_id=record.principal.key_id,
+            user_id=record.principal.user,
+            tier=record.principal.tier,
+            model_requested=record.model,
+            model_served=exchange.target.model if exchange is not None else None,
+            deployment=exchange.target.label if exchange is not None else None,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=record.usage.cached,
+            cost_usd=self._cost(record, prompt, completion),
+            latency_ms=latency,
+            upstream_ms=upstream,
+            overhead_ms=latency - (upstream or 0.0),
+            status=status,
+            error_type=error_type,
+            stream=record.stream,
+        )
+        books.metrics.observe(row)
+        if books.log_requests:
+            logger.info(
+                "request",
+                extra={
+                    "request_id": row.request_id,
+                    "status": status,
+                    "model": model,
+                    "ms": round(latency, 2),
+                },
+            )
+        if books.ledger is not None:
+            await books.ledger.commit(row)
 
     @staticmethod
     def _actual(usage: _Usage, estimate: Estimate, model: str) -> tuple[int, int]:
@@ -322,15 +489,17 @@ class Proxy:
         await self.limiter.settle(
             decision,
             applied.limits,
-            [
-                -c if lim.unit is not Unit.CONCURRENT else 0
-                for lim, c in zip(applied.limits, costs, strict=True)
-            ],
+            [-c if lim.unit is not Unit.CONCURRENT else 0 for lim, c in zip(applied.limits, costs, strict=True)],
         )
         await self.limiter.release(decision, applied.limits)
 
     async def _relay_body(
-        self, exchange: Exchange, send: Send, extra: list[tuple[bytes, bytes]], usage: _Usage
+        self,
+        exchange: Exchange,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        usage: _Usage,
+        before_complete: Callable[[int, str | None], Awaitable[None]],
     ) -> None:
         response = exchange.response
         total = exchange.target.total_timeout
@@ -350,10 +519,12 @@ class Proxy:
         except orjson.JSONDecodeError:
             payload = None
         usage.reported = usage_of(payload)
+        usage.cached = cached_tokens_of(payload)
         if usage.reported is None:
             usage.generated = generated_text(payload)
         content_type = response.headers.get("content-type", "")
         type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE
+        await before_complete(response.status, None)
         await send_bytes(send, response.status, body, [type_header, *extra])
 
     async def _relay_stream(
@@ -362,6 +533,7 @@ class Proxy:
         send: Send,
         extra: list[tuple[bytes, bytes]],
         stream_usage: StreamUsage | None,
+        before_complete: Callable[[int, str | None], Awaitable[None]],
     ) -> bool:
         """Relay SSE event by event; True when the stream ended as the provider meant it to."""
         response = exchange.response
@@ -394,6 +566,7 @@ class Proxy:
                             await send({"type": "http.response.body", "body": pending, "more_body": True})
                         break
                     pending += chunk
+                await before_complete(200, None)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
             except GatewayError as exc:

@@ -82,10 +82,7 @@ def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
             headers=headers,
         )
     if limit.algorithm is Algorithm.CONCURRENCY:
-        message = (
-            f"Too many {limit.label}: limit {limit.amount}, in flight {status.used}. "
-            f"Try again in {retry:.1f}s."
-        )
+        message = f"Too many {limit.label}: limit {limit.amount}, in flight {status.used}. Try again in {retry:.1f}s."
     else:
         message = (
             f"Rate limit reached for {limit.label}: limit {limit.capacity}, used {status.used}, "

@@ -72,9 +72,7 @@ class DemoInfo:
     mock_url: str | None
 
 
-async def serve_demo(
-    host: str, port: int, master_key: str | None, announce: Callable[[DemoInfo], None]
-) -> None:
+async def serve_demo(host: str, port: int, master_key: str | None, announce: Callable[[DemoInfo], None]) -> None:
     """The embedded default: SQLite, in-process limits, and a mock upstream unless a provider
     key is configured. A fresh demo key is made at every start (keys are stored hashed, so an
     old one cannot be shown again) and the previous demo keys are deleted."""

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import orjson
 
-from ..tokens import generated_text, usage_of
+from ..tokens import cached_tokens_of, generated_text, usage_of
 
 
 class StreamUsage:
-    __slots__ = ("_strip", "pieces", "usage")
+    __slots__ = ("_strip", "cached", "pieces", "usage")
 
     def __init__(self, strip_usage_chunk: bool) -> None:
         self._strip = strip_usage_chunk
         self.usage: tuple[int, int] | None = None
         self.pieces: list[str] = []
+        self.cached = 0
 
     def feed(self, events: bytes) -> bytes:
         """Take complete SSE events; return what the client should receive of them."""
@@ -38,6 +39,7 @@ class StreamUsage:
             usage = usage_of(payload)
             if usage is not None:
                 self.usage = usage
+                self.cached = cached_tokens_of(payload)
                 if self._strip and not payload.get("choices"):
                     drop = index
                     continue

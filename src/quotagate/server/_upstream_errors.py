@@ -65,8 +65,7 @@ def upstream_status_error(
     if status in (401, 403):
         return UpstreamStatusError(
             502,
-            f"The provider rejected the gateway's credentials for deployment {label} "
-            f"(HTTP {status}): {message}",
+            f"The provider rejected the gateway's credentials for deployment {label} (HTTP {status}): {message}",
             type="upstream_error",
             code="upstream_auth_error",
         )

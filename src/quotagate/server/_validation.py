@@ -90,8 +90,7 @@ def _model_and_stream(body: dict[str, Any], streams: bool) -> tuple[str, bool]:
             raise _wrong_type(cap, "an integer", value)
         if value < 1:
             raise InvalidRequestError(
-                f"Invalid '{cap}': integer below minimum value. Expected a value >= 1, "
-                f"but got {value} instead.",
+                f"Invalid '{cap}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
                 param=cap,
                 code="integer_below_min_value",
             )
@@ -108,8 +107,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
         raise _wrong_type("messages", "an array", messages)
     if not messages:
         raise InvalidRequestError(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-            "but got an empty array instead.",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
             param="messages",
             code="empty_array",
         )
@@ -119,9 +117,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
             raise _wrong_type(param, "an object", message)
         role = message.get("role")
         if not isinstance(role, str):
-            raise (
-                _missing(f"{param}.role") if role is None else _wrong_type(f"{param}.role", "a string", role)
-            )
+            raise (_missing(f"{param}.role") if role is None else _wrong_type(f"{param}.role", "a string", role))
     return ParsedRequest(body, model, stream)
 
 

@@ -8,12 +8,21 @@ from ._counting import (
     encoding_name_for_model,
 )
 from ._encodings import ENCODING_NAMES, get_encoding
-from ._estimate import ZERO, Estimate, count_generated, estimate_tokens, generated_text, usage_of
+from ._estimate import (
+    ZERO,
+    Estimate,
+    cached_tokens_of,
+    count_generated,
+    estimate_tokens,
+    generated_text,
+    usage_of,
+)
 
 __all__ = [
     "ENCODING_NAMES",
     "ZERO",
     "Estimate",
+    "cached_tokens_of",
     "count_chat_tokens",
     "count_generated",
     "count_prompt_input",

@@ -65,9 +65,7 @@ def _read_ranks(name: str) -> dict[bytes, int]:
 @cache
 def _load(name: str) -> tiktoken.Encoding:
     pattern, special = _SPECS[name]
-    return tiktoken.Encoding(
-        name=name, pat_str=pattern, mergeable_ranks=_read_ranks(name), special_tokens=special
-    )
+    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_read_ranks(name), special_tokens=special)
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:

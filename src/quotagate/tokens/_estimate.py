@@ -69,6 +69,14 @@ def usage_of(payload: Any) -> tuple[int, int] | None:
     return prompt, completion if isinstance(completion, int) else 0
 
 
+def cached_tokens_of(payload: Any) -> int:
+    """Prompt tokens the provider served from its cache (usage.prompt_tokens_details.cached_tokens)."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) else 0
+
+
 def generated_text(payload: Any) -> str:
     """The text a response or chunk carries (chat message or delta, or completion text)."""
     if not isinstance(payload, dict):

@@ -67,9 +67,7 @@ class _AiohttpResponse:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(f"Upstream {self._label} timed out sending its response.") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Upstream {self._label} failed while sending its response: {_describe(exc)}."
-            ) from exc
+            raise UpstreamError(f"Upstream {self._label} failed while sending its response: {_describe(exc)}.") from exc
         finally:
             self._response.release()
 

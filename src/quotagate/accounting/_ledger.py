@@ -1,0 +1,280 @@
+"""The ledger: one row per request, written off the request path, never lost, never doubled.
+
+Embedded (no Redis): rows wait in memory and are written to SQL in batches (every
+``flush_seconds`` or ``batch_size`` rows). A process killed outright loses the rows of its
+last batch; that is the single-node default's trade-off.
+
+Distributed (Redis): before a request's response completes, its row is appended to a Redis
+stream (``XADD``). Rows produced in the same moment share one pipelined round trip (group
+commit), so the cost per request stays small. Every node runs a consumer of the stream's
+consumer group that writes rows to the database in batches and acknowledges them after the
+write; rows left pending by a node that died are claimed by the others (``XAUTOCLAIM``). A
+gateway killed with SIGKILL therefore loses no row of a response it completed, and because
+rows are inserted by request id with ON CONFLICT DO NOTHING, a row delivered twice is written
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..keys._store import metadata
+
+logger = logging.getLogger("quotagate.ledger")
+
+usage_table = sa.Table(
+    "qg_usage",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("day", sa.String(10), nullable=False, index=True),  # in the configured time zone
+    sa.Column("key_id", sa.String(32), index=True),
+    sa.Column("user_id", sa.String(200), index=True),
+    sa.Column("tier", sa.String(100)),
+    sa.Column("model_requested", sa.String(200)),
+    sa.Column("model_served", sa.String(200)),
+    sa.Column("deployment", sa.String(300)),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("upstream_ms", sa.Float),
+    sa.Column("overhead_ms", sa.Float),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.String(100)),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+)
+
+
+@dataclass(slots=True)
+class UsageRow:
+    request_id: str
+    ts: float  # epoch seconds
+    day: str
+    key_id: str | None
+    user_id: str | None
+    tier: str | None
+    model_requested: str | None
+    model_served: str | None
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    latency_ms: float
+    upstream_ms: float | None
+    overhead_ms: float
+    status: int
+    error_type: str | None
+    stream: bool
+    cache_hit: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["ts"] = datetime.fromtimestamp(self.ts, UTC)
+        return record
+
+
+class SqlWriter:
+    """Batches of rows into qg_usage, idempotent by request id."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    async def write(self, rows: list[UsageRow]) -> None:
+        if not rows:
+            return
+        statement = (
+            self._insert(usage_table)
+            .values([row.to_record() for row in rows])
+            .on_conflict_do_nothing(index_elements=["request_id"])
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+
+class Ledger:
+    """The embedded ledger: a buffer written to SQL in batches."""
+
+    def __init__(self, writer: SqlWriter, batch_size: int = 500, flush_seconds: float = 0.5) -> None:
+        self.writer = writer
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self._buffer: list[UsageRow] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.written = 0
+        self.write_errors = 0
+
+    async def commit(self, row: UsageRow) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._flusher = asyncio.ensure_future(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.flush_seconds):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
+            try:
+                await self.writer.write(batch)
+                self.written += len(batch)
+            except Exception as exc:
+                # Keep the rows and try again with the next flush: the database may be back.
+                self.write_errors += 1
+                self._buffer[:0] = batch
+                logger.warning("could not write %d usage rows (%s); will retry", len(batch), exc)
+                return
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
+
+
+class StreamLedger(Ledger):
+    """The distributed ledger: rows go through a Redis stream and a consumer group."""
+
+    STREAM = "qg:ledger"
+    GROUP = "qg-ledger-writers"
+
+    def __init__(self, writer: SqlWriter, redis: Redis, batch_size: int = 500, flush_seconds: float = 0.5) -> None:
+        super().__init__(writer, batch_size, flush_seconds)
+        self.redis = redis
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._scheduled = False
+        self._consumer_task: asyncio.Task[None] | None = None
+
+    async def commit(self, row: UsageRow) -> None:
+        """Return once the row is in the stream (or, with Redis down, in the local buffer)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((orjson.dumps(asdict(row)), future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._append_pending()))
+        try:
+            await future
+        except Exception as exc:
+            logger.warning("usage row kept locally, the stream is unavailable (%s)", exc)
+            await super().commit(row)
+
+    async def _append_pending(self) -> None:
+        # Everything committed since the last append goes in one pipelined round trip.
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        try:
+            async with asyncio.timeout(2.0):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for payload, _ in batch:
+                        pipe.xadd(self.STREAM, {"r": payload})
+                    await pipe.execute()
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def start(self) -> None:
+        # Redis may be down at start: the consumer creates its group when it can.
+        await super().start()
+        self._consumer_task = asyncio.ensure_future(self._consume_forever())
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.STREAM, self.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _consume_forever(self) -> None:
+        claim_every, since_claim = 10.0, 0.0
+        group_ready = False
+        while True:
+            try:
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
+                if since_claim <= 0:
+                    # Rows a dead node read but never wrote: after 30 s unacknowledged, ours.
+                    claimed = await self.redis.xautoclaim(
+                        self.STREAM,
+                        self.GROUP,
+                        self.consumer,
+                        min_idle_time=30_000,
+                        start_id="0-0",
+                        count=self.batch_size,
+                    )
+                    await self._store(list(claimed[1]) if isinstance(claimed, list | tuple) else [])
+                    since_claim = claim_every
+                started = asyncio.get_running_loop().time()
+                reply = await self.redis.xreadgroup(
+                    self.GROUP,
+                    self.consumer,
+                    {self.STREAM: ">"},
+                    count=self.batch_size,
+                    block=int(self.flush_seconds * 1000),
+                )
+                answer: Any = reply
+                # RESP2 answers [[stream, entries]], RESP3 {stream: entries}.
+                for _, entries in answer.items() if isinstance(answer, dict) else answer or []:
+                    await self._store(list(entries))
+                since_claim -= asyncio.get_running_loop().time() - started
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if "NOGROUP" in str(exc):
+                    group_ready = False  # Redis lost its data (a restart without persistence)
+                logger.warning("ledger consumer: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _store(self, entries: list[Any]) -> None:
+        if not entries:
+            return
+        rows, ids = [], []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            payload = fields.get(b"r") or fields.get("r")
+            if payload:
+                rows.append(UsageRow(**orjson.loads(payload)))
+        await self.writer.write(rows)
+        self.written += len(rows)
+        # Acknowledged only once written; deleted so the stream stays small.
+        await self.redis.xack(self.STREAM, self.GROUP, *ids)
+        await self.redis.xdel(self.STREAM, *ids)
+
+    async def aclose(self) -> None:
+        if self._consumer_task is not None:
+            self._consumer_task.cancel()
+        await super().aclose()

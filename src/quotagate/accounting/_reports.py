@@ -1,0 +1,85 @@
+"""Usage reports: totals grouped by key, user, model, deployment or day."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._ledger import usage_table
+
+GroupBy = Literal["key", "user", "model", "deployment", "day"]
+_COLUMNS = {
+    "key": usage_table.c.key_id,
+    "user": usage_table.c.user_id,
+    "model": usage_table.c.model_served,
+    "deployment": usage_table.c.deployment,
+    "day": usage_table.c.day,
+}
+FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
+
+
+@dataclass(frozen=True)
+class Report:
+    by: str
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    currency: str
+    rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "usage_report",
+            "by": self.by,
+            "currency": self.currency,
+            "rate": self.rate,
+            "data": self.rows,
+            "totals": self.totals,
+        }
+
+
+async def usage_report(
+    engine: AsyncEngine,
+    by: GroupBy,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    currency: str = "USD",
+    rate: float = 1.0,
+) -> Report:
+    """Sums per group over [since, until); costs also in the display currency."""
+    group = _COLUMNS[by]
+    table = usage_table.c
+    query = (
+        sa.select(
+            group.label("group"),
+            sa.func.count().label("requests"),
+            sa.func.sum(sa.case((table.status >= 400, 1), else_=0)).label("errors"),
+            sa.func.sum(table.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(table.completion_tokens).label("completion_tokens"),
+            sa.func.sum(table.cached_tokens).label("cached_tokens"),
+            sa.func.sum(table.cost_usd).label("cost_usd"),
+        )
+        .group_by(group)
+        .order_by(group)
+    )
+    if since is not None:
+        query = query.where(table.ts >= since.astimezone(UTC))
+    if until is not None:
+        query = query.where(table.ts < until.astimezone(UTC))
+    async with engine.connect() as conn:
+        result = (await conn.execute(query)).all()
+    rows = []
+    for record in result:
+        row = {by: record.group, **{f: (record._mapping[f] or 0) for f in FIELDS}}
+        row["cost_usd"] = round(float(row["cost_usd"]), 6)
+        if currency != "USD":
+            row[f"cost_{currency.lower()}"] = round(row["cost_usd"] * rate, 6)
+        rows.append(row)
+    totals: dict[str, Any] = {f: sum(r[f] for r in rows) for f in FIELDS}
+    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    if currency != "USD":
+        totals[f"cost_{currency.lower()}"] = round(totals["cost_usd"] * rate, 6)
+    return Report(by, rows, totals, currency, rate)
