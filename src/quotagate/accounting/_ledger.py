@@ -166,8 +166,16 @@ class StreamLedger(Ledger):
     STREAM = "qg:ledger"
     GROUP = "qg-ledger-writers"
 
-    def __init__(self, writer: SqlWriter, redis: Redis, batch_size: int = 500, flush_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        writer: SqlWriter,
+        redis: Redis,
+        batch_size: int = 500,
+        flush_seconds: float = 0.5,
+        claim_after_seconds: float = 30.0,
+    ) -> None:
         super().__init__(writer, batch_size, flush_seconds)
+        self.claim_after = claim_after_seconds
         self.redis = redis
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
@@ -219,7 +227,7 @@ class StreamLedger(Ledger):
                 raise
 
     async def _consume_forever(self) -> None:
-        claim_every, since_claim = 10.0, 0.0
+        claim_every, since_claim = min(10.0, self.claim_after), 0.0
         group_ready = False
         while True:
             try:
@@ -227,12 +235,12 @@ class StreamLedger(Ledger):
                     await self._ensure_group()
                     group_ready = True
                 if since_claim <= 0:
-                    # Rows a dead node read but never wrote: after 30 s unacknowledged, ours.
+                    # Rows a dead node read but never wrote: unacknowledged for long enough, ours.
                     claimed = await self.redis.xautoclaim(
                         self.STREAM,
                         self.GROUP,
                         self.consumer,
-                        min_idle_time=30_000,
+                        min_idle_time=int(self.claim_after * 1000),
                         start_id="0-0",
                         count=self.batch_size,
                     )

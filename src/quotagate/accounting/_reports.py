@@ -74,12 +74,12 @@ async def usage_report(
     rows = []
     for record in result:
         row = {by: record.group, **{f: (record._mapping[f] or 0) for f in FIELDS}}
-        row["cost_usd"] = round(float(row["cost_usd"]), 6)
+        row["cost_usd"] = round(float(row["cost_usd"]), 10)
         if currency != "USD":
-            row[f"cost_{currency.lower()}"] = round(row["cost_usd"] * rate, 6)
+            row[f"cost_{currency.lower()}"] = round(row["cost_usd"] * rate, 10)
         rows.append(row)
     totals: dict[str, Any] = {f: sum(r[f] for r in rows) for f in FIELDS}
-    totals["cost_usd"] = round(totals["cost_usd"], 6)
+    totals["cost_usd"] = round(totals["cost_usd"], 10)
     if currency != "USD":
-        totals[f"cost_{currency.lower()}"] = round(totals["cost_usd"] * rate, 6)
+        totals[f"cost_{currency.lower()}"] = round(totals["cost_usd"] * rate, 10)
     return Report(by, rows, totals, currency, rate)

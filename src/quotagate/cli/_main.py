@@ -438,5 +438,50 @@ def keys_delete(
     out.print(f"deleted key {key_id}")
 
 
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="Group by key, user, model, deployment or day.")] = "key",
+    since: Annotated[str | None, typer.Option(help="From this date or time (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option(help="Until this date or time (exclusive).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    config: ConfigOption = None,
+) -> None:
+    """Usage and cost from the ledger, grouped, with totals (costs also in the display currency)."""
+    import csv
+    import sys
+
+    from ..accounting import usage_report
+
+    if by not in ("key", "user", "model", "deployment", "day"):
+        raise _fail("--by must be key, user, model, deployment or day")
+    if format not in ("table", "csv", "json"):
+        raise _fail("--format must be table, csv or json")
+    cfg = _key_config(config)
+    start, end = _parse_expiry(since), _parse_expiry(until)
+    currency = cfg.currency
+
+    async def build(store: Any) -> Any:
+        return await usage_report(store.engine, by, start, end, currency.display, currency.rate)  # type: ignore[arg-type]
+
+    report = _run(_with_store(cfg, build))
+    if format == "json":
+        print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    columns = [by, "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"]
+    if currency.display != "USD":
+        columns.append(f"cost_{currency.display.lower()}")
+    rows = [*report.rows, {by: "TOTAL", **report.totals}]
+    if format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c, "") for c in columns])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(escape(str(row.get(c, ""))) for c in columns))
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
+
+
 def main() -> None:
     app()

@@ -166,6 +166,9 @@ class LedgerSettings(_Strict):
     enabled: bool = True
     batch_size: PositiveInt = Field(default=500, description="rows per database write")
     flush_seconds: float = Field(default=0.5, gt=0, description="longest a row waits to be written")
+    claim_after_seconds: float = Field(
+        default=30.0, gt=0, description="rows another node read but did not write are taken over after this"
+    )
 
 
 class LoggingSettings(_Strict):

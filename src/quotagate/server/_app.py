@@ -23,13 +23,14 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..accounting import Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
+from .._logging import request_id as request_id_var
+from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
 from ..accounting._reports import GroupBy
 from ..auth import Authenticator, Principal
 from ..config import Config, resolve_secret
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from ..keys import KeyStore
-from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError
+from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError, Unit
 from ..policy import Policy
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
@@ -111,7 +112,9 @@ class Gateway:
         if config.ledger.enabled:
             settings = config.ledger
             self.ledger = (
-                StreamLedger(writer, self.redis, settings.batch_size, settings.flush_seconds)
+                StreamLedger(
+                    writer, self.redis, settings.batch_size, settings.flush_seconds, settings.claim_after_seconds
+                )
                 if self.redis is not None
                 else Ledger(writer, settings.batch_size, settings.flush_seconds)
             )
@@ -177,6 +180,7 @@ class Gateway:
             headers = RequestHeaders(scope["headers"])
             if headers.request_id:
                 request_id = headers.request_id
+            request_id_var.set(request_id)
             handler = self._route(scope["method"], scope["path"])
             await handler(scope, receive, send, headers, request_id)
         except GatewayError as exc:
@@ -294,26 +298,34 @@ class Gateway:
                 "The rate limit store is unavailable.", code="limit_store_unavailable"
             ) from None
         now = time.time()
+        currency = self.config.currency
+        entries = []
+        for s in statuses:
+            entry: dict[str, Any] = {
+                "name": s.limit.label,
+                "scope": s.limit.scope,
+                "unit": s.limit.unit.value,
+                "algorithm": s.limit.algorithm.value,
+                "limit": s.limit.capacity,
+                "used": s.used,
+                "remaining": s.remaining,
+                "reset_in_seconds": round(s.reset_after, 3),
+                "resets_at": datetime.fromtimestamp(now + s.reset_after, UTC).isoformat(timespec="seconds"),
+            }
+            if s.limit.unit is Unit.SPEND:
+                # Budgets are kept in micro-dollars; show dollars, and the display currency.
+                for name, value in (("limit", s.limit.capacity), ("used", s.used), ("remaining", s.remaining)):
+                    entry[f"{name}_usd"] = round(value / MICRO, 6)
+                    if currency.display != "USD":
+                        entry[f"{name}_{currency.display.lower()}"] = round(value / MICRO * currency.rate, 6)
+            entries.append(entry)
         return {
             "object": "quota",
             "key_id": principal.key_id,
             "user": principal.user,
             "tier": principal.tier,
             "model": model,
-            "limits": [
-                {
-                    "name": s.limit.label,
-                    "scope": s.limit.scope,
-                    "unit": s.limit.unit.value,
-                    "algorithm": s.limit.algorithm.value,
-                    "limit": s.limit.capacity,
-                    "used": s.used,
-                    "remaining": s.remaining,
-                    "reset_in_seconds": round(s.reset_after, 3),
-                    "resets_at": datetime.fromtimestamp(now + s.reset_after, UTC).isoformat(timespec="seconds"),
-                }
-                for s in statuses
-            ],
+            "limits": entries,
         }
 
     async def _metrics(

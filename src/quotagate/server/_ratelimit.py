@@ -7,7 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from ..errors import GatewayError
-from ..limits import Algorithm, Decision, LimitStatus, Unit
+from ..limits import Algorithm, Decision, Limit, LimitStatus, Unit
 
 _TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS)
 
@@ -55,6 +55,13 @@ def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def _amount(limit: Limit, value: int) -> str:
+    # Budgets count micro-dollars; people read dollars.
+    if limit.unit is Unit.SPEND:
+        return f"${value / 1_000_000:,.2f}" if value >= 10_000 or value == 0 else f"${value / 1_000_000:.6f}"
+    return str(value)
+
+
 def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
     status = decision.denied_by
     assert status is not None
@@ -64,7 +71,8 @@ def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
     if decision.never_fits:
         # No Retry-After: waiting cannot help, and a client that honours it would retry forever.
         return RateLimitError(
-            f"Request too large for {limit.label}: limit {limit.capacity}, requested {requested}. "
+            f"Request too large for {limit.label}: limit {_amount(limit, limit.capacity)}, "
+            f"requested {_amount(limit, requested)}. "
             "It can never be admitted; shorten the prompt or lower max_tokens.",
             code="request_too_large",
             headers=headers,
@@ -75,8 +83,9 @@ def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
     if limit.algorithm is Algorithm.CALENDAR:
         resets = datetime.fromtimestamp(now + status.reset_after, ZoneInfo(limit.timezone))
         return RateLimitError(
-            f"You exceeded your quota of {limit.label}: limit {limit.amount}, used {status.used}, "
-            f"requested {requested}. It resets at {resets.isoformat(timespec='seconds')}.",
+            f"You exceeded your quota of {limit.label}: limit {_amount(limit, limit.amount)}, "
+            f"used {_amount(limit, status.used)}, requested {_amount(limit, requested)}. "
+            f"It resets at {resets.isoformat(timespec='seconds')}.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers=headers,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from .._logging import configure as configure_logging
 from ..config import DEMO_MODEL, Config, default_config
 from ..config._defaults import provider_key_configured
 from ..keys import KeyStore
@@ -54,6 +55,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 async def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
     """Run the gateway until interrupted."""
+    configure_logging(config.logging.format, config.logging.level)
     gateway = Gateway(config)
     server = uvicorn.Server(
         uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port)

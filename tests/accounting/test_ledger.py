@@ -1,0 +1,234 @@
+"""The ledger, budgets, reports, alerts and metrics, through a running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from quotagate.accounting import usage_table
+from quotagate.keys import create_engine
+
+from ..conftest import REDIS_URL, RunningGateway, ServerThread, gateway_config
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def post(gw: RunningGateway, key: str, body: dict[str, Any] = CHAT, **headers: str) -> httpx.Response:
+    return httpx.post(
+        gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}", **headers}, json=body, timeout=30
+    )
+
+
+def ledger_rows(database: str) -> list[Any]:
+    async def read() -> list[Any]:
+        engine = create_engine(database)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(usage_table))).all()
+        await engine.dispose()
+        return list(rows)
+
+    result: list[list[Any]] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(read())))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def wait_for_rows(database: str, count: int, timeout: float = 10.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = ledger_rows(database)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_one_row_per_request_with_cost(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """Every request leaves a row: tokens, cost at list price, latencies, status; streams included."""
+    mock = start_mock(completion_tokens=8)
+    gw = start_gateway(gateway_config(sqlite_url, mock.url))
+    key = gw.create_key(user="ledger-user")["key"]
+    plain = post(gw, key, **{"x-request-id": "req-plain-1"})
+    assert plain.status_code == 200
+    usage = plain.json()["usage"]
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}", "x-request-id": "req-stream-1"},
+        json={**CHAT, "stream": True},
+    ) as response:
+        response.read()
+    assert post(gw, key, {**CHAT, "model": "nope"}).status_code == 404  # refused before routing: no row
+    rows = {row.request_id: row for row in wait_for_rows(sqlite_url, 2)}
+    plain_row, stream_row = rows["req-plain-1"], rows["req-stream-1"]
+    assert (plain_row.prompt_tokens, plain_row.completion_tokens) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    assert plain_row.cost_usd == pytest.approx(
+        (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
+    )
+    assert (plain_row.user_id, plain_row.model_requested, plain_row.model_served, plain_row.status) == (
+        "ledger-user",
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        200,
+    )
+    assert plain_row.deployment == "openai/gpt-4o-mini#0" and not plain_row.stream
+    assert plain_row.upstream_ms > 0 and plain_row.overhead_ms >= 0 and plain_row.latency_ms >= plain_row.upstream_ms
+    assert (
+        stream_row.stream
+        and stream_row.completion_tokens == 8
+        and stream_row.cost_usd == pytest.approx(plain_row.cost_usd)
+    )
+
+
+def test_budget_holds_under_64_concurrent_requests(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """64 requests at once against a $0.20 daily budget: the spend never exceeds it."""
+    mock = start_mock(completion_tokens=8)
+    gw = start_gateway(
+        gateway_config(
+            sqlite_url,
+            mock.url,
+            tiers={"free": {"usd_per_day": 0.20}},
+            pricing={"gpt-4o-mini": {"input": 1000, "output": 1000}},
+        )
+    )
+    key = gw.create_key()["key"]
+
+    async def storm() -> list[tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> tuple[int, dict[str, Any]]:
+                async with session.post(
+                    gw.v1 + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+                ) as r:
+                    return r.status, await r.json()
+
+            return await asyncio.gather(*(one() for _ in range(64)))
+
+    results = asyncio.run(storm())
+    admitted = [body for status, body in results if status == 200]
+    refused = [body for status, body in results if status == 429]
+    assert len(admitted) + len(refused) == 64 and admitted and refused
+    assert all(body["error"]["code"] == "insufficient_quota" for body in refused)
+    assert "USD per day (budget)" in refused[0]["error"]["message"] and "$0.20" in refused[0]["error"]["message"]
+    rows = wait_for_rows(sqlite_url, 64)
+    spent = sum(row.cost_usd for row in rows)
+    assert spent <= 0.20 + 1e-9
+    # Each request reserves its most (prompt + max_tokens) and settles to what it used.
+    quota = httpx.get(gw.v1 + "/quota", headers={"Authorization": f"Bearer {key}"}).json()["limits"][0]
+    assert quota["unit"] == "spend" and quota["used_usd"] == pytest.approx(spent, abs=1e-5)
+
+
+def test_report_totals_equal_ledger_sums(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """The admin report's totals, in USD and the display currency, are the ledger's sums."""
+    mock = start_mock(completion_tokens=5)
+    gw = start_gateway(gateway_config(sqlite_url, mock.url, currency={"display": "CNY", "rate": 7.3}))
+    keys = [gw.create_key(user=u)["key"] for u in ("ann", "bob")]
+    for index in range(7):
+        assert (
+            post(gw, keys[index % 2], {**CHAT, "messages": [{"role": "user", "content": "x " * index}]}).status_code
+            == 200
+        )
+    rows = wait_for_rows(sqlite_url, 7)
+    with gw.admin() as admin:
+        report = admin.get("/admin/usage", params={"by": "user"}).json()
+        by_day = admin.get("/admin/usage", params={"by": "day", "since": "2000-01-01", "until": "2999-01-01"}).json()
+        assert admin.get("/admin/usage", params={"by": "colour"}).status_code == 400
+    totals = report["totals"]
+    assert totals["requests"] == 7 == by_day["totals"]["requests"]
+    assert totals["prompt_tokens"] == sum(r.prompt_tokens for r in rows)
+    assert totals["completion_tokens"] == sum(r.completion_tokens for r in rows) == 35
+    assert totals["cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows))
+    assert totals["cost_cny"] == pytest.approx(totals["cost_usd"] * 7.3)
+    assert [row["user"] for row in report["data"]] == ["ann", "bob"] and [
+        row["requests"] for row in report["data"]
+    ] == [4, 3]
+
+
+class Hook:
+    """A webhook receiver on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        import orjson
+
+        self.events.append(orjson.loads(body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_webhook_fires_once_per_threshold_across_nodes(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """Two nodes sharing Redis; a daily quota crossing 50 % and 100 % sends exactly two alerts."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    hook = Hook()
+    receiver = ServerThread(hook).start()
+    try:
+        overrides = {
+            "redis": REDIS_URL,
+            "tiers": {"free": {"rpd": 4}},
+            "alerts": {"webhook": receiver.url + "/hook", "thresholds": [0.5, 1.0]},
+        }
+        first = start_gateway(gateway_config(sqlite_url, mock_upstream.url, **overrides))
+        second = start_gateway(gateway_config(sqlite_url, mock_upstream.url, **overrides))
+        key = first.create_key()["key"]
+        statuses = [post(node, key).status_code for node in (first, second, first, second, first, second)]
+        assert statuses == [200, 200, 200, 200, 429, 429]
+        deadline = time.monotonic() + 5
+        while len(hook.events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert sorted(e["threshold"] for e in hook.events) == [0.5, 1.0]
+        assert {e["limit"] for e in hook.events} == {"requests per day (RPD)"}
+        assert hook.events[0]["amount"] == 4
+    finally:
+        receiver.stop()
+
+
+def test_metrics_are_exposed_and_parse(gateway: RunningGateway, api_key: str) -> None:
+    """GET /metrics is Prometheus text that parses, with requests, tokens, cost and latency."""
+    for _ in range(3):
+        assert post(gateway, api_key).status_code == 200
+    text = httpx.get(gateway.url + "/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    requests = [s for s in families["quotagate_requests"].samples if s.name == "quotagate_requests_total"]
+    assert sum(s.value for s in requests if s.labels["status"] == "200") == 3
+    assert {
+        "quotagate_tokens",
+        "quotagate_cost_usd",
+        "quotagate_overhead_seconds",
+        "quotagate_upstream_seconds",
+        "quotagate_limit_decisions",
+        "quotagate_queue_depth",
+        "quotagate_breaker_state",
+    } <= set(families)
+    assert all("key" not in s.labels for s in requests)  # no per-key labels unless configured
