@@ -135,3 +135,57 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"], terminal_width=120)
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def test_usage_report_from_the_ledger(config_file: Path) -> None:
+    """`quotagate usage` groups the ledger's rows and totals them, as CSV and JSON."""
+    import asyncio
+
+    from quotagate.accounting import SqlWriter, UsageRow
+    from quotagate.config import load_config
+    from quotagate.keys import KeyStore
+
+    async def seed() -> None:
+        store = KeyStore.from_url(load_config(config_file).database)
+        await store.create_schema()
+        rows = [
+            UsageRow(
+                f"r{i}",
+                1_795_000_000.0 + i,
+                "2026-11-19",
+                "key_a",
+                user,
+                "free",
+                "gpt-4o-mini",
+                "gpt-4o-mini",
+                "openai/gpt-4o-mini#0",
+                10,
+                5,
+                0,
+                0.25,
+                12.0,
+                10.0,
+                2.0,
+                200 if i else 429,
+                None,
+                False,
+            )
+            for i, user in enumerate(["ann", "bob", "ann"])
+        ]
+        await SqlWriter(store.engine).write(rows)
+        await SqlWriter(store.engine).write(rows[:1])  # written twice: stored once
+        await store.close()
+
+    asyncio.run(seed())
+    csv_out = runner.invoke(app, ["usage", "--by", "user", "--format", "csv", "-c", str(config_file)])
+    assert csv_out.exit_code == 0, csv_out.output
+    lines = csv_out.output.strip().splitlines()
+    assert lines[0] == "user,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd"
+    assert lines[1:] == ["ann,2,1,20,10,0,0.5", "bob,1,0,10,5,0,0.25", "TOTAL,3,1,30,15,0,0.75"]
+    report = json.loads(
+        runner.invoke(
+            app, ["usage", "--by", "day", "--format", "json", "--since", "2026-11-01", "-c", str(config_file)]
+        ).output
+    )
+    assert report["totals"]["requests"] == 3 and report["data"][0]["day"] == "2026-11-19"
+    assert runner.invoke(app, ["usage", "--by", "colour", "-c", str(config_file)]).exit_code == 1
