@@ -264,10 +264,12 @@ class Proxy:
         books = self.books
         limited = self.policy is not None and self.policy.enabled and self.limiter is not None
         applied = self.policy.limits_for(principal, request.model) if limited and self.policy else None
-        counts_tokens = bool(applied and applied.counts_tokens) or self.router.needs_estimate(request.model)
-        counts_tokens = counts_tokens or books.ledger is not None
+        # Estimating (the tokenizer) is needed only by token/spend limits and context windows; the
+        # ledger needs the provider's reported usage, which is read either way.
+        needs_estimate = bool(applied and applied.counts_tokens) or self.router.needs_estimate(request.model)
+        counts_tokens = needs_estimate or books.ledger is not None
         estimate = ZERO
-        if counts_tokens:
+        if needs_estimate:
             model_config = self.routes.models[request.model]
             estimate = estimate_tokens(
                 endpoint.kind, body, request.model, self.expected_output_tokens, model_config.context_window

@@ -65,7 +65,12 @@ def _read_ranks(name: str) -> dict[bytes, int]:
 @cache
 def _load(name: str) -> tiktoken.Encoding:
     pattern, special = _SPECS[name]
-    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_read_ranks(name), special_tokens=special)
+    encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_read_ranks(name), special_tokens=special)
+    # The Rust core has its own copy of the ranks; tiktoken keeps the Python dict (~40 MiB for
+    # o200k_base) only to pickle the encoding, which quotagate never does. Dropping it keeps an
+    # idle gateway with token limits near half the memory.
+    encoding._mergeable_ranks = {}
+    return encoding
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:

@@ -1,0 +1,472 @@
+"""quotagate side by side with a bare proxy and LiteLLM, on this machine, in one run.
+
+    .venv/bin/python bench/run.py [--duration 8] [--targets mock,bare,qg-none,qg-memory,qg-redis,litellm-1,litellm-2]
+
+Starts the mock upstream (0 ms, and 50 ms for the latency rows), then each target in turn as
+its own process(es): the bare pass-through proxy (bench/bare_proxy.py: raw ASGI + pooled aiohttp
+on uvicorn, the floor for a Python gateway), quotagate with no limits, in-process limits and
+Redis limits (each with its usage ledger and metrics, as deployed), and, when installed in
+bench/.venv-litellm (`python3 -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install
+'litellm[proxy]'`), the LiteLLM proxy with 1 and 2 workers. Load comes from wrk (saturation at
+1 and 64 connections) and bench/loadgen.py (open loop at fixed rates, and streams for time to
+first token), each in its own process. Prints one table, checks the targets of issue 7, and
+writes bench/RESULTS.md. Everything shares this machine's cores: compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).parent
+PY = sys.executable
+QG = [PY, "-m", "quotagate"]
+LITELLM = HERE / ".venv-litellm" / "bin" / "litellm"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (workers of multi-process servers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(parents.get(current, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        except OSError:
+            pass
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):  # a worker may exit between listing and reading
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+    return total / 2**20
+
+
+def wrk(url: str, connections: int, seconds: int, key: str | None) -> dict[str, float]:
+    env = {**os.environ, **({"KEY": key} if key else {})}
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "chat.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else float("nan")
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+        "p50": ms("50%"),
+        "p90": ms("90%"),
+        "p99": ms("99%"),
+    }
+
+
+def loadgen(
+    url: str, rate: float, seconds: float, key: str | None, stream: bool = False, model: str = "gpt-4o-mini"
+) -> dict[str, float]:
+    args = [PY, str(HERE / "loadgen.py"), url, "--rate", str(rate), "--seconds", str(seconds), "--model", model]
+    if key:
+        args += ["--key", key]
+    if stream:
+        args.append("--stream")
+    return dict(json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout))
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # the chat completions URL
+    key: str | None
+    pid: int | None  # the server process (None for the mock itself)
+    startup_s: float = float("nan")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_serving(url: str, key: str | None, timeout: float = 120.0, model: str = "gpt-4o-mini") -> float:
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.post(url, json={**CHAT, "model": model}, headers=headers, timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} did not serve within {timeout:g}s")
+
+
+def start_quotagate(variant: str, mock0: int, mock50: int, work: Path) -> Target:
+    tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
+    tiers["redis"] = tiers["memory"]
+    config = work / f"qg-{variant}.yaml"
+    config.write_text(
+        f"database: sqlite:///{work}/qg-{variant}.db\n"
+        + ("redis: redis://127.0.0.1:6379/14\n" if variant == "redis" else "")
+        + f"tiers: {{bench: {tiers[variant]}}}\n"
+        + "models:\n"
+        + f"  - {{name: gpt-4o-mini, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock0}/v1'}}]}}\n"
+        + f"  - {{name: slow-model, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock50}/v1', model: gpt-4o-mini}}]}}\n"
+    )
+    key = (
+        subprocess.run(
+            [*QG, "keys", "create", "--user", "bench", "--tier", "bench", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    port = free_port()
+    spawned = time.monotonic()
+    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    target = Target(
+        f"quotagate ({variant} limits)" if variant != "none" else "quotagate (no limits)",
+        url,
+        key,
+        proc.pid,
+        procs=[proc],
+    )
+    wait_serving(url, key)
+    target.startup_s = time.monotonic() - spawned
+    return target
+
+
+def start_bare(mock0: int) -> Target:
+    port = free_port()
+    spawned = time.monotonic()
+    proc = subprocess.Popen(
+        [PY, str(HERE / "bare_proxy.py"), "--upstream", f"http://127.0.0.1:{mock0}", "--port", str(port)]
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    target = Target("bare proxy", url, None, proc.pid, procs=[proc])
+    wait_serving(url, None)
+    target.startup_s = time.monotonic() - spawned
+    return target
+
+
+def start_litellm(workers: int, mock0: int, mock50: int, work: Path) -> Target:
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - {{model_name: gpt-4o-mini, litellm_params: {{model: openai/gpt-4o-mini, api_base: 'http://127.0.0.1:{mock0}/v1', api_key: sk-bench}}}}\n"
+        f"  - {{model_name: slow-model, litellm_params: {{model: openai/gpt-4o-mini, api_base: 'http://127.0.0.1:{mock50}/v1', api_key: sk-bench}}}}\n"
+        "general_settings: {master_key: sk-litellm-bench}\n"
+    )
+    port = free_port()
+    spawned = time.monotonic()
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.Popen(
+        [str(LITELLM), "--config", str(config), "--port", str(port), "--num_workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    target = Target(
+        f"LiteLLM ({workers} worker{'s' if workers > 1 else ''})", url, "sk-litellm-bench", proc.pid, procs=[proc]
+    )
+    wait_serving(url, target.key, timeout=180)
+    target.startup_s = time.monotonic() - spawned
+    return target
+
+
+def measure(target: Target, seconds: int, rates: list[int]) -> dict[str, object]:
+    row: dict[str, object] = {"name": target.name, "startup_s": target.startup_s}
+    if target.pid:
+        time.sleep(1.0)
+        row["rss_idle"] = rss_mib(target.pid)
+    wrk(target.url, 8, 2, target.key)  # warm-up
+    row["c1"] = wrk(target.url, 1, seconds, target.key)
+    before = cpu_seconds(target.pid) if target.pid else 0.0
+    row["c64"] = c64 = wrk(target.url, 64, seconds, target.key)
+    if target.pid:
+        row["cpu_ms"] = (cpu_seconds(target.pid) - before) * 1000 / max(1, c64["requests"])
+    for rate in rates:
+        row[f"rate{rate}"] = loadgen(target.url, rate, max(3, seconds // 2), target.key)
+    row["stream"] = loadgen(target.url, 100, max(3, seconds // 2), target.key, stream=True)
+    row["slow"] = (
+        loadgen(target.url, 100, max(3, seconds // 2), target.key, model="slow-model")
+        if target.name != "bare proxy"
+        else None
+    )
+    if target.pid:
+        row["rss_load"] = rss_mib(target.pid)
+    return row
+
+
+def fmt(value: object, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:,.{digits}f}"
+    return str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--targets", default="mock,bare,qg-none,qg-memory,qg-redis,litellm-1,litellm-2")
+    parser.add_argument("--rates", default="200,500,1000")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed (apt-get install wrk)")
+    rates = [int(r) for r in args.rates.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="qg-bench-"))
+    mock0, mock50 = free_port(), free_port()
+    mocks = [
+        subprocess.Popen([*QG, "mock-upstream", "--port", str(mock0)], stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [*QG, "mock-upstream", "--port", str(mock50), "--latency-ms", "50"], stderr=subprocess.DEVNULL
+        ),
+    ]
+    rows: list[dict[str, object]] = []
+    try:
+        wait_serving(f"http://127.0.0.1:{mock0}/v1/chat/completions", None)
+        wait_serving(f"http://127.0.0.1:{mock50}/v1/chat/completions", None)
+        for name in args.targets.split(","):
+            if name.startswith("litellm") and not LITELLM.exists():
+                print(f"skipping {name}: LiteLLM is not installed in {LITELLM.parent.parent}")
+                continue
+            print(f"measuring {name} ...", flush=True)
+            if name == "mock":
+                target = Target("mock directly", f"http://127.0.0.1:{mock0}/v1/chat/completions", None, mocks[0].pid)
+            elif name == "bare":
+                target = start_bare(mock0)
+            elif name.startswith("qg-"):
+                target = start_quotagate(name[3:], mock0, mock50, work)
+            else:
+                target = start_litellm(int(name.split("-")[1]), mock0, mock50, work)
+            try:
+                row = measure(target, args.duration, rates)
+                if name == "mock":
+                    row["slow"] = loadgen(
+                        f"http://127.0.0.1:{mock50}/v1/chat/completions", 100, max(3, args.duration // 2), None
+                    )
+                rows.append(row)
+            finally:
+                if name != "mock":
+                    target.stop()
+    finally:
+        for mock in mocks:
+            mock.terminate()
+    report(rows, rates, args)
+
+
+def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Namespace) -> None:
+    mock = next((r for r in rows if r["name"] == "mock directly"), None)
+    head = [
+        "target",
+        "req/s @64",
+        "CPU ms/req",
+        "p50 @1",
+        "p99 @1",
+        "added p50 @1",
+        *[f"p99 @{r}/s" for r in rates],
+        "TTFT p50 (stream)",
+        "p50 via 50 ms mock",
+        "RSS idle MiB",
+        "RSS load MiB",
+        "ready s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        c1, c64 = row["c1"], row["c64"]  # type: ignore[index]
+        added = c1["p50"] - mock["c1"]["p50"] if mock else float("nan")  # type: ignore[index]
+        cells = [
+            row["name"],
+            fmt(c64["rps"], 0),
+            fmt(row.get("cpu_ms", float("nan")), 3),
+            fmt(c1["p50"]),
+            fmt(c1["p99"]),
+            fmt(added),
+        ]  # type: ignore[index]
+        for rate in rates:
+            r = row[f"rate{rate}"]
+            cells.append(fmt(r["p99"]) + ("" if r["errors"] == 0 else f" ({r['errors']} err)"))  # type: ignore[index]
+        slow = row.get("slow")
+        cells += [
+            fmt(row["stream"]["ttft_p50"]),
+            fmt(slow["p50"]) if slow else "n/a",  # type: ignore[index]
+            fmt(row.get("rss_idle", float("nan")), 0),
+            fmt(row.get("rss_load", float("nan")), 0),
+            fmt(row["startup_s"]),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    table = "\n".join(lines)
+    print("\n" + table + "\n")
+    checks = targets(rows, mock)
+    for check in checks:
+        print(check)
+    versions = {name: _version(name) for name in ("quotagate", "uvicorn", "uvloop", "aiohttp", "redis", "orjson")}
+    litellm = (
+        subprocess.run(
+            [str(LITELLM.parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if LITELLM.exists()
+        else "not installed"
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    doc = f"""# Benchmark results
+
+Produced by `{" ".join(["python bench/run.py", *sys.argv[1:]])}` on {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}.
+
+Machine: {os.cpu_count()} cores ({cpu}), {platform.platform()}, Python {platform.python_version()}.
+Versions: {", ".join(f"{k} {v}" for k, v in versions.items())}, LiteLLM {litellm}, wrk from Debian.
+
+All processes (mock upstreams, the target, wrk or the load generator) share the same {os.cpu_count()} cores, so
+figures are comparable within this run, not with other machines. quotagate runs as one process with its usage
+ledger (SQLite) and metrics on, as deployed; "memory" and "redis" add a tier with RPM, TPM and TPD on the key.
+
+- req/s @64: wrk, 64 connections, {args.duration} s, non-streaming chat completions against the 0 ms mock.
+- CPU ms/req: CPU time of the target's processes during that run, divided by its requests.
+- p50/p99 @1: wrk, one connection. Added p50: minus the mock's own p50 at one connection.
+- p99 @N/s: bench/loadgen.py, open loop at N requests/s ({max(3, args.duration // 2)} s).
+- TTFT: streams at 100/s, time to the first bytes. 50 ms mock: p50 at 100/s through a 50 ms upstream.
+- RSS: resident memory of the target's processes, idle (1 s after start) and after the load. Ready: spawn to first answer.
+
+{table}
+
+## Targets (issue 7)
+
+{chr(10).join("- " + c for c in checks)}
+
+## Choices
+
+- Server: uvicorn with uvloop and httptools (the bare proxy row is the same stack with nothing else in it).
+- Upstream client: aiohttp with one pooled session; the floor measured at the start of the project with aiohttp
+  (6,200 req/s, 0.16 ms/request) is what the bare proxy row reproduces here.
+"""
+    (HERE / "RESULTS.md").write_text(doc)
+    print(f"written {HERE / 'RESULTS.md'}")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def targets(rows: list[dict[str, object]], mock: dict[str, object] | None) -> list[str]:
+    by = {r["name"]: r for r in rows}
+    out: list[str] = []
+
+    def say(ok: bool | None, text: str) -> None:
+        out.append(("MET: " if ok else "NOT MET: " if ok is not None else "n/a: ") + text)
+
+    redis_row, memory_row, bare, none = (
+        by.get("quotagate (redis limits)"),
+        by.get("quotagate (memory limits)"),
+        by.get("bare proxy"),
+        by.get("quotagate (no limits)"),
+    )
+    litellm = [r for n, r in by.items() if str(n).startswith("LiteLLM")]
+    if redis_row:
+        cpu = redis_row["cpu_ms"]
+        say(cpu <= 0.3, f"gateway CPU per request with Redis limits {cpu:.3f} ms (target <= 0.3 ms)")  # type: ignore[operator]
+    if litellm and none:
+        best = max(r["c64"]["rps"] for r in litellm)  # type: ignore[index]
+        ratio = none["c64"]["rps"] / best  # type: ignore[index]
+        say(
+            ratio >= 20,
+            f"saturation {none['c64']['rps']:.0f} req/s vs LiteLLM's best {best:.0f}: {ratio:.1f}x (target >= 20x)",
+        )  # type: ignore[index]
+    else:
+        say(None, "saturation vs LiteLLM: LiteLLM not measured")
+    if mock and none:
+        added = none["c1"]["p50"] - mock["c1"]["p50"]  # type: ignore[index]
+        say(added <= 0.5, f"added p50 at one connection {added:.2f} ms (target <= 0.5 ms)")
+        if "rate500" in none:
+            p99 = none["rate500"]["p99"] - mock["rate500"]["p99"]  # type: ignore[index]
+            say(p99 <= 2.0, f"added p99 at 500 req/s offered {p99:.2f} ms (target <= 2 ms)")
+    if bare and memory_row:
+        share = memory_row["c64"]["rps"] / bare["c64"]["rps"] * 100  # type: ignore[index]
+        say(share >= 70, f"in-process limits at {share:.0f} % of the bare proxy's req/s (target >= 70 %)")
+    if bare and redis_row:
+        share = redis_row["c64"]["rps"] / bare["c64"]["rps"] * 100  # type: ignore[index]
+        say(share >= 50, f"Redis limits at {share:.0f} % of the bare proxy's req/s (target >= 50 %)")
+    if none:
+        say(none["rss_idle"] <= 80, f"idle RSS {none['rss_idle']:.0f} MiB (target <= 80 MiB per worker)")  # type: ignore[operator]
+        say(none["startup_s"] < 1.0, f"ready to serve in {none['startup_s']:.2f} s (target < 1 s)")  # type: ignore[operator]
+    return out
+
+
+if __name__ == "__main__":
+    main()
