@@ -292,3 +292,30 @@ def test_all_deployments_down_is_an_upstream_error(
     started = time.monotonic()
     assert_openai_error(post(gw, key), 502, "bad_gateway")
     assert time.monotonic() - started < 5
+
+
+def test_clients_hanging_up_do_not_open_the_breaker(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """Streams abandoned by their clients midway say nothing about the deployment: its breaker stays closed."""
+    slow = start_mock(stream_chunk_delay_ms=200, completion_tokens=10)
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(slow)]}],
+        router={"breaker": {"failures": 2}},
+    )
+    for _ in range(4):
+        with httpx.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={**CHAT, "stream": True},
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+        # leaving the block hangs up mid-stream
+    time.sleep(0.5)
+    state = deployments(gw)["openai-compatible/gpt-4o-mini#0"]
+    assert state["breaker"] == "closed" and state["failures"] == 0 and state["in_flight"] == 0
+    assert post(gw, key).status_code == 200

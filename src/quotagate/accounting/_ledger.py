@@ -287,3 +287,4 @@ class StreamLedger(Ledger):
         if self._consumer_task is not None:
             self._consumer_task.cancel()
         await super().aclose()
+        await self.redis.aclose()

@@ -409,19 +409,23 @@ class Router:
             ]
             await self.limiter.settle(decision, target.limits, deltas)
 
-    async def finish(self, exchange: Exchange, ok: bool, tokens_used: int | None) -> None:
-        """The response has been relayed (or broke off): settle and learn from it."""
+    async def finish(self, exchange: Exchange, ok: bool | None, tokens_used: int | None) -> None:
+        """The response was relayed (True), broke off upstream (False), or the client left (None:
+        no verdict on the deployment, whose breaker must not open because clients hang up)."""
         target = exchange.target
         stats = self.stats[target.id]
-        latency = (time.monotonic() - exchange.started) * 1000.0
-        stats.latency_ms = (
-            latency if stats.latency_ms is None else stats.latency_ms + _EWMA * (latency - stats.latency_ms)
-        )
-        self._record(stats, failed=not ok)
-        if ok:
-            await self.states.success(target.id)
+        if ok is None:
+            stats.in_flight -= 1
         else:
-            await self.states.failure(target.id)
+            latency = (time.monotonic() - exchange.started) * 1000.0
+            stats.latency_ms = (
+                latency if stats.latency_ms is None else stats.latency_ms + _EWMA * (latency - stats.latency_ms)
+            )
+            self._record(stats, failed=not ok)
+            if ok:
+                await self.states.success(target.id)
+            else:
+                await self.states.failure(target.id)
         if exchange.decision is not None and tokens_used is not None:
             deltas = [
                 tokens_used - cost if limit.unit is not Unit.REQUESTS else 0

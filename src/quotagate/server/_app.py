@@ -111,13 +111,17 @@ class Gateway:
         self.ledger: Ledger | None = None
         if config.ledger.enabled:
             settings = config.ledger
-            self.ledger = (
-                StreamLedger(
-                    writer, self.redis, settings.batch_size, settings.flush_seconds, settings.claim_after_seconds
+            if config.redis is not None:
+                # Its own connection: the consumer blocks on XREADGROUP for up to flush_seconds,
+                # longer than the limit store's tight socket timeout allows.
+                ledger_redis = Redis.from_url(
+                    config.redis, socket_timeout=settings.flush_seconds + 5.0, socket_connect_timeout=2.0
                 )
-                if self.redis is not None
-                else Ledger(writer, settings.batch_size, settings.flush_seconds)
-            )
+                self.ledger = StreamLedger(
+                    writer, ledger_redis, settings.batch_size, settings.flush_seconds, settings.claim_after_seconds
+                )
+            else:
+                self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
         self.alerts = Alerts(config.alerts, self.redis)
         prices = {name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()}
         self.books = Books(

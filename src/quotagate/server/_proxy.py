@@ -376,7 +376,7 @@ class Proxy:
                     StreamUsage(strip_usage_chunk=asked_usage.get(served.id, False)) if request.stream else None
                 )
                 record.stream_usage = stream_usage
-                ok = False
+                outcome: bool | None = False
 
                 async def before_complete(status: int, error_type: str | None) -> None:
                     # The row is durable before the client has the whole response (see ledger).
@@ -386,14 +386,18 @@ class Proxy:
                     if request.stream and exchange.response.headers.get("content-type", "").startswith(
                         "text/event-stream"
                     ):
-                        ok = await self._relay_stream(exchange, send, extra, stream_usage, before_complete)
+                        outcome = await self._relay_stream(exchange, send, extra, stream_usage, before_complete)
                     else:
                         await self._relay_body(exchange, send, extra, usage, before_complete)
-                        ok = True
+                        outcome = True
+                except asyncio.CancelledError:
+                    # The client left: that says nothing about the deployment's health.
+                    outcome = None
+                    raise
                 finally:
                     record.collect_stream_usage()
                     prompt, completion = self._actual(usage, estimate, current.model)
-                    await self.router.finish(exchange, ok, prompt + completion)
+                    await self.router.finish(exchange, outcome, prompt + completion)
             except asyncio.CancelledError:
                 if not client_gone:
                     raise
