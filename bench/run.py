@@ -342,7 +342,7 @@ def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Names
         added = c1["p50"] - mock["c1"]["p50"] if mock else float("nan")  # type: ignore[index]
         cells = [
             row["name"],
-            fmt(c64["rps"], 0),
+            fmt(c64["rps"], 0) + (f" ({c64['errors']} non-2xx)" if c64["errors"] else ""),
             fmt(row.get("cpu_ms", float("nan")), 3),
             fmt(c1["p50"]),
             fmt(c1["p99"]),
