@@ -409,9 +409,10 @@ ledger (SQLite) and metrics on, as deployed; "memory" and "redis" add a tier wit
 
 ## Choices
 
-- Server: uvicorn with uvloop and httptools (the bare proxy row is the same stack with nothing else in it).
-- Upstream client: aiohttp with one pooled session; the floor measured at the start of the project with aiohttp
-  (6,200 req/s, 0.16 ms/request) is what the bare proxy row reproduces here.
+- Server: uvicorn with uvloop and httptools; the bare proxy row is that stack with nothing else in it.
+- Upstream client: aiohttp, one pooled keep-alive session per process.
+- Not yet decided by measurement: granian as the server and httpx as the client have not been run through this
+  harness; that comparison is open work (issue 7).
 """
     (HERE / "RESULTS.md").write_text(doc)
     print(f"written {HERE / 'RESULTS.md'}")
