@@ -28,7 +28,14 @@ from ..config import Config, RouterSettings
 from ..errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from ..limits import Decision, Limiter, StoreUnavailableError, Unit
 from ..tokens import Estimate
-from ..upstream import DeploymentTarget, ModelRoutes, Transport, UpstreamRequest, UpstreamResponse
+from ..upstream import (
+    DeploymentTarget,
+    ModelRoutes,
+    Transport,
+    UpstreamRequest,
+    UpstreamResponse,
+    upstream_status_error,
+)
 from ._state import STATE_NAMES, DeploymentStates
 
 _NOT_RETRYABLE = {400, 401, 403, 404, 413, 422}
@@ -343,8 +350,6 @@ class Router:
                 )
             )
             if response.status >= 300:
-                from ..server._upstream_errors import upstream_status_error
-
                 body = await response.read()
                 error: GatewayError = upstream_status_error(
                     response.status, body, response.headers, target.label, self._secrets

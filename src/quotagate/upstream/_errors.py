@@ -1,4 +1,4 @@
-"""Turning a provider's error response into the client's error.
+"""Turning a provider's error response into the client's error, at the upstream boundary.
 
 4xx answers are the client's problem and pass through with the provider's message (400, 404,
 422, 429 ...). Two exceptions: a provider 401/403 means the *gateway's* upstream credentials are
