@@ -45,11 +45,6 @@ class _Waiter:
 
 
 @dataclass
-class _Line:
-    heap: list[_Waiter] = field(default_factory=list)
-
-
-@dataclass
 class LimiterStats:
     store_errors: int = 0
     fallback_decisions: int = 0
@@ -88,7 +83,8 @@ class Limiter:
         self._fallback = InProcessStore()
         self._scaled: dict[Limit, Limit] = {}
         self._down_until = 0.0
-        self._lines: dict[str, _Line] = {}
+        # A line per limit key: a heap of waiters, highest priority, then earliest, first.
+        self._lines: dict[str, list[_Waiter]] = {}
         self._waiting = 0
         self._seq = itertools.count()
         self._leases: dict[str, tuple[Sequence[Limit], bool]] = {}
@@ -217,7 +213,7 @@ class Limiter:
         try:
             while True:
                 # Wait for our turn at the head of the line...
-                while self._lines[line_key].heap[0] is not me:
+                while self._lines[line_key][0] is not me:
                     left = deadline - self._clock()
                     if left <= 0:
                         self.stats.wait_timeouts += 1
@@ -236,7 +232,7 @@ class Limiter:
                     return decision
                 if pause > 0:
                     await self._sleep(pause)
-                    if self._lines[line_key].heap[0] is not me:
+                    if self._lines[line_key][0] is not me:
                         continue  # someone of higher priority arrived meanwhile: after them
                 decision = await self._try(limits, costs, lease)
                 if decision.allowed or decision.never_fits:
@@ -252,21 +248,20 @@ class Limiter:
             self._waiting -= 1
 
     def _join(self, line_key: str, waiter: _Waiter) -> None:
-        line = self._lines.setdefault(line_key, _Line())
-        heapq.heappush(line.heap, waiter)
+        heapq.heappush(self._lines.setdefault(line_key, []), waiter)
 
     def _leave(self, line_key: str, waiter: _Waiter) -> None:
         line = self._lines.get(line_key)
         if line is None:
             return
-        was_head = bool(line.heap) and line.heap[0] is waiter
-        if waiter in line.heap:
-            line.heap.remove(waiter)
-            heapq.heapify(line.heap)
-        if not line.heap:
+        was_head = bool(line) and line[0] is waiter
+        if waiter in line:
+            line.remove(waiter)
+            heapq.heapify(line)
+        if not line:
             del self._lines[line_key]
         elif was_head:
-            line.heap[0].wake.set()
+            line[0].wake.set()
 
     # -- after the call --------------------------------------------------------------------------
 

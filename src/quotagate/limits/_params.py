@@ -9,14 +9,6 @@ from ._algorithms import Outcome
 from ._calendar import window_bounds
 from ._model import Algorithm, Calendar, Decision, Limit, LimitStatus
 
-# One-letter codes: they travel to Redis with every decision.
-CODES = {
-    Algorithm.GCRA: "g",
-    Algorithm.SLIDING_WINDOW: "s",
-    Algorithm.CALENDAR: "c",
-    Algorithm.CONCURRENCY: "n",
-}
-
 _bounds_cache: dict[tuple[Calendar, str], tuple[float, float, float]] = {}
 
 

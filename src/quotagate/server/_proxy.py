@@ -237,7 +237,6 @@ class Proxy:
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
-        books = self.books
         record = _Record(request_id, principal, request.model, request.stream, began)
         try:
             await self._handle(endpoint, receive, send, request, raw, principal, record)
@@ -248,7 +247,6 @@ class Proxy:
             if not record.done:
                 # The client left (or the task was cancelled): the row says so.
                 await self._account(record, 499, "client_disconnected")
-        del books
 
     async def _handle(
         self,
