@@ -93,6 +93,28 @@ class _Call:
         return self.estimate.prompt + (count_generated(generated, self.model) if isinstance(self.model, str) else 0)
 
 
+class _StreamWatch:
+    """What a stream carried so far; one per stream, for the sync and async watchers alike."""
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.usage_total: int | None = None
+        self.generated: list[str] = []
+
+    def keep(self, chunk: Any) -> bool:
+        """Note the chunk's usage and text; False for the usage chunk the caller did not ask for."""
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage_total = _usage_total(usage)
+            if self.call.hide_usage_chunk and not chunk.choices:
+                return False
+        self.generated.append(_chunk_text(chunk))
+        return True
+
+    def used(self) -> int:
+        return self.call.actual(self.usage_total, "".join(self.generated))
+
+
 def _sync_request(client: openai.OpenAI, limiter: RateLimiter, retry: RetryPolicy, expected_output: int) -> Any:
     original = client.request
 
@@ -129,20 +151,14 @@ def _sync_request(client: openai.OpenAI, limiter: RateLimiter, retry: RetryPolic
 
 
 def _watch_sync_stream(chunks: Iterator[Any], permit: Permit, call: _Call) -> Iterator[Any]:
-    usage_total: int | None = None
-    generated: list[str] = []
+    watch = _StreamWatch(call)
     try:
         for chunk in chunks:
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                usage_total = _usage_total(usage)
-                if call.hide_usage_chunk and not chunk.choices:
-                    continue
-            generated.append(_chunk_text(chunk))
-            yield chunk
+            if watch.keep(chunk):
+                yield chunk
     finally:
         # Ends, breaks off, or is dropped: settle on what the stream actually carried.
-        permit.settle(call.actual(usage_total, "".join(generated)))
+        permit.settle(watch.used())
         permit.__exit__(None, None, None)
 
 
@@ -182,19 +198,13 @@ def _async_request(client: openai.AsyncOpenAI, limiter: RateLimiter, retry: Retr
 
 
 async def _watch_async_stream(chunks: AsyncIterator[Any], permit: Permit, call: _Call) -> AsyncIterator[Any]:
-    usage_total: int | None = None
-    generated: list[str] = []
+    watch = _StreamWatch(call)
     try:
         async for chunk in chunks:
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                usage_total = _usage_total(usage)
-                if call.hide_usage_chunk and not chunk.choices:
-                    continue
-            generated.append(_chunk_text(chunk))
-            yield chunk
+            if watch.keep(chunk):
+                yield chunk
     finally:
-        permit.settle(call.actual(usage_total, "".join(generated)))
+        permit.settle(watch.used())
         await permit.__aexit__(None, None, None)
 
 
