@@ -14,13 +14,7 @@ import json
 import time
 
 import aiohttp
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+from _common import pct
 
 
 async def run(url: str, rate: float, seconds: float, key: str | None, stream: bool, model: str) -> dict[str, float]:

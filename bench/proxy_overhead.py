@@ -13,76 +13,22 @@ one run.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from _common import cpu_seconds, free_port, wait_ready, wrk
 
-HERE = Path(__file__).parent
 QUOTAGATE = [sys.executable, "-m", "quotagate"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wrk(url: str, connections: int, duration: int, key: str | None) -> dict[str, float]:
-    env = {**os.environ, **({"KEY": key} if key else {})}
-    threads = min(2, connections)
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(HERE / "chat.lua"),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
-
-    def ms(label: str) -> float:
-        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        assert m, out
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"{errors.group(1)} failed requests:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50": ms("50%"), "p90": ms("90%"), "p99": ms("99%"), "requests": requests}
+def _ok(result: dict[str, float]) -> dict[str, float]:
+    # This quick comparison only makes sense when every request succeeded.
+    if result["errors"]:
+        raise RuntimeError(f"{result['errors']:.0f} requests failed")
+    return result
 
 
 def _row(conns: int, target: str, r: dict[str, float], cpu: str) -> str:
@@ -113,7 +59,7 @@ def main() -> None:
         )
         wait_ready(f"http://127.0.0.1:{mock_port}/v1/models")
         mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-        direct = {conns: wrk(mock_url, conns, args.duration, None) for conns in (1, args.connections)}
+        direct = {conns: _ok(wrk(mock_url, conns, args.duration, None)) for conns in (1, args.connections)}
         rows = []
         for variant in args.limits.split(","):
             config = work / f"{variant}.yaml"
@@ -142,7 +88,7 @@ def main() -> None:
             wrk(gw_url, 8, 2, key)  # warm-up: connections, caches, tokenizer
             for conns in (1, args.connections):
                 before = cpu_seconds(gateway.pid)
-                through = wrk(gw_url, conns, args.duration, key)
+                through = _ok(wrk(gw_url, conns, args.duration, key))
                 cpu_ms = (cpu_seconds(gateway.pid) - before) * 1000 / through["requests"]
                 rows.append((conns, variant, through, cpu_ms))
             gateway.terminate()

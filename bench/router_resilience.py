@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,26 +23,10 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+from _common import free_port, pct, wait_ready
 
 QG = [sys.executable, "-m", "quotagate"]
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-
-
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str) -> None:
-    for _ in range(400):
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not start")
 
 
 class Scenario:
@@ -53,7 +36,7 @@ class Scenario:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.mock_ports = []
         for args in mocks:
-            p = port()
+            p = free_port()
             self.procs.append(
                 subprocess.Popen([*QG, "mock-upstream", "--port", str(p), *args], stderr=subprocess.DEVNULL)
             )
@@ -77,7 +60,7 @@ class Scenario:
             .stdout.strip()
             .splitlines()[-1]
         )
-        self.gw_port = port()
+        self.gw_port = free_port()
         self.procs.append(subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(self.gw_port)]))
         wait_ready(f"http://127.0.0.1:{self.gw_port}/health")
 
@@ -134,11 +117,6 @@ async def drive(
                 tasks.append(asyncio.ensure_future(one()))
             await asyncio.gather(*tasks)
     return statuses, latencies
-
-
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def main() -> None:
@@ -227,7 +205,7 @@ def main() -> None:
     for name, statuses, lat, note in rows:
         ok = statuses.count(200) / len(statuses) * 100
         counts = dict(sorted((code, statuses.count(code)) for code in set(statuses)))
-        print(f"{name:<48} {len(statuses):>8} {ok:>7.2f}% {p99(lat):>9.1f}  {note}; statuses {counts}")
+        print(f"{name:<48} {len(statuses):>8} {ok:>7.2f}% {pct(lat, 0.99):>9.1f}  {note}; statuses {counts}")
 
 
 if __name__ == "__main__":

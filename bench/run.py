@@ -16,13 +16,10 @@ writes bench/RESULTS.md. Everything shares this machine's cores: compare rows of
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,91 +30,12 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+from _common import HERE, cpu_seconds, free_port, rss_mib, wrk
 
-HERE = Path(__file__).parent
 PY = sys.executable
 QG = [PY, "-m", "quotagate"]
 LITELLM = HERE / ".venv-litellm" / "bin" / "litellm"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tree(pid: int) -> list[int]:
-    """pid and all its descendants (workers of multi-process servers)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(parents.get(current, []))
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-        except OSError:
-            pass
-    return total
-
-
-def rss_mib(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        with contextlib.suppress(OSError):  # a worker may exit between listing and reading
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
-    return total / 2**20
-
-
-def wrk(url: str, connections: int, seconds: int, key: str | None) -> dict[str, float]:
-    env = {**os.environ, **({"KEY": key} if key else {})}
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{min(2, connections)}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(HERE / "chat.lua"),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
-
-    def ms(label: str) -> float:
-        found = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)] if found else float("nan")
-
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-        "errors": int(non2xx.group(1)) if non2xx else 0,
-        "p50": ms("50%"),
-        "p90": ms("90%"),
-        "p99": ms("99%"),
-    }
 
 
 def loadgen(
