@@ -60,6 +60,19 @@ class ServerThread:
         self.thread.join(10)
 
 
+def wait_until_ready(port: int, timeout: float = 20.0) -> None:
+    """Until a gateway process on 127.0.0.1:port answers /ready with 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("gateway did not start")
+
+
 def closed_port() -> int:
     """A port with nothing listening on it."""
     with socket.socket() as sock:

@@ -12,27 +12,10 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import httpx
 import redis
 
-from ..conftest import REDIS_URL, ServerThread, closed_port
+from ..conftest import REDIS_URL, ServerThread, closed_port, wait_until_ready
 from .test_ledger import ledger_rows
-
-
-def _start(config: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)])
-
-
-def _ready(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("gateway did not start")
 
 
 def test_sigkill_loses_no_completed_row(tmp_path: Path, mock_upstream: ServerThread, postgres_url: str) -> None:
@@ -70,8 +53,8 @@ def test_sigkill_loses_no_completed_row(tmp_path: Path, mock_upstream: ServerThr
     )
     prefix = "kill-" + uuid.uuid4().hex[:8]
     try:
-        _ready(victim_port)
-        _ready(survivor_port)
+        wait_until_ready(victim_port)
+        wait_until_ready(survivor_port)
 
         async def load() -> list[str]:
             completed: list[str] = []

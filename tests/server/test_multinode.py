@@ -6,15 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import httpx
 import redis
 
-from ..conftest import REDIS_URL, ServerThread, closed_port
+from ..conftest import REDIS_URL, ServerThread, closed_port, wait_until_ready
 
 
 def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: ServerThread) -> None:
@@ -57,15 +55,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
     ]
     try:
         for port in ports:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.05)
+            wait_until_ready(port)
 
         async def storm() -> list[int]:
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -131,15 +121,7 @@ def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: 
     ]
     try:
         for p in ports:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{p}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_until_ready(p)
 
         async def offer() -> list[int]:
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
