@@ -28,12 +28,14 @@ from ._model import Algorithm, Decision, Limit, LimitStatus
 from ._params import make_decision, params
 
 
-def _lua(name: str) -> str:
-    return resources.files("quotagate.limits").joinpath("lua").joinpath(name).read_text()
+def lua_script(package: str, name: str) -> str:
+    """A script of ``package``'s lua/ folder, with the shared prelude (clock, fmt, windows) before it."""
+    prelude = resources.files("quotagate.limits").joinpath("lua").joinpath("prelude.lua").read_text()
+    return prelude + resources.files(package).joinpath("lua").joinpath(name).read_text()
 
 
-ACQUIRE_LUA = _lua("acquire.lua")
-SETTLE_LUA = _lua("settle.lua")
+ACQUIRE_LUA = lua_script("quotagate.limits", "acquire.lua")
+SETTLE_LUA = lua_script("quotagate.limits", "settle.lua")
 _RELEASE_LUA = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end return 1"
 _RENEW_LUA = (
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 "

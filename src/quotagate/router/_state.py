@@ -18,12 +18,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Protocol
 
 from redis.asyncio import Redis
 
 from ..config import BreakerSettings
+from ..limits._redis import lua_script
 
 logger = logging.getLogger("quotagate.router")
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
@@ -90,8 +90,7 @@ class MemoryStateStore:
 class RedisStateStore:
     def __init__(self, client: Redis, prefix: str = "qg:") -> None:
         self._prefix = prefix
-        lua = resources.files("quotagate.router").joinpath("lua").joinpath("state.lua").read_text()
-        self._script = client.register_script(lua)
+        self._script = client.register_script(lua_script("quotagate.router", "state.lua"))
 
     async def call(self, deployment: str, op: str, *args: float) -> StateReply:
         tag = "{d:" + deployment.replace("{", "(").replace("}", ")") + "}"

@@ -12,18 +12,11 @@
 --             n (concurrency)     a = amount, b = lease ms
 -- returns     {allowed, denied index, retry ms, then per limit: ok, used, remaining, reset ms, window}
 
-local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
+local now = clock_ms(ARGV[2])
 local lease = ARGV[1]
 local dry = ARGV[3] == '1'
 local EPS = 1e-6
 local INF = math.huge
-local function fmt(x) return string.format('%.17g', x) end
 
 local n = #KEYS
 local out = {0, 0, '0'}
@@ -59,14 +52,7 @@ for i = 1, n do
 
   elseif code == 's' then
     local w = math.floor(now / a)
-    local v = redis.call('HMGET', key, 'w', 'c', 'p')
-    local sw = tonumber(v[1])
-    local cur, prev = 0, 0
-    if sw == w then
-      cur, prev = tonumber(v[2]), tonumber(v[3])
-    elseif sw == w - 1 then
-      prev = tonumber(v[2])
-    end
+    local cur, prev = sliding_counts(key, w)
     local weight = 1 - (now - w * a) / a
     local est = prev * weight + cur
     if cost > b + EPS then

@@ -5,14 +5,7 @@
 -- ARGV[2..]  six per limit: code, delta, a, b, c, window the estimate was charged to
 --            (codes and a, b, c as in acquire.lua)
 
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local function fmt(x) return string.format('%.17g', x) end
+local now = clock_ms(ARGV[1])
 
 for i = 1, #KEYS do
   local j = 2 + (i - 1) * 6
@@ -29,14 +22,7 @@ for i = 1, #KEYS do
       redis.call('SET', key, fmt(new), 'PX', math.ceil(new - now + 1000))
     elseif code == 's' then
       local w = math.floor(now / a)
-      local v = redis.call('HMGET', key, 'w', 'c', 'p')
-      local sw = tonumber(v[1])
-      local cur, prev = 0, 0
-      if sw == w then
-        cur, prev = tonumber(v[2]), tonumber(v[3])
-      elseif sw == w - 1 then
-        prev = tonumber(v[2])
-      end
+      local cur, prev = sliding_counts(key, w)
       cur = cur + delta
       if cur < 0 then
         prev = math.max(0, prev + cur)

@@ -9,13 +9,7 @@
 -- ARGV[3..] failure: threshold, window ms, open ms; probe: probes, open ms; cooldown: ms
 -- returns  {state, open ms left, cooldown ms left, allowed (probe)}
 
-local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
+local now = clock_ms(ARGV[2])
 local key, op = KEYS[1], ARGV[1]
 local v = redis.call('HMGET', key, 'st', 'fw', 'fc', 'ou', 'pb', 'cd')
 local st, fw, fc = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
@@ -48,11 +42,11 @@ elseif op == 'cooldown' then
 end
 
 if op ~= 'view' then
-  redis.call('HSET', key, 'st', st, 'fw', string.format('%.17g', fw), 'fc', fc,
-             'ou', string.format('%.17g', ou), 'pb', pb, 'cd', string.format('%.17g', cd))
+  redis.call('HSET', key, 'st', st, 'fw', fmt(fw), 'fc', fc,
+             'ou', fmt(ou), 'pb', pb, 'cd', fmt(cd))
   redis.call('PEXPIRE', key, 86400000)
 end
 local open_left, cool_left = 0, 0
 if st ~= 0 and ou > now then open_left = ou - now end
 if cd > now then cool_left = cd - now end
-return {st, string.format('%.17g', open_left), string.format('%.17g', cool_left), allowed}
+return {st, fmt(open_left), fmt(cool_left), allowed}
