@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -7,8 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from quotagate.limits import InProcessStore, RedisStore, Store
+from quotagate.limits._connection import RedisConnection
 
-from ..conftest import REDIS_URL
+from ..conftest import REDIS_URL, closed_port
 
 # 2023-11-14 22:13:20 UTC: an arbitrary, fixed start for injected clocks.
 T0 = 1_700_000_000.0
@@ -42,11 +46,53 @@ async def redis_client() -> AsyncIterator[Redis]:
 StoreFactory = Callable[[FakeClock], Store]
 
 
-@pytest.fixture(params=["memory", "redis", "redis-split"])
+@pytest.fixture
+async def redis_connection(redis_client: Redis) -> AsyncIterator[RedisConnection]:
+    """The gateway's pipelined connection, on the same (flushed) test database."""
+    connection = RedisConnection(REDIS_URL)
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-pipelined", "redis-split"])
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
-    """The one table: every test using it runs on each store (and on Redis in per-slot mode)."""
+    """The one table: every test using it runs on each store: in-process, Redis through
+    redis-py and through the gateway's pipelined connection, and Redis in per-slot mode."""
     if request.param == "memory":
         return lambda clock: InProcessStore(clock)
+    if request.param == "redis-pipelined":
+        connection = request.getfixturevalue("redis_connection")
+        return lambda clock: RedisStore(connection, clock=clock)
     client = request.getfixturevalue("redis_client")
     split = request.param == "redis-split"
     return lambda clock: RedisStore(client, clock=clock, split_by_slot=split)
+
+
+def start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is needed (Debian package redis-server)")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A Redis server of this test's own, so that it can be killed and restarted."""
+    port = closed_port()
+    procs = [start_redis(port)]
+    yield port, procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_for_redis(port: int, password: str | None = None) -> None:
+    client = Redis(port=port, password=password)
+    for _ in range(100):
+        try:
+            await client.ping()
+            break
+        except Exception:
+            await asyncio.sleep(0.05)
+    await client.aclose()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from redis.asyncio import Redis
@@ -23,8 +22,7 @@ from quotagate.limits import (
     Unit,
 )
 
-from ..conftest import closed_port
-from .conftest import FakeClock
+from .conftest import FakeClock, start_redis, wait_for_redis
 
 ONE_PER_SECOND = Limit("{k:a}:rps", Unit.REQUESTS, 1, Algorithm.GCRA, 1.0)
 
@@ -167,42 +165,18 @@ async def test_a_hanging_store_never_hangs_the_request(clock: FakeClock) -> None
     assert time.monotonic() - started < 1.0
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is needed (Debian package redis-server)")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL)
-
-
-@pytest.fixture
-async def own_redis() -> AsyncIterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A Redis server of this test's own, so that it can be killed and restarted."""
-    port = closed_port()
-    procs = [_start_redis(port)]
-    yield port, procs
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
-async def _wait_for_redis(port: int) -> None:
-    client = Redis(port=port)
-    for _ in range(100):
-        try:
-            await client.ping()
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
-    await client.aclose()
-
-
-async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subprocess.Popen[bytes]]]) -> None:
+@pytest.mark.parametrize("client_kind", ["redis-py", "pipelined"])
+async def test_real_redis_killed_and_restarted(
+    own_redis: tuple[int, list[subprocess.Popen[bytes]]], client_kind: str
+) -> None:
     """Redis dies mid-run: fail-open keeps deciding locally; when it is back, decisions use it again."""
     port, procs = own_redis
-    await _wait_for_redis(port)
-    client = Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
-    limiter = Limiter(RedisStore(client), on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3)
+    await wait_for_redis(port)
+    if client_kind == "redis-py":
+        store = RedisStore(Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2))
+    else:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}", stall_seconds=0.3)
+    limiter = Limiter(store, on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3)
     limit = Limit("{k:a}:rpm", Unit.REQUESTS, 10, Algorithm.SLIDING_WINDOW, 60.0)
     assert not (await limiter.acquire([limit], [1])).fallback
 
@@ -212,8 +186,8 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
     assert during.allowed and during.fallback
     assert limiter.stats.store_errors >= 1
 
-    procs.append(_start_redis(port))
-    await _wait_for_redis(port)
+    procs.append(start_redis(port))
+    await wait_for_redis(port)
     await asyncio.sleep(0.25)  # past retry_interval
     after = None
     for _ in range(20):
@@ -222,4 +196,4 @@ async def test_real_redis_killed_and_restarted(own_redis: tuple[int, list[subpro
             break
         await asyncio.sleep(0.1)
     assert after is not None and not after.fallback  # back on the (fresh, script-less) Redis
-    await client.aclose()
+    await store.aclose()

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from quotagate.limits import Algorithm, Calendar, Limit, RedisStore, Unit
+from quotagate.limits._connection import RedisConnection
 
 from .conftest import FakeClock, StoreFactory
 
@@ -167,9 +168,19 @@ async def test_status_does_not_consume(make_store: StoreFactory, clock: FakeCloc
     assert (status.used, status.remaining) == (0, 3)
 
 
-async def test_redis_keys_expire_when_idle(redis_client: Redis, clock: FakeClock) -> None:
+@pytest.fixture(params=["redis-py", "pipelined"])
+def store_client(request: pytest.FixtureRequest, redis_client: Redis) -> Redis | RedisConnection:
+    """What a RedisStore talks through: a redis-py client, or the gateway's pipelined connection."""
+    if request.param == "redis-py":
+        return redis_client
+    return request.getfixturevalue("redis_connection")  # type: ignore[no-any-return]
+
+
+async def test_redis_keys_expire_when_idle(
+    redis_client: Redis, store_client: Redis | RedisConnection, clock: FakeClock
+) -> None:
     """Every key the script writes has a TTL, so idle limits vanish from Redis."""
-    store = RedisStore(redis_client, clock=clock)
+    store = RedisStore(store_client, clock=clock)
     limits = [
         rpm(10),
         tpm(100),
@@ -183,9 +194,11 @@ async def test_redis_keys_expire_when_idle(redis_client: Redis, clock: FakeClock
         assert await redis_client.pttl(key) > 0
 
 
-async def test_redis_script_flush_mid_run(redis_client: Redis, clock: FakeClock) -> None:
+async def test_redis_script_flush_mid_run(
+    redis_client: Redis, store_client: Redis | RedisConnection, clock: FakeClock
+) -> None:
     """After SCRIPT FLUSH (as after a restart or failover) decisions go on, nothing counted twice."""
-    store = RedisStore(redis_client, clock=clock)
+    store = RedisStore(store_client, clock=clock)
     limit = rpm(5)
     results = []
     for index in range(8):

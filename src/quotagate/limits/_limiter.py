@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
+from ._connection import RedisReplyError
 from ._memory import InProcessStore
 from ._model import Algorithm, Decision, Limit, LimitStatus
 from ._store import Store
@@ -81,6 +82,10 @@ class Limiter:
         self._clock = clock
         self._sleep = sleep
         self._fallback = InProcessStore()
+        # An in-process store answers at once and cannot fail: no deadline, no failure policy,
+        # and no coroutine per call (this is the embedded default's hot path). Only the class
+        # itself: a subclass may redefine what acquiring means.
+        self._direct = store if type(store) is InProcessStore else None
         self._scaled: dict[Limit, Limit] = {}
         self._down_until = 0.0
         # A line per limit key: a heap of waiters, highest priority, then earliest, first.
@@ -102,7 +107,7 @@ class Limiter:
                     result = await call(self.store)
                 self._consecutive_failures = 0
                 return result, False
-            except (OSError, TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, ConnectionError, RedisReplyError) as exc:
                 self._store_failed(exc)
             except Exception as exc:
                 # redis-py's errors (ConnectionError, BusyLoadingError, ...) all land here.
@@ -154,6 +159,8 @@ class Limiter:
     # -- decisions -----------------------------------------------------------------------------
 
     async def _try(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
+        if self._direct is not None:
+            return self._direct.acquire_now(limits, costs, lease)
         decision, fell_back = await self._guarded(
             lambda s: s.acquire(limits, costs, lease),
             lambda s: s.acquire(self._local(limits), costs, lease),
@@ -270,6 +277,9 @@ class Limiter:
         if not any(deltas):
             return
         windows = [s.window for s in decision.statuses]
+        if self._direct is not None:
+            self._direct.settle_now(limits, deltas, windows)
+            return
         if decision.fallback:
             await self._fallback.settle(self._local(limits), deltas, windows)
             return

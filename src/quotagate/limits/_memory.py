@@ -16,7 +16,7 @@ from . import _algorithms as alg
 from ._model import Decision, Limit, LimitStatus
 from ._params import make_decision, params
 
-_SWEEP_EVERY = 1.0  # seconds
+_SWEEP_EVERY_MS = 1000.0
 
 
 class InProcessStore:
@@ -49,25 +49,33 @@ class InProcessStore:
     ) -> Decision:
         now_s = self._clock()
         now = now_s * 1000.0
-        self._maybe_sweep(now)
+        if now - self._last_sweep >= _SWEEP_EVERY_MS:
+            self._sweep(now)
+        state = self._state
         outcomes = []
+        expiries = []
         for limit, cost in zip(limits, costs, strict=True):
-            code, a, b, c, d = params(limit, now_s)
-            state = self._state.get(limit.key)
+            code, a, b, c, d = limit.static_params or params(limit, now_s)
             if code == "g":
-                outcome = alg.gcra(state, now, cost, a, b)
+                outcome = alg.gcra(state.get(limit.key), now, cost, a, b)
+                expiry = outcome.state + 1000.0  # type: ignore[operator]
             elif code == "s":
-                outcome = alg.sliding_window(state, now, cost, a, b)
+                outcome = alg.sliding_window(state.get(limit.key), now, cost, a, b)
+                expiry = now + 2 * a + 1000.0
             elif code == "c":
-                outcome = alg.calendar(state, now, cost, a, b, c, d)
+                outcome = alg.calendar(state.get(limit.key), now, cost, a, b, c, d)
+                expiry = now + outcome.reset_ms + 3_600_000.0
             else:
-                outcome = alg.concurrency(state, now, cost, a, b, lease or "")
+                outcome = alg.concurrency(state.get(limit.key), now, cost, a, b, lease or "")
+                expiry = now + 2 * b
             outcomes.append(outcome)
+            expiries.append(expiry)
         decision = make_decision(limits, costs, outcomes, lease)
         if decision.allowed and not dry_run:
-            for limit, outcome in zip(limits, outcomes, strict=True):
-                self._state[limit.key] = outcome.state
-                self._expires[limit.key] = now + _ttl_ms(limit, outcome, now)
+            expires = self._expires
+            for limit, outcome, expiry in zip(limits, outcomes, expiries, strict=True):
+                state[limit.key] = outcome.state
+                expires[limit.key] = expiry
         return decision
 
     async def settle(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
@@ -83,7 +91,7 @@ class InProcessStore:
         for limit, delta, window in zip(limits, deltas, windows, strict=True):
             if not delta:
                 continue
-            code, a, b, c, _ = params(limit, now_s)
+            code, a, b, c, _ = limit.static_params or params(limit, now_s)
             state = self._state.get(limit.key)
             if code == "g":
                 new: Any = alg.gcra_adjust(state, now, delta, a)
@@ -126,22 +134,9 @@ class InProcessStore:
     async def aclose(self) -> None:
         self._state.clear()
 
-    def _maybe_sweep(self, now: float) -> None:
-        if now - self._last_sweep < _SWEEP_EVERY * 1000.0:
-            return
+    def _sweep(self, now: float) -> None:
         self._last_sweep = now
         expired = [key for key, until in self._expires.items() if until <= now]
         for key in expired:
             del self._expires[key]
             self._state.pop(key, None)
-
-
-def _ttl_ms(limit: Limit, outcome: alg.Outcome, now: float) -> float:
-    code = limit.algorithm
-    if code.value == "gcra":
-        return float(outcome.state) - now + 1000.0  # type: ignore[arg-type]
-    if code.value == "sliding-window":
-        return 2 * limit.period * 1000.0 + 1000.0
-    if code.value == "calendar":
-        return outcome.reset_ms + 3_600_000.0
-    return limit.lease_seconds * 2000.0

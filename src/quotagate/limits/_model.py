@@ -53,6 +53,11 @@ class Limit:
     lease_seconds: float = 60.0
     label: str = ""
     scope: str = ""
+    # The numbers the stores compute with (see _params.params), worked out once per limit
+    # rather than on every decision; None for calendar quotas, whose window moves.
+    static_params: tuple[str, float, float, float, float] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.amount <= 0:
@@ -63,6 +68,15 @@ class Limit:
             raise ValueError(f"limit {self.key}: a calendar quota needs calendar=day or month")
         if self.burst is not None and self.burst <= 0:
             raise ValueError(f"limit {self.key}: burst must be positive")
+        static: tuple[str, float, float, float, float] | None = None
+        if self.algorithm is Algorithm.GCRA:
+            interval = self.period * 1000.0 / self.amount
+            static = ("g", interval, interval * (self.burst or self.amount), 0.0, 0.0)
+        elif self.algorithm is Algorithm.SLIDING_WINDOW:
+            static = ("s", self.period * 1000.0, float(self.amount), 0.0, 0.0)
+        elif self.algorithm is Algorithm.CONCURRENCY:
+            static = ("n", float(self.amount), self.lease_seconds * 1000.0, 0.0, 0.0)
+        object.__setattr__(self, "static_params", static)
 
     @property
     def capacity(self) -> int:

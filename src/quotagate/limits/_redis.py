@@ -10,12 +10,16 @@ all. The policy gives every key of a principal the same hash tag (``{k:ID}``); s
 cluster, a decision is then made one slot group at a time, shared groups first; when a later
 group denies, the earlier groups' charges are refunded at once. So a shared limit can be held for
 one round trip by a request that another slot then refuses, but nothing is lost or kept.
+
+The store speaks through either a redis-py client (``Redis`` or ``RedisCluster``, as a library
+user may already have one) or a ``RedisConnection`` (``RedisStore.from_url``), the pipelined
+connection the gateway uses on its request path, at a small fraction of redis-py's CPU cost.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -24,8 +28,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from ._algorithms import Outcome
+from ._connection import LuaScript, Packed, RedisConnection
 from ._model import Algorithm, Decision, Limit, LimitStatus
-from ._params import make_decision, params
+from ._params import calendar_bounds, make_decision, params
+
+# Encoded keys and parameters kept per limit key; beyond this many, the cache starts afresh.
+_FRAGMENTS_MAX = 50_000
 
 
 def lua_script(package: str, name: str) -> str:
@@ -44,12 +52,62 @@ _RENEW_LUA = (
 )
 
 
+ScriptCall = Callable[[list[str], list[Any]], Awaitable[Any]]
+
+
+def _decision(limits: Sequence[Limit], costs: Sequence[int], reply: list[Any], lease: str | None) -> Decision:
+    """The acquire script's reply: {allowed, denied index, retry ms, then per limit: ok, used,
+    remaining, reset ms, window}."""
+    if reply[0] == 1:
+        # Admitted: the common case, read straight into statuses.
+        return Decision(
+            True,
+            tuple(
+                LimitStatus(
+                    limit,
+                    int(reply[3 + 5 * i + 1]),
+                    int(reply[3 + 5 * i + 2]),
+                    max(0.0, float(reply[3 + 5 * i + 3])) / 1000.0,
+                    float(reply[3 + 5 * i + 4]) / 1000.0,
+                )
+                for i, limit in enumerate(limits)
+            ),
+            lease=lease,
+            costs=tuple(costs),
+        )
+    denied = int(reply[1]) - 1
+    outcomes = []
+    for index in range(len(limits)):
+        ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
+        retry = float(reply[2]) if index == denied else 0.0
+        outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
+    return make_decision(limits, costs, outcomes, lease)
+
+
+def _script(client: Redis | RedisCluster | RedisConnection, source: str) -> ScriptCall:
+    """A callable running ``source`` with (keys, args), over whichever client the store has."""
+    if isinstance(client, RedisConnection):
+        script = LuaScript(source)
+
+        def run(keys: list[str], args: list[Any]) -> Awaitable[Any]:
+            return client.evalsha(script, keys, args)
+
+        return run
+    registered = client.register_script(source)
+
+    def run_registered(keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return registered(keys=keys, args=args)
+
+    return run_registered
+
+
 class RedisStore:
-    """``RedisStore(redis_client)``; ``clock`` only for tests that move time by hand."""
+    """``RedisStore(redis_client)`` or ``RedisStore.from_url(url)``; ``clock`` only for tests that
+    move time by hand."""
 
     def __init__(
         self,
-        client: Redis | RedisCluster,
+        client: Redis | RedisCluster | RedisConnection,
         *,
         prefix: str = "qg:",
         clock: Callable[[], float] | None = None,
@@ -59,10 +117,19 @@ class RedisStore:
         self.prefix = prefix
         self._clock = clock
         self._split = isinstance(client, RedisCluster) if split_by_slot is None else split_by_slot
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._settle = client.register_script(SETTLE_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
-        self._renew = client.register_script(_RENEW_LUA)
+        self._acquire = _script(client, ACQUIRE_LUA)
+        self._connection = client if isinstance(client, RedisConnection) else None
+        self._acquire_script = LuaScript(ACQUIRE_LUA)
+        # limit key -> (the Limit, its encoded key, its encoded parameters, the calendar window)
+        self._fragments: dict[str, tuple[Limit, Packed, Packed, object]] = {}
+        self._settle = _script(client, SETTLE_LUA)
+        self._release = _script(client, _RELEASE_LUA)
+        self._renew = _script(client, _RENEW_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, stall_seconds: float = 1.0, **kwargs: Any) -> RedisStore:
+        """A store over the pipelined ``RedisConnection`` (standalone Redis)."""
+        return cls(RedisConnection(url, stall_seconds=stall_seconds), **kwargs)
 
     def _now(self) -> tuple[float, str]:
         if self._clock is None:
@@ -75,20 +142,44 @@ class RedisStore:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
 
+    def _encoded(self, limit: Limit, now: float) -> tuple[Packed, Packed]:
+        """A limit's key and fixed parameters, encoded once (a calendar quota's once per window)."""
+        entry = self._fragments.get(limit.key)
+        static = limit.static_params
+        window: object = None
+        if static is None:
+            assert limit.calendar is not None
+            window = calendar_bounds(limit.calendar, limit.timezone, now)
+        if entry is not None and entry[0] is limit and entry[3] is window:
+            return entry[1], entry[2]
+        code, a, b, c, d = static or params(limit, now)
+        key, fixed = Packed(self.prefix + limit.key), Packed(code, a, b, c, d)
+        if len(self._fragments) >= _FRAGMENTS_MAX:
+            self._fragments.clear()
+        self._fragments[limit.key] = (limit, key, fixed, window)
+        return key, fixed
+
     async def _acquire_group(
         self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None, *, dry_run: bool
     ) -> Decision:
         now, override = self._now()
-        args: list[Any] = [lease or "", override, "1" if dry_run else "0"]
-        for limit, cost in zip(limits, costs, strict=True):
-            args.extend((*params(limit, now), cost)[i] for i in (0, 5, 1, 2, 3, 4))
-        reply = await self._acquire(keys=[self.prefix + limit.key for limit in limits], args=args)
-        outcomes = []
-        for index in range(len(limits)):
-            ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
-            retry = float(reply[2]) if index == int(reply[1]) - 1 else 0.0
-            outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
-        return make_decision(limits, costs, outcomes, lease)
+        head: list[Any] = [lease or "", override, "1" if dry_run else "0"]
+        if self._connection is not None:
+            keys: list[Any] = []
+            args = head
+            for limit, cost in zip(limits, costs, strict=True):
+                key, fixed = self._encoded(limit, now)
+                keys.append(key)
+                args.append(cost)
+                args.append(fixed)
+            reply = await self._connection.evalsha(self._acquire_script, keys, args, len(keys))
+        else:
+            args = head
+            for limit, cost in zip(limits, costs, strict=True):
+                args.append(cost)
+                args.extend(params(limit, now))
+            reply = await self._acquire([self.prefix + limit.key for limit in limits], args)
+        return _decision(limits, costs, reply, lease)
 
     async def _acquire_by_slot(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
         groups: dict[int, list[int]] = {}
@@ -146,21 +237,21 @@ class RedisStore:
         for limit, delta, window in items:
             code, a, b, c, _ = params(limit, now)
             args.extend((code, delta, a, b, c, window * 1000.0))
-        await self._settle(keys=[self.prefix + item[0].key for item in items], args=args)
+        await self._settle([self.prefix + item[0].key for item in items], args)
 
     async def release(self, limits: Sequence[Limit], lease: str) -> None:
         keys = [self.prefix + lim.key for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
         if keys:
             for key in keys if self._split else [None]:
-                await self._release(keys=[key] if key else keys, args=[lease])
+                await self._release([key] if key else keys, [lease])
 
     async def renew(self, limits: Sequence[Limit], lease: str) -> None:
         chosen = [lim for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
         for group in [[lim] for lim in chosen] if self._split else [chosen]:
             if group:
                 await self._renew(
-                    keys=[self.prefix + lim.key for lim in group],
-                    args=[lease, *(lim.lease_seconds * 1000.0 for lim in group)],
+                    [self.prefix + lim.key for lim in group],
+                    [lease, *(lim.lease_seconds * 1000.0 for lim in group)],
                 )
 
     async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
@@ -173,7 +264,10 @@ class RedisStore:
 
     async def reset(self, limits: Sequence[Limit]) -> None:
         for limit in limits:
-            await self.client.delete(self.prefix + limit.key)
+            if isinstance(self.client, RedisConnection):
+                await self.client.execute("DEL", self.prefix + limit.key)
+            else:
+                await self.client.delete(self.prefix + limit.key)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -31,6 +31,7 @@ from ..config import Config, resolve_secret
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from ..keys import KeyStore
 from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError, Unit
+from ..limits._connection import RedisConnection
 from ..policy import Policy
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
@@ -70,6 +71,7 @@ class Gateway:
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
         self.transport: Transport = transport or AiohttpTransport()
         self.redis: Redis | None = None
+        self.redis_connection: RedisConnection | None = None
         limit_store: Store
         if config.redis:
             # Tight socket timeouts and no client-side retries: the limiter decides what a slow
@@ -81,7 +83,10 @@ class Gateway:
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-            limit_store = RedisStore(self.redis)
+            # Every request's limit decision (and its usage row) goes over one pipelined
+            # connection: redis-py costs several times the CPU per command (see limits/_connection).
+            self.redis_connection = RedisConnection(config.redis, connect_timeout=timeout, stall_seconds=timeout)
+            limit_store = RedisStore(self.redis_connection)
         else:
             limit_store = InProcessStore()
         self.policy = Policy(config)
@@ -118,7 +123,12 @@ class Gateway:
                     config.redis, socket_timeout=settings.flush_seconds + 5.0, socket_connect_timeout=2.0
                 )
                 self.ledger = StreamLedger(
-                    writer, ledger_redis, settings.batch_size, settings.flush_seconds, settings.claim_after_seconds
+                    writer,
+                    ledger_redis,
+                    settings.batch_size,
+                    settings.flush_seconds,
+                    settings.claim_after_seconds,
+                    appender=RedisConnection(config.redis, connect_timeout=2.0, stall_seconds=2.0),
                 )
             else:
                 self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
@@ -240,6 +250,8 @@ class Gateway:
             await self.ledger.aclose()
         await self.alerts.aclose()
         await self.limiter.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.transport.aclose()
         await self.store.close()
 

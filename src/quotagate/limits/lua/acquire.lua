@@ -5,7 +5,8 @@
 -- ARGV[1]     lease id (concurrency limits)
 -- ARGV[2]     "now" in ms, or "" to use Redis's own clock (TIME), never the nodes'
 -- ARGV[3]     "1": only report (no writes), "0": decide
--- ARGV[4..]   six per limit: code, cost, a, b, c, d
+-- ARGV[4..]   six per limit: cost, code, a, b, c, d (the cost first: the rest is fixed per limit,
+--             so the client can encode it once)
 --             g (gcra)            a = ms per unit, b = tolerance (burst x a)
 --             s (sliding window)  a = period ms, b = amount
 --             c (calendar quota)  a = amount, b = window start, c = window end, d = next end
@@ -25,7 +26,7 @@ local worst, worst_i = -1, 0
 
 for i = 1, n do
   local j = 4 + (i - 1) * 6
-  local code, cost = ARGV[j], tonumber(ARGV[j + 1])
+  local cost, code = tonumber(ARGV[j]), ARGV[j + 1]
   local a, b, c, d = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
   local key = KEYS[i]
   local ok, retry, used, remaining, reset, window = true, 0, 0, 0, 0, 0

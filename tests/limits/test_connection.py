@@ -1,0 +1,114 @@
+"""The pipelined Redis connection of the request path: replies matched to callers, failures contained."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+from redis.asyncio import Redis
+
+from quotagate.limits._connection import RedisConnection, RedisReplyError
+
+from ..conftest import REDIS_URL, closed_port
+from .conftest import start_redis, wait_for_redis
+
+
+async def test_concurrent_callers_each_get_their_own_reply(redis_connection: RedisConnection) -> None:
+    """Hundreds of commands in flight at once: every caller gets the reply to its own command."""
+
+    async def echo(index: int) -> bytes:
+        return await redis_connection.execute("ECHO", f"caller-{index}")  # type: ignore[no-any-return]
+
+    replies = await asyncio.gather(*(echo(i) for i in range(500)))
+    assert replies == [f"caller-{i}".encode() for i in range(500)]
+
+
+async def test_the_database_in_the_url_is_selected(redis_client: Redis) -> None:
+    """redis://host:port/N works on database N, like redis-py's from_url."""
+    database = int(REDIS_URL.rsplit("/", 1)[1])
+    connection = RedisConnection(REDIS_URL)
+    await connection.execute("SET", "qg:test:db", "here")
+    assert await redis_client.get("qg:test:db") == b"here"
+    other = Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + f"/{(database + 1) % 16}")
+    assert await other.get("qg:test:db") is None
+    await other.aclose()
+    await connection.aclose()
+
+
+async def test_an_error_reply_raises_and_the_connection_goes_on(redis_connection: RedisConnection) -> None:
+    """Redis's error replies raise RedisReplyError for that caller only."""
+    await redis_connection.execute("SET", "qg:test:text", "not a number")
+    with pytest.raises(RedisReplyError, match="not an integer"):
+        await redis_connection.execute("INCR", "qg:test:text")
+    assert await redis_connection.execute("PING") == b"PONG"
+
+
+@pytest.fixture
+async def redis_with_password() -> tuple[int, subprocess.Popen[bytes]]:  # type: ignore[misc]
+    port = closed_port()
+    proc = start_redis(port, "--requirepass", "s3cret")
+    await wait_for_redis(port, password="s3cret")
+    yield port, proc
+    proc.kill()
+    proc.wait()
+
+
+async def test_password_in_the_url(redis_with_password: tuple[int, subprocess.Popen[bytes]]) -> None:
+    """redis://:password@host authenticates on connect; a wrong password is refused with Redis's error."""
+    port, _ = redis_with_password
+    connection = RedisConnection(f"redis://:s3cret@127.0.0.1:{port}/2")
+    assert await connection.execute("PING") == b"PONG"
+    await connection.aclose()
+    wrong = RedisConnection(f"redis://:nope@127.0.0.1:{port}")
+    with pytest.raises(RedisReplyError, match=r"WRONGPASS|invalid password"):
+        await wrong.execute("PING")
+    await wrong.aclose()
+
+
+async def test_a_killed_connection_is_replaced(redis_connection: RedisConnection, redis_client: Redis) -> None:
+    """When Redis drops the connection, waiting commands fail with ConnectionError and the next
+    command connects afresh."""
+    first_id = await redis_connection.execute("CLIENT", "ID")
+    await redis_client.client_kill_filter(_id=first_id)
+    replies = []
+    for _ in range(3):
+        try:
+            replies.append(await redis_connection.execute("CLIENT", "ID"))
+        except ConnectionError:
+            continue
+    assert replies and replies[-1] != first_id
+
+
+async def test_a_redis_that_stops_answering_is_dropped() -> None:
+    """Callers give up on a silent server by their own deadlines; once the oldest command has
+    waited past stall_seconds the connection is dropped, and the next command uses a new one."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        number = len(connections)
+        while data := await reader.read(65536):
+            if number > 1:  # the first connection is never answered
+                writer.write(b"+PONG\r\n" * data.count(b"PING"))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = RedisConnection(f"redis://127.0.0.1:{port}", stall_seconds=0.2)
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.15):
+                await connection.execute("PING")
+    async with asyncio.timeout(2):
+        assert await connection.execute("PING") == b"PONG"
+    assert len(connections) == 2
+    await connection.aclose()
+    server.close()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    """No Redis at the address: a ConnectionError (an OSError), quickly."""
+    connection = RedisConnection(f"redis://127.0.0.1:{closed_port()}", connect_timeout=1.0)
+    with pytest.raises(ConnectionRefusedError):
+        await connection.execute("PING")
