@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from ..accounting import Alerts, Ledger, Metrics, Price, Pricing, UsageRow, cost_usd, limit_kind, micro_usd
+from ..accounting import Alerts, Ledger, Metrics, Price, Pricing, UsageRow, cost_usd, micro_usd
 from ..auth import Authenticator, Principal, extract_key
 from ..errors import (
     GatewayError,
@@ -412,10 +412,7 @@ class Proxy:
                 await self.limiter.release(current.decision, current.applied.limits)
 
     def _note_decision(self, principal: Principal, decision: Decision) -> None:
-        metrics = self.books.metrics
-        metrics.decisions.labels("allowed" if decision.allowed else "denied").inc()
-        if decision.denied_by is not None:
-            metrics.denials.labels(limit_kind(decision.denied_by.limit)).inc()
+        self.books.metrics.decision(decision.allowed, decision.denied_by.limit if decision.denied_by else None)
         if self.books.alerts is not None:
             self.books.alerts.check(principal, decision)
 
