@@ -50,35 +50,35 @@ class Authenticator:
         self._ttl = ttl
         self._monotonic = monotonic
         self._now = now
-        # key hash -> (record or None for "no such key", monotonic time it was fetched)
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # key hash -> (record or None for "no such key", its principal, monotonic time it was fetched)
+        self._cache: dict[str, tuple[KeyRecord | None, Principal | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
         # Bumped by forget(): a lookup that started before a key changed must not cache it.
         self._generation = 0
 
     async def authenticate(self, key: str) -> Principal:
         key_hash = hash_key(key)
-        record = await self._lookup(key_hash)
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[1] is not None and self._monotonic() - cached[2] < self._ttl:
+            record, principal = cached[0], cached[1]
+        else:
+            record = await self._lookup(key_hash)
+            principal = None
         if record is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
         if record.disabled:
             raise AuthenticationError("This API key has been disabled.", code="key_disabled")
-        if record.is_expired(self._now()):
-            assert record.expires_at is not None
+        if record.expires_at is not None and record.is_expired(self._now()):
             raise AuthenticationError(f"This API key expired at {record.expires_at.isoformat()}.", code="key_expired")
-        return Principal(
-            key_id=record.id,
-            user=record.user,
-            tier=record.tier,
-            models=frozenset(record.models) if record.models is not None else None,
-            limits=record.limits,
-        )
+        if principal is None:
+            principal = _principal(record)
+        return principal
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
         now = self._monotonic()
         cached = self._cache.get(key_hash)
         if cached is not None:
-            record, fetched = cached
+            record, _, fetched = cached
             ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
             if now - fetched < ttl:
                 return record
@@ -103,12 +103,23 @@ class Authenticator:
         if generation == self._generation:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
-            self._cache[key_hash] = (record, now)
+            # The principal is built once per lookup, not per request.
+            self._cache[key_hash] = (record, _principal(record) if record is not None else None, now)
         return record
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was disabled, deleted or changed on this node)."""
-        stale = [h for h, (rec, _) in list(self._cache.items()) if rec is not None and rec.id == key_id]
+        stale = [h for h, (rec, _, _) in list(self._cache.items()) if rec is not None and rec.id == key_id]
         for key_hash in stale:
             del self._cache[key_hash]
         self._generation += 1
+
+
+def _principal(record: KeyRecord) -> Principal:
+    return Principal(
+        key_id=record.id,
+        user=record.user,
+        tier=record.tier,
+        models=frozenset(record.models) if record.models is not None else None,
+        limits=record.limits,
+    )

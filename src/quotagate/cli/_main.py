@@ -79,13 +79,13 @@ def serve(
     and a demo model served by a mock upstream it starts itself (or by OpenAI when
     OPENAI_API_KEY is set). It then prints a demo key and a curl line.
     """
+    from ..server._run import run, serve_demo
     from ..server._run import serve as run_gateway
-    from ..server._run import serve_demo
 
     loaded = _config(config)
     try:
         if loaded is None:
-            asyncio.run(
+            run(
                 serve_demo(
                     host or "127.0.0.1",
                     port if port is not None else 4000,
@@ -94,7 +94,7 @@ def serve(
                 )
             )
         else:
-            asyncio.run(run_gateway(loaded, host, port))
+            run(run_gateway(loaded, host, port))
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

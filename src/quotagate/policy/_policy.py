@@ -150,6 +150,13 @@ class Policy:
         self.enabled = bool(config.limits) or any(
             tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values()
         )
+        # Whether a configured limit counts tokens (or dollars): then requests are tokenized.
+        # (A key's own overrides can add one later; its first request then loads the tokenizer.)
+        self.counts_tokens = any(spec.unit not in ("requests", "concurrent") for spec in config.limits) or any(
+            SHORTHANDS[name][0] in _TOKEN_UNITS
+            for tier in config.tiers.values()
+            for name in tier.model_dump(include=set(SHORTHANDS), exclude_none=True)
+        )
 
     def shaping(self, principal: Principal) -> tuple[float, int]:
         """(max_wait, priority) of the caller's tier: how long a request may wait for capacity."""

@@ -39,6 +39,10 @@ from ..upstream import (
 from ._state import STATE_NAMES, DeploymentStates
 
 _NOT_RETRYABLE = {400, 401, 403, 404, 413, 422}
+_PROVIDER_RATELIMIT_HEADERS = (
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _EWMA = 0.2
 
@@ -152,6 +156,12 @@ class Router:
         self._sleep = sleep
         self._secrets = secrets
         self._needs_estimate: dict[str, bool] = {}
+        # The chain of a model without a context-window fallback never depends on the request.
+        self._fixed_chains: dict[str, list[str]] = {
+            model: self._chain_from(model)
+            for model, config in routes.models.items()
+            if not config.context_window_fallback
+        }
         for model in routes.models:
             chain = [model, *routes.models[model].fallbacks]
             long_context = routes.models[model].context_window_fallback
@@ -169,15 +179,19 @@ class Router:
     def chain(self, model: str, estimate: Estimate) -> list[str]:
         """The models to try in order: the context-window fallback first when the request is too
         long for the model, then the model and its fallbacks."""
+        fixed = self._fixed_chains.get(model)
+        if fixed is not None:
+            return fixed
         config = self.routes.models[model]
         if (
             config.context_window is not None
             and config.context_window_fallback is not None
             and estimate.prompt + estimate.output > config.context_window
         ):
-            start = config.context_window_fallback
-        else:
-            start = model
+            return self._chain_from(config.context_window_fallback)
+        return self._chain_from(model)
+
+    def _chain_from(self, start: str) -> list[str]:
         chain = [start, *self.routes.models[start].fallbacks]
         seen: set[str] = set()
         return [m for m in chain if not (m in seen or seen.add(m))]  # type: ignore[func-returns-value]
@@ -185,6 +199,8 @@ class Router:
     # -- choosing ---------------------------------------------------------------------------------
 
     def _ordered(self, model: str, candidates: list[DeploymentTarget]) -> list[DeploymentTarget]:
+        if len(candidates) == 1:
+            return candidates
         strategy = self.routes.models[model].routing
         if strategy == "least-busy":
             return sorted(candidates, key=lambda t: (self.stats[t.id].in_flight, self._rng.random()))
@@ -215,10 +231,14 @@ class Router:
         line: DeploymentTarget | None = None
         line_wait = math.inf
         by_priority: dict[int, list[DeploymentTarget]] = {}
+        states = self.states
         for target in self.routes.deployments(model):
             if target.id in failed:
                 continue
-            if not await self.states.usable(target.id):
+            usable = states.usable_now(target.id)  # a fresh view answers without a round trip
+            if usable is None:
+                usable = await states.usable(target.id)
+            if not usable:
                 # Cooling down after a provider 429 is worth waiting for; an open breaker is not:
                 # its model's fallbacks are tried instead.
                 left = self.states.cached(target.id).cooldown_until - time.monotonic()
@@ -375,7 +395,9 @@ class Router:
                 iterator = response.iter_chunks().__aiter__()
                 first = await anext(iterator, b"")
                 response = _Prefetched(response, iterator)
-            await self._adapt(target, response.headers)
+            headers = response.headers
+            if any(headers.get(remaining) == "0" for remaining, _ in _PROVIDER_RATELIMIT_HEADERS):
+                await self._adapt(target, headers)
             return Exchange(target, response, decision, costs, started, first)
         except (UpstreamError, UpstreamTimeoutError) as exc:
             if isinstance(exc, UpstreamStatusError):
@@ -395,9 +417,9 @@ class Router:
 
     async def _adapt(self, target: DeploymentTarget, headers: Mapping[str, str]) -> None:
         """Heed the provider's own view: no requests left means a cooldown until its reset."""
-        for kind in ("requests", "tokens"):
-            if headers.get(f"x-ratelimit-remaining-{kind}") == "0":
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+        for remaining, reset_at in _PROVIDER_RATELIMIT_HEADERS:
+            if headers.get(remaining) == "0":
+                reset = parse_duration(headers.get(reset_at))
                 if reset:
                     await self.states.cooldown(target.id, reset)
 
@@ -427,10 +449,10 @@ class Router:
                 latency if stats.latency_ms is None else stats.latency_ms + _EWMA * (latency - stats.latency_ms)
             )
             self._record(stats, failed=not ok)
-            if ok:
-                await self.states.success(target.id)
-            else:
+            if not ok:
                 await self.states.failure(target.id)
+            elif self.states.needs_success_report(target.id):
+                await self.states.success(target.id)
         if exchange.decision is not None and tokens_used is not None:
             deltas = [
                 tokens_used - cost if limit.unit is not Unit.REQUESTS else 0

@@ -152,6 +152,26 @@ class DeploymentStates:
             view = self._apply(deployment, await self._call(deployment, "view"))
         return view
 
+    def usable_now(self, deployment: str) -> bool | None:
+        """``usable`` when the node's view answers it without the store (fresh, closed or plainly
+        open, or cooling down); None when the store must be asked (a stale view, a probe)."""
+        view = self._views.get(deployment)
+        now = self._monotonic()
+        if view is None or now - view.fetched > VIEW_TTL:
+            return None
+        if view.cooldown_until > now:
+            return False
+        if view.state == CLOSED:
+            return True
+        if view.state == OPEN and view.open_until > now:
+            return False
+        return None
+
+    def needs_success_report(self, deployment: str) -> bool:
+        """Whether a success must be written through (only when the breaker is not closed)."""
+        view = self._views.get(deployment)
+        return view is not None and view.state != CLOSED
+
     async def usable(self, deployment: str) -> bool:
         """May a request go to this deployment now? (Claims a probe when it is half-open.)"""
         view = await self.view(deployment)

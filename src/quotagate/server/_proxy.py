@@ -27,7 +27,8 @@ from ..errors import (
     ServiceUnavailableError,
     UpstreamTimeoutError,
 )
-from ..limits import Decision, Limit, Limiter, StoreUnavailableError, Unit
+from ..limits import Calendar, Decision, Limit, Limiter, StoreUnavailableError, Unit
+from ..limits._calendar import window_bounds
 from ..policy import AppliedLimits, Policy
 from ..router import Exchange, Router, RouteRequest
 from ..tokens import (
@@ -66,6 +67,49 @@ class Endpoint:
 CHAT = Endpoint("/chat/completions", parse_chat, "chat")
 COMPLETIONS = Endpoint("/completions", parse_completion, "completion")
 EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
+
+
+# A client that hangs up is noticed by a task waiting for http.disconnect (uvicorn's send() drops
+# writes to a closed connection without a word). Most requests are over before that could matter,
+# so the task is started only once a request has lasted this long.
+WATCH_AFTER_SECONDS = 0.02
+
+
+class _DisconnectWatch:
+    """Cancels the request's task when its client disconnects; started lazily, stopped before
+    the response's last message (after which http.disconnect only means "done")."""
+
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Future[None] | None = None
+        self.gone = False
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_SECONDS, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        # The request is cancelled, which cancels the upstream call at once; what was used is
+        # still settled and accounted.
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
 
 def _end_of_last_event(data: bytes) -> int:
@@ -135,9 +179,18 @@ class Books:
     alerts: Alerts | None = None
     timezone: str = "UTC"
     log_requests: bool = False
+    # (start, end, name) of the day the last row fell in: the name is worked out once a day.
+    _day: tuple[float, float, str] = (0.0, 0.0, "")
 
     def day(self, when: float) -> str:
-        return datetime.fromtimestamp(when, ZoneInfo(self.timezone)).date().isoformat()
+        """The calendar day of ``when`` in the configured time zone, as YYYY-MM-DD."""
+        start, end, name = self._day
+        if start <= when < end:
+            return name
+        start, end, _ = window_bounds(when, Calendar.DAY, self.timezone)
+        name = datetime.fromtimestamp(start, ZoneInfo(self.timezone)).date().isoformat()
+        self._day = (start, end, name)
+        return name
 
 
 @dataclass(slots=True)
@@ -331,22 +384,16 @@ class Proxy:
             return True
 
         max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
-        task = asyncio.current_task()
-        assert task is not None
-        client_gone = False
-
-        async def watch_for_disconnect() -> None:
-            # uvicorn's send() silently drops writes to a closed connection, so the only way to
-            # learn that the client left is to wait for http.disconnect; then the request is
-            # cancelled, which cancels the upstream call at once (and settles what was used).
-            nonlocal client_gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            client_gone = True
-            task.cancel()
-
-        watcher = asyncio.ensure_future(watch_for_disconnect())
+        watch = _DisconnectWatch(receive)
         usage = record.usage
+
+        async def before_complete(status: int, error_type: str | None) -> None:
+            # The response's last message is next. From here on http.disconnect means the response
+            # is done, not that the client left: the watch must not cancel what follows (settling).
+            watch.stop()
+            # The row is durable before the client has the whole response (see ledger).
+            await self._account(record, status, error_type)
+
         try:
             try:
                 exchange = await self.router.exchange(
@@ -364,10 +411,7 @@ class Proxy:
                 record.exchange = exchange
                 usage.upstream_answered = True
                 served = exchange.target
-                extra = [
-                    (b"x-request-id", record.request_id.encode()),
-                    (b"x-quotagate-deployment", served.label.encode()),
-                ]
+                extra = [(b"x-request-id", record.request_id.encode()), (b"x-quotagate-deployment", served.label_bytes)]
                 if current.decision is not None:
                     extra.extend(ratelimit_headers(current.decision))
                 stream_usage = (
@@ -375,11 +419,6 @@ class Proxy:
                 )
                 record.stream_usage = stream_usage
                 outcome: bool | None = False
-
-                async def before_complete(status: int, error_type: str | None) -> None:
-                    # The row is durable before the client has the whole response (see ledger).
-                    await self._account(record, status, error_type)
-
                 try:
                     if request.stream and exchange.response.headers.get("content-type", "").startswith(
                         "text/event-stream"
@@ -397,11 +436,11 @@ class Proxy:
                     prompt, completion = self._actual(usage, estimate, current.model)
                     await self.router.finish(exchange, outcome, prompt + completion)
             except asyncio.CancelledError:
-                if not client_gone:
+                if not watch.gone:
                     raise
-                task.uncancel()
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            watcher.cancel()
+            watch.stop()
             record.collect_stream_usage()
             if current.decision is not None and current.applied is not None and self.limiter is not None:
                 if current.applied.counts_tokens:
@@ -572,7 +611,8 @@ class Proxy:
                 return True
             except GatewayError as exc:
                 # The status line has gone; an error event is the only way left to tell the
-                # client. The OpenAI SDKs raise it as an APIError.
+                # client. The OpenAI SDKs raise it as an APIError. The row says the stream broke.
+                await before_complete(200, exc.code or exc.type)
                 await send(
                     {
                         "type": "http.response.body",

@@ -34,25 +34,28 @@ def go_duration(seconds: float) -> str:
     return text
 
 
-def _tightest(statuses: tuple[LimitStatus, ...], units: tuple[Unit, ...]) -> LimitStatus | None:
-    best: LimitStatus | None = None
-    for status in statuses:
-        if status.limit.unit in units and (best is None or status.remaining < best.remaining):
-            best = status
-    return best
-
-
 def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the tightest limit of each kind."""
+    requests: LimitStatus | None = None
+    tokens: LimitStatus | None = None
+    for status in decision.statuses:
+        unit = status.limit.unit
+        if unit is Unit.REQUESTS:
+            if requests is None or status.remaining < requests.remaining:
+                requests = status
+        elif unit in _TOKEN_UNITS and (tokens is None or status.remaining < tokens.remaining):
+            tokens = status
     headers: list[tuple[bytes, bytes]] = []
-    for suffix, units in (("requests", (Unit.REQUESTS,)), ("tokens", _TOKEN_UNITS)):
-        status = _tightest(decision.statuses, units)
-        if status is None:
-            continue
-        headers.append((f"x-ratelimit-limit-{suffix}".encode(), str(status.limit.capacity).encode()))
-        headers.append((f"x-ratelimit-remaining-{suffix}".encode(), str(status.remaining).encode()))
-        headers.append((f"x-ratelimit-reset-{suffix}".encode(), go_duration(status.reset_after).encode()))
+    for tightest, names in ((requests, _REQUEST_HEADERS), (tokens, _TOKEN_HEADERS)):
+        if tightest is not None:
+            headers.append((names[0], b"%d" % tightest.limit.capacity))
+            headers.append((names[1], b"%d" % tightest.remaining))
+            headers.append((names[2], go_duration(tightest.reset_after).encode()))
     return headers
+
+
+_REQUEST_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests")
+_TOKEN_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
 
 
 def _amount(limit: Limit, value: int) -> str:

@@ -6,8 +6,9 @@ import asyncio
 import secrets
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -18,12 +19,28 @@ from ..keys import KeyStore
 from ..mock import MockOptions, MockUpstream
 from ._app import Gateway
 
+T = TypeVar("T")
 DEMO_USER = "demo"
 DEMO_KEY_NAME = "demo key"
 
 
 def _loop() -> str:
     return "uvloop" if sys.platform != "win32" else "asyncio"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop (where it exists), as uvicorn.run would.
+
+    uvicorn's ``loop`` setting only takes effect when uvicorn makes the loop itself; a server
+    started inside ``asyncio.run`` would run on the default loop, which costs a third more CPU
+    per proxied request here (measured with bench/run.py).
+    """
+    if sys.platform == "win32":
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def uvicorn_config(

@@ -36,8 +36,17 @@ def encoding_name_for_model(model: str) -> str:
     return "o200k_base"
 
 
+_by_model: dict[str, tiktoken.Encoding] = {}
+
+
 def encoding_for_model(model: str) -> tiktoken.Encoding:
-    return get_encoding(encoding_name_for_model(model))
+    # Asked on every request: one dictionary lookup instead of the name rules and the loader's lock.
+    encoding = _by_model.get(model)
+    if encoding is None:
+        encoding = get_encoding(encoding_name_for_model(model))
+        if len(_by_model) < 10_000:  # model names can come from callers: keep the table bounded
+            _by_model[model] = encoding
+    return encoding
 
 
 def count_text(text: str, encoding: tiktoken.Encoding) -> int:

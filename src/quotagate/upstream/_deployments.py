@@ -33,6 +33,7 @@ class DeploymentTarget:
     label: str
     limits: tuple[Limit, ...] = ()  # the provider's RPM/TPM for this key
     stream_usage: bool = True
+    label_bytes: bytes = b""  # the label as the x-quotagate-deployment header carries it
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -96,6 +97,7 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> Deployme
         label=label,
         limits=_provider_limits(target_id, deployment, label),
         stream_usage=deployment.stream_usage,
+        label_bytes=label.encode("latin-1", "replace"),
     )
 
 

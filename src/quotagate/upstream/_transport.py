@@ -105,6 +105,7 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._keepalive = keepalive_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily inside the running loop: aiohttp sessions are bound to the loop.
@@ -125,15 +126,17 @@ class AiohttpTransport:
         return self._session
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        session = self._get_session()
+        session = self._session or self._get_session()
         # aiohttp has one read timeout for head and body alike; the first byte and the gaps
         # between chunks have deadlines of their own here.
-        timeout = aiohttp.ClientTimeout(total=None, connect=request.connect_timeout, sock_read=None)
+        timeout = self._timeouts.get(request.connect_timeout)
+        if timeout is None:
+            timeout = self._timeouts[request.connect_timeout] = aiohttp.ClientTimeout(
+                total=None, connect=request.connect_timeout, sock_read=None
+            )
         try:
             async with asyncio.timeout(request.first_byte_timeout):
-                response = await session.post(
-                    request.url, data=request.body, headers=dict(request.headers), timeout=timeout
-                )
+                response = await session.post(request.url, data=request.body, headers=request.headers, timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError(
                 f"Upstream {request.label} did not answer within {request.first_byte_timeout:g}s."
