@@ -52,8 +52,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     UPSTREAM = args.upstream.rstrip("/")
+    # The same uvicorn settings as quotagate's (server/_run.py), so that only the proxying differs.
     uvicorn.run(
-        app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=30,
     )
 
 

@@ -175,7 +175,7 @@ async def test_real_redis_killed_and_restarted(
     if client_kind == "redis-py":
         store = RedisStore(Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2))
     else:
-        store = RedisStore.from_url(f"redis://127.0.0.1:{port}", stall_seconds=0.3)
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}", timeout=0.3)
     limiter = Limiter(store, on_store_failure="open", fallback_share=0.5, retry_interval=0.2, timeout=0.3)
     limit = Limit("{k:a}:rpm", Unit.REQUESTS, 10, Algorithm.SLIDING_WINDOW, 60.0)
     assert not (await limiter.acquire([limit], [1])).fallback

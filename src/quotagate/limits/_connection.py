@@ -11,10 +11,12 @@ It is for short commands on the request path (EVALSHA, XADD). A blocking command
 BLOCK, BLPOP) would hold up every caller behind it, so those stay on redis-py clients.
 
 Failure handling: a lost connection fails every waiting command with ``ConnectionError`` and the
-next command connects again. A caller that gives up (its deadline passed) leaves its reply to be
-discarded when it comes; but when the oldest unanswered command has waited longer than
-``stall_seconds`` the connection is dropped, so a Redis that stopped answering cannot keep a line
-of callers waiting behind it.
+next command connects again. Every command has a deadline, ``timeout``: one timer per connection,
+armed for the oldest unanswered command, fails everything waiting with ``TimeoutError`` and
+drops the connection when that command has waited too long (replies come in order, so nothing
+behind it can be answered first). A Redis that stopped answering therefore costs each caller at
+most ``timeout``, and callers need no timer of their own. A caller that gives up earlier leaves
+its reply to be discarded when it comes.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class _Protocol(asyncio.Protocol):
         self.outbox: list[bytes] = []
         self.flush_scheduled = False
         self.closed = False
+        self.deadline: asyncio.TimerHandle | None = None  # for the oldest unanswered command
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -129,9 +132,24 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"connection to Redis lost: {exc}" if exc else "connection to Redis closed"))
 
+    def check_deadline(self) -> None:
+        self.deadline = None
+        if self.closed or not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        sent = self.waiting[0][1]
+        timeout = self._owner.timeout
+        if loop.time() - sent >= timeout:
+            self._fail(TimeoutError(f"Redis did not answer within {timeout:g}s"))
+        else:
+            self.deadline = loop.call_at(sent + timeout, self.check_deadline)
+
     def _fail(self, exc: Exception) -> None:
         self.closed = True
         self.outbox.clear()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -144,7 +162,7 @@ class _Protocol(asyncio.Protocol):
 class RedisConnection:
     """``RedisConnection("redis://[user:password@]host:port/db")`` (``rediss://`` for TLS)."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, stall_seconds: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 0.25, connect_timeout: float = 2.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"not a Redis URL: {url!r} (expected redis://, rediss:// or unix://)")
@@ -161,7 +179,7 @@ class RedisConnection:
                 db = value
         self._db = int(db) if db else 0
         self._connect_timeout = connect_timeout
-        self.stall_seconds = stall_seconds
+        self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
@@ -214,7 +232,8 @@ class RedisConnection:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; an error reply raises ``RedisReplyError``."""
-        reply = await self._send(_pack(args))
+        command = _pack(args)
+        reply = await (self._submit(command) or await self._submit_connected(command))
         if type(reply) is RedisReplyError:
             raise reply
         return reply
@@ -227,37 +246,41 @@ class RedisConnection:
         """
         count = len(keys) if key_count is None else key_count
         command = _pack(("EVALSHA", script.sha, count, *keys, *args))
-        reply = await self._send(command)
+        reply = await (self._submit(command) or await self._submit_connected(command))
         if type(reply) is RedisReplyError:
             if not str(reply).startswith("NOSCRIPT"):
                 raise reply
             await self.execute("SCRIPT", "LOAD", script.source)
-            reply = await self._send(command)
+            reply = await (self._submit(command) or await self._submit_connected(command))
             if type(reply) is RedisReplyError:
                 raise reply
         return reply
 
-    async def _send(self, command: bytes) -> Any:
+    async def _submit_connected(self, command: bytes) -> asyncio.Future[Any]:
+        await self._connected()
+        future = self._submit(command)
+        if future is None:
+            raise ConnectionError("connection to Redis lost")
+        return future
+
+    def _submit(self, command: bytes) -> asyncio.Future[Any] | None:
+        """Queue a command on the open connection and return the future of its reply; None when
+        there is no open connection (a plain function, not a coroutine: it runs per command)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
-            protocol = await self._connected()
+            return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        protocol.waiting.append((future, loop.time()))
+        now = loop.time()
+        protocol.waiting.append((future, now))
         protocol.outbox.append(command)
         if not protocol.flush_scheduled:
             # Everything asked for in this turn of the loop goes out in one write.
             protocol.flush_scheduled = True
             loop.call_soon(protocol.flush)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self._check_stall(protocol, loop.time())
-            raise
-
-    def _check_stall(self, protocol: _Protocol, now: float) -> None:
-        if protocol.waiting and now - protocol.waiting[0][1] > self.stall_seconds:
-            protocol._fail(ConnectionError(f"Redis did not answer within {self.stall_seconds:g}s"))
+        if protocol.deadline is None:
+            protocol.deadline = loop.call_at(now + self.timeout, protocol.check_deadline)
+        return future
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

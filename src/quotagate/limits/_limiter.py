@@ -39,6 +39,14 @@ class StoreUnavailableError(Exception):
     """The shared store did not answer in time and the limiter is set to fail closed."""
 
 
+def _is_store_failure(exc: Exception) -> bool:
+    """An error of the store or of the way to it, not a bug of ours."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError | RedisReplyError):
+        return True
+    # redis-py's errors (ConnectionError, BusyLoadingError, ...) have their own hierarchy.
+    return type(exc).__module__.startswith("redis")
+
+
 @dataclass(order=True)
 class _Waiter:
     sort_key: tuple[int, int]
@@ -86,6 +94,9 @@ class Limiter:
         # and no coroutine per call (this is the embedded default's hot path). Only the class
         # itself: a subclass may redefine what acquiring means.
         self._direct = store if type(store) is InProcessStore else None
+        # A store whose calls carry their own deadline, no longer than ours, needs no timer per call.
+        store_timeout = getattr(store, "call_timeout", None)
+        self._store_bounded = store_timeout is not None and store_timeout <= timeout
         self._scaled: dict[Limit, Limit] = {}
         self._down_until = 0.0
         # A line per limit key: a heap of waiters, highest priority, then earliest, first.
@@ -103,22 +114,25 @@ class Limiter:
         """Run ``call`` on the shared store, or ``fallback`` on the local one; (result, fell back)."""
         if self._clock() >= self._down_until:
             try:
-                async with asyncio.timeout(self.timeout):
+                if self._store_bounded:
                     result = await call(self.store)
+                else:
+                    async with asyncio.timeout(self.timeout):
+                        result = await call(self.store)
                 self._consecutive_failures = 0
                 return result, False
-            except (OSError, TimeoutError, ConnectionError, RedisReplyError) as exc:
-                self._store_failed(exc)
             except Exception as exc:
-                # redis-py's errors (ConnectionError, BusyLoadingError, ...) all land here.
-                if type(exc).__module__.startswith("redis"):
-                    self._store_failed(exc)
-                else:
+                if not _is_store_failure(exc):
                     raise
+                self._store_failed(exc)
+        return await self._failover(fallback), True
+
+    async def _failover(self, fallback: Callable[[Store], Awaitable[T]]) -> T:
+        """The failure policy: refuse (closed), or decide on this node's share of each limit (open)."""
         if self.on_store_failure == "closed":
             raise StoreUnavailableError("the rate limit store is unavailable")
         self.stats.fallback_decisions += 1
-        return await fallback(self._fallback), True
+        return await fallback(self._fallback)
 
     def _store_failed(self, exc: BaseException) -> None:
         # One slow answer under a burst is not an outage: this request is decided by the
@@ -161,6 +175,18 @@ class Limiter:
     async def _try(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
         if self._direct is not None:
             return self._direct.acquire_now(limits, costs, lease)
+        if self._store_bounded and self._clock() >= self._down_until:
+            # The request path's case, without _guarded's closures (which it takes on failure).
+            try:
+                decision = await self.store.acquire(limits, costs, lease)
+                self._consecutive_failures = 0
+                return decision
+            except Exception as exc:
+                if not _is_store_failure(exc):
+                    raise
+                self._store_failed(exc)
+            local = await self._failover(lambda s: s.acquire(self._local(limits), costs, lease))
+            return replace(local, fallback=True)
         decision, fell_back = await self._guarded(
             lambda s: s.acquire(limits, costs, lease),
             lambda s: s.acquire(self._local(limits), costs, lease),
@@ -179,7 +205,11 @@ class Limiter:
         priority: int = 0,
     ) -> Decision:
         """Charge every limit its cost, all or nothing, waiting up to ``max_wait`` seconds."""
-        lease = os.urandom(8).hex() if any(lim.algorithm is Algorithm.CONCURRENCY for lim in limits) else None
+        lease = None
+        for limit in limits:
+            if limit.algorithm is Algorithm.CONCURRENCY:
+                lease = os.urandom(8).hex()
+                break
         queued_behind = None
         if max_wait > 0 and self._lines:
             # Others are already waiting for one of these limits: queue behind them rather than
@@ -188,7 +218,10 @@ class Limiter:
         if queued_behind is not None:
             decision = await self._wait(limits, costs, lease, None, queued_behind, max_wait, priority)
         else:
-            decision = await self._try(limits, costs, lease)
+            if self._direct is not None:
+                decision = self._direct.acquire_now(limits, costs, lease)
+            else:
+                decision = await self._try(limits, costs, lease)
             if not decision.allowed and max_wait > 0 and not decision.never_fits and decision.denied_by:
                 decision = await self._wait(
                     limits, costs, lease, decision, decision.denied_by.limit.key, max_wait, priority

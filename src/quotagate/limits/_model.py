@@ -90,7 +90,10 @@ class Limit:
         return self.algorithm is Algorithm.CALENDAR
 
 
-@dataclass(frozen=True, slots=True)
+# Results are plain (not frozen) dataclasses: they are made on every request, and a frozen
+# dataclass sets each field through object.__setattr__, several times slower. Treat them as
+# read-only.
+@dataclass(slots=True)
 class LimitStatus:
     """A limit's state as the decision left it (or found it, when it denied)."""
 
@@ -101,7 +104,7 @@ class LimitStatus:
     window: float = 0.0  # calendar quotas: the window's start (epoch seconds) the charge went to
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     allowed: bool
     statuses: tuple[LimitStatus, ...]

@@ -53,8 +53,10 @@ def make_decision(
         return Decision(
             True,
             tuple(
-                LimitStatus(limit, o.used, o.remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0)
-                for limit, o in zip(limits, outcomes, strict=True)
+                [
+                    LimitStatus(limit, o.used, o.remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0)
+                    for limit, o in zip(limits, outcomes, strict=True)
+                ]
             ),
             lease=lease,
             costs=tuple(costs),

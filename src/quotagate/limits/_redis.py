@@ -34,6 +34,7 @@ from ._params import calendar_bounds, make_decision, params
 
 # Encoded keys and parameters kept per limit key; beyond this many, the cache starts afresh.
 _FRAGMENTS_MAX = 50_000
+_PLAIN_HEAD = Packed("", "", "0")  # no lease, Redis's own clock, a real decision
 
 
 def lua_script(package: str, name: str) -> str:
@@ -60,21 +61,17 @@ def _decision(limits: Sequence[Limit], costs: Sequence[int], reply: list[Any], l
     remaining, reset ms, window}."""
     if reply[0] == 1:
         # Admitted: the common case, read straight into statuses.
-        return Decision(
-            True,
-            tuple(
+        statuses = []
+        at = 4
+        for limit in limits:
+            reset = float(reply[at + 2])
+            statuses.append(
                 LimitStatus(
-                    limit,
-                    int(reply[3 + 5 * i + 1]),
-                    int(reply[3 + 5 * i + 2]),
-                    max(0.0, float(reply[3 + 5 * i + 3])) / 1000.0,
-                    float(reply[3 + 5 * i + 4]) / 1000.0,
+                    limit, reply[at], reply[at + 1], reset / 1000.0 if reset > 0 else 0.0, float(reply[at + 3]) / 1000.0
                 )
-                for i, limit in enumerate(limits)
-            ),
-            lease=lease,
-            costs=tuple(costs),
-        )
+            )
+            at += 5
+        return Decision(True, tuple(statuses), lease=lease, costs=tuple(costs))
     denied = int(reply[1]) - 1
     outcomes = []
     for index in range(len(limits)):
@@ -119,6 +116,9 @@ class RedisStore:
         self._split = isinstance(client, RedisCluster) if split_by_slot is None else split_by_slot
         self._acquire = _script(client, ACQUIRE_LUA)
         self._connection = client if isinstance(client, RedisConnection) else None
+        # The deadline the pipelined connection puts on every call itself (None: redis-py's
+        # clients have their socket timeouts, and the limiter adds its own deadline).
+        self.call_timeout: float | None = self._connection.timeout if self._connection is not None else None
         self._acquire_script = LuaScript(ACQUIRE_LUA)
         # limit key -> (the Limit, its encoded key, its encoded parameters, the calendar window)
         self._fragments: dict[str, tuple[Limit, Packed, Packed, object]] = {}
@@ -127,9 +127,10 @@ class RedisStore:
         self._renew = _script(client, _RENEW_LUA)
 
     @classmethod
-    def from_url(cls, url: str, *, stall_seconds: float = 1.0, **kwargs: Any) -> RedisStore:
-        """A store over the pipelined ``RedisConnection`` (standalone Redis)."""
-        return cls(RedisConnection(url, stall_seconds=stall_seconds), **kwargs)
+    def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisStore:
+        """A store over the pipelined ``RedisConnection`` (standalone Redis); every call fails
+        with TimeoutError after ``timeout`` seconds."""
+        return cls(RedisConnection(url, timeout=timeout), **kwargs)
 
     def _now(self) -> tuple[float, str]:
         if self._clock is None:
@@ -138,6 +139,19 @@ class RedisStore:
         return now, repr(now * 1000.0)
 
     async def acquire(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None = None) -> Decision:
+        connection = self._connection
+        if connection is not None and not (self._split or lease or self._clock):
+            # The gateway's case, in one coroutine: encoded fragments, one round trip.
+            now = time.time()
+            keys: list[Any] = []
+            args: list[Any] = [_PLAIN_HEAD]
+            for limit, cost in zip(limits, costs, strict=True):
+                key, fixed = self._encoded(limit, now)
+                keys.append(key)
+                args.append(cost)
+                args.append(fixed)
+            reply = await connection.evalsha(self._acquire_script, keys, args, len(keys))
+            return _decision(limits, costs, reply, None)
         if not self._split:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
@@ -163,10 +177,14 @@ class RedisStore:
         self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None, *, dry_run: bool
     ) -> Decision:
         now, override = self._now()
-        head: list[Any] = [lease or "", override, "1" if dry_run else "0"]
         if self._connection is not None:
             keys: list[Any] = []
-            args = head
+            # ARGV[1..3]: lease, clock override, dry run; the common head is encoded once.
+            args: list[Any] = (
+                [_PLAIN_HEAD]
+                if not (lease or override or dry_run)
+                else [lease or "", override, "1" if dry_run else "0"]
+            )
             for limit, cost in zip(limits, costs, strict=True):
                 key, fixed = self._encoded(limit, now)
                 keys.append(key)
@@ -174,7 +192,7 @@ class RedisStore:
                 args.append(fixed)
             reply = await self._connection.evalsha(self._acquire_script, keys, args, len(keys))
         else:
-            args = head
+            args = [lease or "", override, "1" if dry_run else "0"]
             for limit, cost in zip(limits, costs, strict=True):
                 args.append(cost)
                 args.extend(params(limit, now))

@@ -41,6 +41,7 @@ class AppliedLimits:
     counts_tokens: bool  # any token or spend limit: the request's tokens must be estimated and settled
     max_wait: float
     priority: int
+    counts_spend: bool = False  # any budget: the request's most possible cost is reserved
 
     def __bool__(self) -> bool:
         return bool(self.limits)
@@ -197,6 +198,7 @@ class Policy:
             any(limit.unit in _TOKEN_UNITS for limit in limits),
             tier.max_wait if tier is not None else 0.0,
             tier.priority if tier is not None else 0,
+            any(limit.unit is Unit.SPEND for limit in limits),
         )
 
 

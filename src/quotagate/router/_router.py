@@ -22,7 +22,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config import Config, RouterSettings
 from ..errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
@@ -85,7 +85,7 @@ class DeploymentStats:
     failures: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """A deployment that answered: its response head, and for streams the first chunk."""
 
@@ -96,7 +96,7 @@ class Exchange:
     started: float
     first_chunk: bytes = b""
     attempts: int = 1
-    tried: list[str] = field(default_factory=list)
+    tried: list[str] | None = None  # deployment ids tried, in order
 
 
 class RouteRequest:

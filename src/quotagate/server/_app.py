@@ -9,6 +9,7 @@ generic 500, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -86,7 +87,7 @@ class Gateway:
             )
             # Every request's limit decision (and its usage row) goes over one pipelined
             # connection: redis-py costs several times the CPU per command (see limits/_connection).
-            self.redis_connection = RedisConnection(config.redis, connect_timeout=timeout, stall_seconds=timeout)
+            self.redis_connection = RedisConnection(config.redis, timeout=timeout, connect_timeout=timeout)
             limit_store = RedisStore(self.redis_connection)
         else:
             limit_store = InProcessStore()
@@ -129,7 +130,7 @@ class Gateway:
                     settings.batch_size,
                     settings.flush_seconds,
                     settings.claim_after_seconds,
-                    appender=RedisConnection(config.redis, connect_timeout=2.0, stall_seconds=2.0),
+                    appender=RedisConnection(config.redis, timeout=2.0, connect_timeout=2.0),
                 )
             else:
                 self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
@@ -263,12 +264,8 @@ class Gateway:
     # -- handlers ---------------------------------------------------------------------------
 
     def _proxy_handler(self, endpoint: Endpoint) -> Handler:
-        proxy = self.proxy
-
-        async def handle(scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str) -> None:
-            await proxy.handle(endpoint, receive, send, headers, request_id)
-
-        return handle
+        # The proxy's own coroutine, bound to the endpoint: no wrapper coroutine per request.
+        return functools.partial(self.proxy.handle, endpoint)
 
     async def _admin(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str

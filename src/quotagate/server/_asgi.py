@@ -7,6 +7,7 @@ every request (see bench/).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -47,8 +48,23 @@ class RequestHeaders:
                 self.request_id = value.decode("latin-1")[:128]
 
 
+def _reseed() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = "req_" + os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_reseed()
+# A forked worker must not repeat its parent's ids (they key the usage ledger).
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+    """Unique across processes and nodes: a random per-process prefix (64 bits) and a counter.
+    Cheaper than 12 fresh random bytes per request, a system call each."""
+    return f"{_id_prefix}{next(_id_counter):x}"
 
 
 async def read_body(receive: Receive, content_length: int | None, limit: int) -> bytes:

@@ -34,15 +34,14 @@ from ..router import Exchange, Router, RouteRequest
 from ..tokens import (
     ZERO,
     Estimate,
-    cached_tokens_of,
     count_generated,
     estimate_tokens,
     generated_text,
-    usage_of,
+    usage_details,
 )
 from ..tokens._estimate import Kind
 from ..upstream import DeploymentTarget, ModelRoutes
-from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Send, read_body, send_bytes
+from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Scope, Send, read_body, send_bytes
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._stream_usage import StreamUsage
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
@@ -71,27 +70,27 @@ EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
 
 # A client that hangs up is noticed by a task waiting for http.disconnect (uvicorn's send() drops
 # writes to a closed connection without a word). Most requests are over before that could matter,
-# so the task is started only once a request has lasted this long.
+# so watchers are started only for requests that have lasted at least this long: one sweep of the
+# requests in flight every so often, rather than a timer or a task for each request.
 WATCH_AFTER_SECONDS = 0.02
 
 
 class _DisconnectWatch:
-    """Cancels the request's task when its client disconnects; started lazily, stopped before
-    the response's last message (after which http.disconnect only means "done")."""
+    """Cancels the request's task when its client disconnects; started by _Watches once the request
+    has lasted WATCH_AFTER_SECONDS, stopped before the response's last message (after which
+    http.disconnect only means "done")."""
 
-    __slots__ = ("_receive", "_task", "_timer", "_watcher", "gone")
+    __slots__ = ("_receive", "_registry", "_task", "_watcher", "gone", "since")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, registry: _Watches) -> None:
         self._receive = receive
         self._task = asyncio.current_task()
         self._watcher: asyncio.Future[None] | None = None
+        self._registry: _Watches | None = registry
         self.gone = False
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            WATCH_AFTER_SECONDS, self._start
-        )
+        self.since = registry.add(self)
 
-    def _start(self) -> None:
-        self._timer = None
+    def start(self) -> None:
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -104,12 +103,48 @@ class _DisconnectWatch:
             self._task.cancel()
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._registry is not None:
+            self._registry.discard(self)
+            self._registry = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+
+
+class _Watches:
+    """The requests in flight, in arrival order; a sweep starts the watchers of those that have
+    lasted WATCH_AFTER_SECONDS."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[_DisconnectWatch, None] = {}  # insertion-ordered: oldest first
+        self._sweeping = False
+
+    def add(self, watch: _DisconnectWatch) -> float:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._waiting[watch] = None
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(WATCH_AFTER_SECONDS, self._sweep)
+        return now
+
+    def discard(self, watch: _DisconnectWatch) -> None:
+        self._waiting.pop(watch, None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        started_before = loop.time() - WATCH_AFTER_SECONDS
+        waiting = self._waiting
+        while waiting:
+            oldest = next(iter(waiting))
+            if oldest.since > started_before:
+                break
+            del waiting[oldest]
+            oldest.start()
+        if waiting:
+            loop.call_later(WATCH_AFTER_SECONDS / 2, self._sweep)
+        else:
+            self._sweeping = False
 
 
 def _end_of_last_event(data: bytes) -> int:
@@ -120,15 +155,22 @@ def _end_of_last_event(data: bytes) -> int:
 
 
 def _costs(limits: tuple[Limit, ...], estimate: Estimate, spend: int = 0) -> list[int]:
-    by_unit = {
-        Unit.REQUESTS: 1,
-        Unit.CONCURRENT: 1,
-        Unit.TOKENS: estimate.total,
-        Unit.INPUT_TOKENS: estimate.prompt,
-        Unit.OUTPUT_TOKENS: estimate.output,
-        Unit.SPEND: spend,  # the most the request can cost, in micro-dollars
-    }
-    return [by_unit[limit.unit] for limit in limits]
+    """What the request is charged on each limit: 1 request, its estimated tokens, or at most
+    ``spend`` micro-dollars."""
+    costs = []
+    for limit in limits:
+        unit = limit.unit
+        if unit is Unit.TOKENS:
+            costs.append(estimate.prompt + estimate.output)
+        elif unit is Unit.REQUESTS or unit is Unit.CONCURRENT:
+            costs.append(1)
+        elif unit is Unit.INPUT_TOKENS:
+            costs.append(estimate.prompt)
+        elif unit is Unit.OUTPUT_TOKENS:
+            costs.append(estimate.output)
+        else:
+            costs.append(spend)
+    return costs
 
 
 def _deltas(
@@ -139,15 +181,21 @@ def _deltas(
     spent: int = 0,
     reserved: int = 0,
 ) -> list[int]:
-    by_unit = {
-        Unit.REQUESTS: 0,
-        Unit.CONCURRENT: 0,
-        Unit.TOKENS: prompt + completion - estimate.total,
-        Unit.INPUT_TOKENS: prompt - estimate.prompt,
-        Unit.OUTPUT_TOKENS: completion - estimate.output,
-        Unit.SPEND: spent - reserved,
-    }
-    return [by_unit[limit.unit] for limit in limits]
+    """What was used minus what was charged, per limit."""
+    deltas = []
+    for limit in limits:
+        unit = limit.unit
+        if unit is Unit.TOKENS:
+            deltas.append(prompt + completion - estimate.prompt - estimate.output)
+        elif unit is Unit.REQUESTS or unit is Unit.CONCURRENT:
+            deltas.append(0)
+        elif unit is Unit.INPUT_TOKENS:
+            deltas.append(prompt - estimate.prompt)
+        elif unit is Unit.OUTPUT_TOKENS:
+            deltas.append(completion - estimate.output)
+        else:
+            deltas.append(spent - reserved)
+    return deltas
 
 
 @dataclass(slots=True)
@@ -239,6 +287,7 @@ class Proxy:
         self.limiter = limiter
         self.expected_output_tokens = expected_output_tokens
         self._clock = clock
+        self._watches = _Watches()
 
     async def authenticate(self, headers: RequestHeaders) -> Principal:
         return await self.authenticator.authenticate(extract_key(headers.authorization, headers.x_api_key))
@@ -278,6 +327,7 @@ class Proxy:
     async def handle(
         self,
         endpoint: Endpoint,
+        scope: Scope,
         receive: Receive,
         send: Send,
         headers: RequestHeaders,
@@ -327,7 +377,7 @@ class Proxy:
             )
         record.estimate = estimate
         reserved = 0
-        if applied and any(limit.unit is Unit.SPEND for limit in applied.limits):
+        if applied and applied.counts_spend:
             reserved = micro_usd(cost_usd(self._price(request.model), estimate.prompt, estimate.output))
         record.reserved = reserved
         decision: Decision | None = None
@@ -384,7 +434,7 @@ class Proxy:
             return True
 
         max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
-        watch = _DisconnectWatch(receive)
+        watch = _DisconnectWatch(receive, self._watches)
         usage = record.usage
 
         async def before_complete(status: int, error_type: str | None) -> None:
@@ -558,9 +608,10 @@ class Proxy:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             payload = None
-        usage.reported = usage_of(payload)
-        usage.cached = cached_tokens_of(payload)
-        if usage.reported is None:
+        details = usage_details(payload)
+        if details is not None:
+            usage.reported, usage.cached = (details[0], details[1]), details[2]
+        else:
             usage.generated = generated_text(payload)
         content_type = response.headers.get("content-type", "")
         type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE

@@ -57,6 +57,9 @@ def uvicorn_config(
         access_log=False,
         log_level="warning",
         server_header=False,
+        # The gateway never reads the client's address, so X-Forwarded-* need not be rewritten
+        # into every request's scope (a middleware layer per request).
+        proxy_headers=False,
         timeout_keep_alive=30,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..tokens import cached_tokens_of, generated_text, usage_of
+from ..tokens import generated_text, usage_details
 
 
 class StreamUsage:
@@ -36,10 +36,10 @@ class StreamUsage:
                 payload = orjson.loads(data[5:])
             except orjson.JSONDecodeError:
                 continue
-            usage = usage_of(payload)
-            if usage is not None:
-                self.usage = usage
-                self.cached = cached_tokens_of(payload)
+            details = usage_details(payload)
+            if details is not None:
+                self.usage = (details[0], details[1])
+                self.cached = details[2]
                 if self._strip and not payload.get("choices"):
                     drop = index
                     continue

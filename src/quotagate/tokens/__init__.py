@@ -15,6 +15,7 @@ from ._estimate import (
     count_generated,
     estimate_tokens,
     generated_text,
+    usage_details,
     usage_of,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "estimate_tokens",
     "generated_text",
     "get_encoding",
+    "usage_details",
     "usage_of",
 ]

@@ -69,6 +69,21 @@ def usage_of(payload: Any) -> tuple[int, int] | None:
     return prompt, completion if isinstance(completion, int) else 0
 
 
+def usage_details(payload: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached prompt) tokens of a response's or a chunk's ``usage``, if any:
+    usage_of and cached_tokens_of in one pass, for the request path."""
+    usage = payload.get("usage") if type(payload) is dict else None
+    if type(usage) is not dict:
+        return None
+    prompt = usage.get("prompt_tokens")
+    if type(prompt) is not int:
+        return None
+    completion = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if type(details) is dict else None
+    return prompt, completion if type(completion) is int else 0, cached if type(cached) is int else 0
+
+
 def cached_tokens_of(payload: Any) -> int:
     """Prompt tokens the provider served from its cache (usage.prompt_tokens_details.cached_tokens)."""
     usage = payload.get("usage") if isinstance(payload, dict) else None
