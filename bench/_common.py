@@ -72,9 +72,9 @@ def rss_mib(pid: int) -> float:
     return total / 2**20
 
 
-def wrk(url: str, connections: int, seconds: int, key: str | None) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: int, key: str | None, stream: bool = False) -> dict[str, float]:
     """wrk with bench/chat.lua: req/s, requests, non-2xx count and latency percentiles (ms)."""
-    env = {**os.environ, **({"KEY": key} if key else {})}
+    env = {**os.environ, **({"KEY": key} if key else {}), **({"STREAM": "1"} if stream else {})}
     out = subprocess.run(
         [
             "wrk",
@@ -105,6 +105,22 @@ def wrk(url: str, connections: int, seconds: int, key: str | None) -> dict[str, 
         "p90": ms("90%"),
         "p99": ms("99%"),
     }
+
+
+def cpu_speed_ms() -> float:
+    """How fast this machine runs Python right now: the best of three runs of a fixed loop (ms).
+
+    Printed with the results so that runs on different days (or on a host busy with other
+    guests) can be told apart: absolute figures scale with it, ratios within one run do not.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def pct(values: list[float], q: float) -> float:

@@ -1,10 +1,12 @@
 """quotagate side by side with a bare proxy and LiteLLM, on this machine, in one run.
 
-    .venv/bin/python bench/run.py [--duration 8] [--targets mock,bare,qg-none,qg-memory,qg-redis,litellm-1,litellm-2]
+    .venv/bin/python bench/run.py [--duration 8] [--targets mock,bare,bare-granian,...,litellm-2]
 
 Starts the mock upstream (0 ms, and 50 ms for the latency rows), then each target in turn as
 its own process(es): the bare pass-through proxy (bench/bare_proxy.py: raw ASGI + pooled aiohttp
-on uvicorn, the floor for a Python gateway), quotagate with no limits, in-process limits and
+on uvicorn, the floor for a Python gateway), the same proxy on the other servers and clients
+considered (granian; httpx, aiosonic: rows skipped when the package is not installed in this
+venv), quotagate with no limits, in-process limits and
 Redis limits (each with its usage ledger and metrics, as deployed), and, when installed in
 bench/.venv-litellm (`python3 -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install
 'litellm[proxy]'`), the LiteLLM proxy with 1 and 2 workers. Load comes from wrk (saturation at
@@ -27,10 +29,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
-from _common import HERE, cpu_seconds, free_port, rss_mib, wrk
+from _common import HERE, cpu_seconds, cpu_speed_ms, free_port, rss_mib, wrk
 
 PY = sys.executable
 QG = [PY, "-m", "quotagate"]
@@ -119,14 +122,38 @@ def start_quotagate(variant: str, mock0: int, mock50: int, work: Path) -> Target
     return target
 
 
-def start_bare(mock0: int) -> Target:
+# Stack candidates: target name -> (server, upstream client); "bare" is quotagate's own stack.
+BARE = {
+    "bare": ("uvicorn", "aiohttp"),
+    "bare-granian": ("granian", "aiohttp"),
+    "bare-httpx": ("uvicorn", "httpx"),
+    "bare-aiosonic": ("uvicorn", "aiosonic"),
+}
+
+
+def bare_name(server: str, client: str) -> str:
+    return "bare proxy" if (server, client) == BARE["bare"] else f"bare proxy ({server} + {client})"
+
+
+def start_bare(mock0: int, server: str, client: str) -> Target:
     port = free_port()
     spawned = time.monotonic()
     proc = subprocess.Popen(
-        [PY, str(HERE / "bare_proxy.py"), "--upstream", f"http://127.0.0.1:{mock0}", "--port", str(port)]
+        [
+            PY,
+            str(HERE / "bare_proxy.py"),
+            "--upstream",
+            f"http://127.0.0.1:{mock0}",
+            "--port",
+            str(port),
+            "--server",
+            server,
+            "--client",
+            client,
+        ]
     )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    target = Target("bare proxy", url, None, proc.pid, procs=[proc])
+    target = Target(bare_name(server, client), url, None, proc.pid, procs=[proc])
     wait_serving(url, None)
     target.startup_s = time.monotonic() - spawned
     return target
@@ -169,12 +196,13 @@ def measure(target: Target, seconds: int, rates: list[int]) -> dict[str, object]
     row["c64"] = c64 = wrk(target.url, 64, seconds, target.key)
     if target.pid:
         row["cpu_ms"] = (cpu_seconds(target.pid) - before) * 1000 / max(1, c64["requests"])
+    row["c64_stream"] = wrk(target.url, 64, seconds, target.key, stream=True)
     for rate in rates:
         row[f"rate{rate}"] = loadgen(target.url, rate, max(3, seconds // 2), target.key)
     row["stream"] = loadgen(target.url, 100, max(3, seconds // 2), target.key, stream=True)
     row["slow"] = (
         loadgen(target.url, 100, max(3, seconds // 2), target.key, model="slow-model")
-        if target.name != "bare proxy"
+        if not target.name.startswith("bare proxy")
         else None
     )
     if target.pid:
@@ -191,7 +219,10 @@ def fmt(value: object, digits: int = 2) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    parser.add_argument("--targets", default="mock,bare,qg-none,qg-memory,qg-redis,litellm-1,litellm-2")
+    parser.add_argument(
+        "--targets",
+        default="mock,bare,bare-granian,bare-httpx,bare-aiosonic,qg-none,qg-memory,qg-redis,litellm-1,litellm-2",
+    )
     parser.add_argument("--rates", default="200,500,1000")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -206,6 +237,7 @@ def main() -> None:
         ),
     ]
     rows: list[dict[str, object]] = []
+    speed = cpu_speed_ms()
     try:
         wait_serving(f"http://127.0.0.1:{mock0}/v1/chat/completions", None)
         wait_serving(f"http://127.0.0.1:{mock50}/v1/chat/completions", None)
@@ -213,11 +245,15 @@ def main() -> None:
             if name.startswith("litellm") and not LITELLM.exists():
                 print(f"skipping {name}: LiteLLM is not installed in {LITELLM.parent.parent}")
                 continue
+            missing = [m for m in BARE.get(name, ()) if find_spec(m) is None]
+            if missing:
+                print(f"skipping {name}: {', '.join(missing)} not installed in this venv")
+                continue
             print(f"measuring {name} ...", flush=True)
             if name == "mock":
                 target = Target("mock directly", f"http://127.0.0.1:{mock0}/v1/chat/completions", None, mocks[0].pid)
-            elif name == "bare":
-                target = start_bare(mock0)
+            elif name in BARE:
+                target = start_bare(mock0, *BARE[name])
             elif name.startswith("qg-"):
                 target = start_quotagate(name[3:], mock0, mock50, work)
             else:
@@ -235,15 +271,17 @@ def main() -> None:
     finally:
         for mock in mocks:
             mock.terminate()
-    report(rows, rates, args)
+    report(rows, rates, args, speed)
 
 
-def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Namespace) -> None:
+def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Namespace, speed: float) -> None:
     mock = next((r for r in rows if r["name"] == "mock directly"), None)
     head = [
         "target",
         "req/s @64",
         "CPU ms/req",
+        "p50/p90/p99 @64",
+        "stream req/s @64",
         "p50 @1",
         "p99 @1",
         "added p50 @1",
@@ -262,6 +300,8 @@ def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Names
             row["name"],
             fmt(c64["rps"], 0) + (f" ({c64['errors']} non-2xx)" if c64["errors"] else ""),
             fmt(row.get("cpu_ms", float("nan")), 3),
+            f"{fmt(c64['p50'])} / {fmt(c64['p90'])} / {fmt(c64['p99'])}",
+            fmt(row["c64_stream"]["rps"], 0),  # type: ignore[index]
             fmt(c1["p50"]),
             fmt(c1["p99"]),
             fmt(added),
@@ -283,7 +323,21 @@ def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Names
     checks = targets(rows, mock)
     for check in checks:
         print(check)
-    versions = {name: _version(name) for name in ("quotagate", "uvicorn", "uvloop", "aiohttp", "redis", "orjson")}
+    versions = {
+        name: _version(name)
+        for name in (
+            "quotagate",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "aiohttp",
+            "hiredis",
+            "orjson",
+            "granian",
+            "httpx",
+            "aiosonic",
+        )
+    }
     litellm = (
         subprocess.run(
             [str(LITELLM.parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
@@ -306,6 +360,8 @@ def report(rows: list[dict[str, object]], rates: list[int], args: argparse.Names
 Produced by `{" ".join(["python bench/run.py", *sys.argv[1:]])}` on {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}.
 
 Machine: {os.cpu_count()} cores ({cpu}), {platform.platform()}, Python {platform.python_version()}.
+Speed of this machine at the time: {speed:.0f} ms for bench/_common.py's fixed 2-million-step Python loop (best of
+three; the lower, the faster). Absolute figures (ms, req/s) scale with it; ratios within one run hold.
 Versions: {", ".join(f"{k} {v}" for k, v in versions.items())}, LiteLLM {litellm}, wrk from Debian.
 
 All processes (mock upstreams, the target, wrk or the load generator) share the same {os.cpu_count()} cores, so
@@ -314,6 +370,7 @@ ledger (SQLite) and metrics on, as deployed; "memory" and "redis" add a tier wit
 
 - req/s @64: wrk, 64 connections, {args.duration} s, non-streaming chat completions against the 0 ms mock.
 - CPU ms/req: CPU time of the target's processes during that run, divided by its requests.
+- p50/p90/p99 @64: wrk's latency distribution in that run. Stream req/s @64: the same with `"stream": true`.
 - p50/p99 @1: wrk, one connection. Added p50: minus the mock's own p50 at one connection.
 - p99 @N/s: bench/loadgen.py, open loop at N requests/s ({max(3, args.duration // 2)} s).
 - TTFT: streams at 100/s, time to the first bytes. 50 ms mock: p50 at 100/s through a 50 ms upstream.
@@ -327,20 +384,68 @@ ledger (SQLite) and metrics on, as deployed; "memory" and "redis" add a tier wit
 
 ## Choices
 
-- Server: uvicorn with uvloop and httptools; the bare proxy row is that stack with nothing else in it.
-- Upstream client: aiohttp, one pooled keep-alive session per process.
-- Not yet decided by measurement: granian as the server and httpx as the client have not been run through this
-  harness; that comparison is open work (issue 7).
+{choices(rows)}
 """
     (HERE / "RESULTS.md").write_text(doc)
     print(f"written {HERE / 'RESULTS.md'}")
+
+
+def choices(rows: list[dict[str, object]]) -> str:
+    """The stack rows side by side, and which stack the measurement favours."""
+    stacks = [r for r in rows if str(r["name"]).startswith("bare proxy")]
+    if not stacks:
+        return "No stack rows were measured in this run."
+    lines = [
+        "The server and the upstream HTTP client were chosen by running the bare proxy on each candidate:",
+        "",
+        "| server + client | req/s @64 | CPU ms/req | p50 @1 ms | RSS idle MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in stacks:
+        name = "uvicorn + aiohttp (quotagate's)" if r["name"] == "bare proxy" else str(r["name"])[12:-1]
+        lines.append(
+            f"| {name} | {fmt(r['c64']['rps'], 0)} | {fmt(r['cpu_ms'], 3)} | {fmt(r['c1']['p50'])} | "  # type: ignore[index]
+            f"{fmt(r['rss_idle'], 0)} |"
+        )
+    ours = next((r for r in stacks if r["name"] == "bare proxy"), None)
+    cheapest = min(stacks, key=lambda r: r["cpu_ms"])  # type: ignore[arg-type,return-value]
+    lines.append("")
+    if ours is cheapest:
+        lines.append(
+            "uvicorn (uvloop, httptools) with aiohttp spends the least CPU per request of the candidates here, "
+            "which is what bounds a gateway's throughput on a given number of cores; quotagate keeps it."
+        )
+    elif ours is not None:
+        lines.append(
+            f"{cheapest['name']} spent {fmt(cheapest['cpu_ms'], 3)} ms of CPU per request against uvicorn + aiohttp's "
+            f"{fmt(ours['cpu_ms'], 3)} ms in this run: compare over several runs before switching."
+        )
+    if ours is not None:
+        lines.append("")
+        for r in stacks:
+            if r is ours:
+                continue
+            lines.append(
+                f"- {str(r['name'])[12:-1]}: {r['cpu_ms'] / ours['cpu_ms']:.2f}x the CPU per request, "  # type: ignore[operator]
+                f"{r['c64']['rps'] / ours['c64']['rps']:.2f}x the req/s at 64 connections, "  # type: ignore[index]
+                f"{r['c1']['p50'] - ours['c1']['p50']:+.2f} ms at one connection, "  # type: ignore[index,operator]
+                f"{r['rss_idle'] - ours['rss_idle']:+.0f} MiB idle, against uvicorn + aiohttp."  # type: ignore[operator]
+            )
+    lines += [
+        "",
+        "Redis: redis-py's asyncio client spends several times more CPU per command than the rest of a limit "
+        "decision (a pooled connection checked out and back, a lock, a command object); quotagate talks to Redis "
+        "over its own pipelined connection (RESP over an asyncio protocol, parsed by hiredis). "
+        "`python bench/limits_decision.py` measures both.",
+    ]
+    return "\n".join(lines)
 
 
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return "?"
+        return "not installed"
 
 
 def targets(rows: list[dict[str, object]], mock: dict[str, object] | None) -> list[str]:

@@ -95,6 +95,44 @@ def test_one_row_per_request_with_cost(
     )
 
 
+def test_broken_and_abandoned_streams_leave_rows_that_say_so(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """A stream the provider broke off was answered 200 and then failed; one the client left is 499."""
+    dropping = start_mock(rate_drop=1.0, completion_tokens=10)
+    gw = start_gateway(gateway_config(sqlite_url, dropping.url))
+    key = gw.create_key()["key"]
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}", "x-request-id": "req-broken"},
+        json={**CHAT, "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        assert b"broke off the stream" in response.read()
+
+    slow = start_mock(stream_chunk_delay_ms=200, completion_tokens=20)
+    other = start_gateway(gateway_config(sqlite_url.replace("quotagate.db", "other.db"), slow.url))
+    other_key = other.create_key()["key"]
+    with httpx.stream(
+        "POST",
+        other.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {other_key}", "x-request-id": "req-left"},
+        json={**CHAT, "max_tokens": 20, "stream": True},
+    ) as response:
+        next(response.iter_lines())  # the first event, then hang up
+
+    (broken,) = wait_for_rows(sqlite_url, 1)
+    assert (broken.request_id, broken.status, broken.error_type, broken.stream) == (
+        "req-broken",
+        200,
+        "bad_gateway",
+        True,
+    )
+    (left,) = wait_for_rows(sqlite_url.replace("quotagate.db", "other.db"), 1)
+    assert (left.request_id, left.status, left.error_type) == ("req-left", 499, "client_disconnected")
+
+
 def test_budget_holds_under_64_concurrent_requests(
     start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
 ) -> None:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
-from quotagate.limits import InProcessStore, RedisStore, Store
-from quotagate.limits._connection import RedisConnection
+from quotagate.limits import InProcessStore, RedisConnection, RedisStore, Store
 
 from ..conftest import REDIS_URL, closed_port
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from redis.asyncio import Redis
 
-from quotagate.limits._connection import RedisConnection, RedisReplyError
+from quotagate.limits import RedisConnection, RedisReplyError
 
 from ..conftest import REDIS_URL, closed_port
 from .conftest import start_redis, wait_for_redis

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from quotagate.limits import Algorithm, Calendar, Limit, RedisStore, Unit
-from quotagate.limits._connection import RedisConnection
+from quotagate.limits import Algorithm, Calendar, Limit, RedisConnection, RedisStore, Unit
 
 from .conftest import FakeClock, StoreFactory
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
 from quotagate.config import BreakerSettings
+from quotagate.limits import RedisConnection
 from quotagate.router import DeploymentStates, MemoryStateStore, RedisStateStore, parse_duration
-from quotagate.router._state import CLOSED, HALF_OPEN, OPEN, StateStore
+from quotagate.router._state import CLOSED, HALF_OPEN, OPEN, StateReply, StateStore
 
 from ..conftest import REDIS_URL
 
@@ -19,10 +21,10 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryStateStore()
         return
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield RedisStateStore(client)
-    await client.aclose()
+    connection = RedisConnection(REDIS_URL)
+    await connection.execute("FLUSHDB")
+    yield RedisStateStore(connection)
+    await connection.aclose()
 
 
 async def test_breaker_transitions(store: StateStore) -> None:
@@ -35,9 +37,6 @@ async def test_breaker_transitions(store: StateStore) -> None:
     await states.failure("m#0")
     assert states.cached("m#0").state == OPEN
     assert not await states.usable("m#0")
-
-    import asyncio
-
     await asyncio.sleep(0.25)
     assert await states.usable("m#0")  # the one probe
     assert states.cached("m#0").state == HALF_OPEN
@@ -53,8 +52,6 @@ async def test_breaker_transitions(store: StateStore) -> None:
 
 async def test_failures_outside_the_window_do_not_add_up(store: StateStore) -> None:
     """Failures count within the window only."""
-    import asyncio
-
     states = DeploymentStates(store, BreakerSettings(failures=2, window_seconds=0.1, cooldown_seconds=5))
     await states.failure("m#1")
     await asyncio.sleep(0.15)
@@ -67,28 +64,47 @@ async def test_cooldowns_are_never_shortened(store: StateStore) -> None:
     states = DeploymentStates(store, BreakerSettings())
     await states.cooldown("m#2", 5.0)
     await states.cooldown("m#2", 1.0)
-    import time
-
     assert states.cached("m#2").cooldown_until - time.monotonic() > 4.5
     assert not await states.usable("m#2")
 
 
 async def test_state_is_shared_between_nodes() -> None:
     """Two nodes on one Redis see each other's breaker (after their view expires)."""
-    import asyncio
-
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
+    nodes = [RedisConnection(REDIS_URL), RedisConnection(REDIS_URL)]
+    await nodes[0].execute("FLUSHDB")
     settings = BreakerSettings(failures=1, cooldown_seconds=5)
-    first, second = (
-        DeploymentStates(RedisStateStore(client), settings),
-        DeploymentStates(RedisStateStore(client), settings),
-    )
+    first, second = (DeploymentStates(RedisStateStore(node), settings) for node in nodes)
     assert await second.usable("m#3")
     await first.failure("m#3")
     await asyncio.sleep(0.3)  # past the view's lifetime
     assert not await second.usable("m#3")
-    await client.aclose()
+    for node in nodes:
+        await node.aclose()
+
+
+class CountingStore(MemoryStateStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def call(self, deployment: str, op: str, *args: float) -> StateReply:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # a round trip
+        return await super().call(deployment, op, *args)
+
+
+async def test_requests_in_flight_share_one_refresh_of_a_stale_view() -> None:
+    """When a deployment's view expires under load, one call to the store refreshes it for all."""
+    store = CountingStore()
+    states = DeploymentStates(store, BreakerSettings())
+    assert all(await asyncio.gather(*(states.usable("m#4") for _ in range(64))))
+    assert store.calls == 1
+    await asyncio.sleep(0.3)  # stale again
+    waiters = [asyncio.ensure_future(states.usable("m#4")) for _ in range(64)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # one client leaving does not cancel the refresh the others wait on
+    results = await asyncio.gather(*waiters[1:])
+    assert all(results) and store.calls == 2
 
 
 def test_parse_go_durations() -> None:

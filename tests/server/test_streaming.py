@@ -12,6 +12,8 @@ import openai
 import pytest
 from openai import OpenAI
 
+from quotagate.config import Config
+
 from ..conftest import RunningGateway, ServerThread, gateway_config
 
 STREAM_CHAT = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -87,3 +89,33 @@ async def test_client_disconnect_midstream_frees_the_gateway(
         ) as ok:
             assert ok.status == 200
             assert (await ok.json())["usage"]["completion_tokens"] == 20
+
+
+def timed_config(sqlite_url: str, mock_url: str, **timeouts: float) -> Config:
+    deployment = {"provider": "openai-compatible", "base_url": mock_url + "/v1", "model": "gpt-4o-mini", **timeouts}
+    return gateway_config(sqlite_url, mock_url, models=[{"name": "gpt-4o-mini", "deployments": [deployment]}])
+
+
+def test_gaps_in_a_stream_are_held_to_the_chunk_timeout(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """Once a stream has begun, the first-byte timeout no longer applies: the chunk timeout does."""
+    slow = start_mock(stream_chunk_delay_ms=400, completion_tokens=3)  # a 0.4 s gap after every event
+
+    # Gaps longer than the first-byte timeout, shorter than the chunk timeout: the stream completes.
+    patient = start_gateway(timed_config(sqlite_url, slow.url, first_byte_timeout=0.2, chunk_timeout=3))
+    client = OpenAI(base_url=patient.v1, api_key=patient.create_key()["key"], max_retries=0)
+    stream = client.chat.completions.create(**STREAM_CHAT)  # type: ignore[call-overload]
+    words = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    assert len(words) == 3
+
+    # Gaps longer than the chunk timeout: the client gets an error event soon after the first gap.
+    other_database = sqlite_url.replace("quotagate.db", "strict.db")
+    strict = start_gateway(timed_config(other_database, slow.url, first_byte_timeout=5, chunk_timeout=0.15))
+    client = OpenAI(base_url=strict.v1, api_key=strict.create_key()["key"], max_retries=0)
+    started = time.monotonic()
+    stream = client.chat.completions.create(**STREAM_CHAT)  # type: ignore[call-overload]
+    with pytest.raises(openai.APIError, match=r"stalled mid-stream: nothing for 0\.15s"):
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 2.0

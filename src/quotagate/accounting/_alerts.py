@@ -15,11 +15,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from redis.asyncio import Redis
 
 from ..auth import Principal
 from ..config import AlertSettings
-from ..limits import Algorithm, Decision, LimitStatus, Unit
+from ..limits import Algorithm, Decision, LimitStatus, RedisConnection, Unit
 from ._pricing import MICRO
 
 logger = logging.getLogger("quotagate.alerts")
@@ -27,7 +26,7 @@ _RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class Alerts:
-    def __init__(self, settings: AlertSettings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: AlertSettings, redis: RedisConnection | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self._fired: set[tuple[str, float, float]] = set()
@@ -61,7 +60,7 @@ class Alerts:
         key = f"qg:alert:{status.limit.key}:{status.window:.0f}:{threshold:g}"
         ttl = max(60, int(status.reset_after) + 86400)
         try:
-            return bool(await self.redis.set(key, "1", nx=True, ex=ttl))
+            return await self.redis.execute("SET", key, "1", "NX", "EX", ttl) is not None  # nil: already set
         except Exception as exc:
             logger.warning("could not claim an alert in Redis (%s); sending it anyway", exc)
             return True

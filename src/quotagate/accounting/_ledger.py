@@ -30,12 +30,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..keys._store import metadata
-from ..limits._connection import RedisConnection
+from ..limits import RedisConnection, RedisReplyError
 
 logger = logging.getLogger("quotagate.ledger")
 
@@ -296,18 +294,19 @@ class StreamLedger(Ledger):
     def __init__(
         self,
         writer: SqlWriter,
-        redis: Redis,
+        appender: RedisConnection,
+        consumer: RedisConnection,
         batch_size: int = 500,
         flush_seconds: float = 0.5,
         claim_after_seconds: float = 30.0,
-        appender: RedisConnection | None = None,
     ) -> None:
         super().__init__(writer, batch_size, flush_seconds)
         self.claim_after = claim_after_seconds
-        # The consumer blocks on XREADGROUP, so it has a redis-py client of its own; rows are
-        # appended over the pipelined connection of the request path when there is one.
-        self.redis = redis
+        # Two pipelined connections: appends from every request share one; the consumer blocks on
+        # XREADGROUP for up to flush_seconds, so it reads over its own, with a timeout longer
+        # than that block.
         self.appender = appender
+        self.reader = consumer
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []  # (row_json, its commit)
         self._scheduled = False
@@ -334,12 +333,8 @@ class StreamLedger(Ledger):
         batch, self._pending = self._pending, []
         entry = batch_json([payload for payload, _ in batch])
         try:
-            if self.appender is not None:
-                # The connection's own deadline (2 s) bounds the append.
-                await self.appender.execute("XADD", self.STREAM, "*", "b", entry, "n", len(batch))
-            else:
-                async with asyncio.timeout(2.0):
-                    await self.redis.xadd(self.STREAM, {"b": entry, "n": len(batch)})
+            # The connection's own deadline bounds the append.
+            await self.appender.execute("XADD", self.STREAM, "*", "b", entry, "n", len(batch))
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -356,8 +351,8 @@ class StreamLedger(Ledger):
 
     async def _ensure_group(self) -> None:
         try:
-            await self.redis.xgroup_create(self.STREAM, self.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
+            await self.reader.execute("XGROUP", "CREATE", self.STREAM, self.GROUP, "0", "MKSTREAM")
+        except RedisReplyError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
@@ -371,29 +366,37 @@ class StreamLedger(Ledger):
                     group_ready = True
                 if since_claim <= 0:
                     # Rows a dead node read but never wrote: unacknowledged for long enough, ours.
-                    claimed = await self.redis.xautoclaim(
+                    # [next start, [[id, [field, value, ...]], ...], deleted ids]
+                    claimed = await self.reader.execute(
+                        "XAUTOCLAIM",
                         self.STREAM,
                         self.GROUP,
                         self.consumer,
-                        min_idle_time=int(self.claim_after * 1000),
-                        start_id="0-0",
-                        count=self.batch_size,
+                        int(self.claim_after * 1000),
+                        "0-0",
+                        "COUNT",
+                        self.batch_size,
                     )
-                    await self._store(list(claimed[1]) if isinstance(claimed, list | tuple) else [])
+                    await self._store(claimed[1])
                     since_claim = claim_every
                 started = asyncio.get_running_loop().time()
-                reply = await self.redis.xreadgroup(
+                # [[stream, [[id, [field, value, ...]], ...]]], or nil when the block ran out.
+                reply = await self.reader.execute(
+                    "XREADGROUP",
+                    "GROUP",
                     self.GROUP,
                     self.consumer,
-                    {self.STREAM: ">"},
-                    count=self.batch_size,
-                    block=int(self.flush_seconds * 1000),
+                    "COUNT",
+                    self.batch_size,
+                    "BLOCK",
+                    int(self.flush_seconds * 1000),
+                    "STREAMS",
+                    self.STREAM,
+                    ">",
                 )
-                answer: Any = reply
                 written = 0
-                # RESP2 answers [[stream, entries]], RESP3 {stream: entries}.
-                for _, entries in answer.items() if isinstance(answer, dict) else answer or []:
-                    written += await self._store(list(entries))
+                for _, entries in reply or []:
+                    written += await self._store(entries)
                 if 0 < written < self.batch_size:
                     # The rows are safe in the stream: let more gather rather than pay a database
                     # transaction and three round trips for a handful of them.
@@ -414,29 +417,28 @@ class StreamLedger(Ledger):
         rows: list[bytes] = []  # row_json arrays, joined without parsing
         count = 0
         ids = []
-        for entry_id, fields in entries:
+        for entry_id, flat in entries:
             ids.append(entry_id)
-            batch = fields.get(b"b") or fields.get("b")
+            if not flat:
+                continue  # deleted from the stream while pending
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            batch = fields.get(b"b")
             if batch and batch != b"[]":
                 rows.append(batch[1:-1])
-                count += int(fields.get(b"n") or fields.get("n") or 0)
+                count += int(fields.get(b"n") or 0)
                 continue
             # One row as an object: what nodes of earlier versions append.
-            single = fields.get(b"r") or fields.get("r")
+            single = fields.get(b"r")
             if single:
                 rows.append(row_json(UsageRow(**orjson.loads(single))))
                 count += 1
         await self.writer.write_json(batch_json(rows))
         self.written += count
-        # Acknowledged only once written; deleted so the stream stays small.
-        if self.appender is not None:
-            await asyncio.gather(
-                self.appender.execute("XACK", self.STREAM, self.GROUP, *ids),
-                self.appender.execute("XDEL", self.STREAM, *ids),
-            )
-        else:
-            await self.redis.xack(self.STREAM, self.GROUP, *ids)
-            await self.redis.xdel(self.STREAM, *ids)
+        # Acknowledged only once written; deleted so the stream stays small (one round trip).
+        await asyncio.gather(
+            self.reader.execute("XACK", self.STREAM, self.GROUP, *ids),
+            self.reader.execute("XDEL", self.STREAM, *ids),
+        )
         return count
 
     async def aclose(self) -> None:
@@ -450,6 +452,5 @@ class StreamLedger(Ledger):
             except TimeoutError:
                 self._consumer_task.cancel()
         await super().aclose()
-        await self.redis.aclose()
-        if self.appender is not None:
-            await self.appender.aclose()
+        await self.reader.aclose()
+        await self.appender.aclose()

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from redis.asyncio import Redis
-
 from ..limits import Algorithm, Calendar, Decision, InProcessStore, Limit, Limiter, RedisStore, Store, Unit
 from ._portal import run_sync
 
@@ -138,7 +136,7 @@ class RateLimiter:
         self._store_spec = store
         self._clock = clock
         self._sleep = sleep
-        # A Redis client belongs to one event loop; the in-process store is shared by all.
+        # A Redis connection belongs to one event loop; the in-process store is shared by all.
         self._memory = InProcessStore(clock) if clock else InProcessStore()
         self._limiters: dict[int, Limiter] = {}
 
@@ -154,7 +152,7 @@ class RateLimiter:
             if isinstance(self._store_spec, str) and self._store_spec == "memory":
                 store = self._memory
             elif isinstance(self._store_spec, str):
-                store = RedisStore(Redis.from_url(self._store_spec), clock=self._clock)
+                store = RedisStore.from_url(self._store_spec, timeout=5.0, clock=self._clock)
             else:
                 store = self._store_spec
             extra: dict[str, Any] = {}

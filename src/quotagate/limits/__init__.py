@@ -9,9 +9,11 @@ Usable on its own::
     tpm = Limit("my-app:tpm", Unit.TOKENS, 120_000, period=60)
     decision = await limiter.acquire([rpm, tpm], [1, 1200])
 
-``RedisStore(redis.asyncio.Redis(...))`` shares the same limits across processes and machines.
+``RedisStore.from_url("redis://...")`` shares the same limits across processes and machines, over a
+``RedisConnection`` (one pipelined connection; ``RedisStore(redis.asyncio.Redis(...))`` works too).
 """
 
+from ._connection import RedisConnection, RedisReplyError
 from ._limiter import Limiter, StoreUnavailableError
 from ._memory import InProcessStore
 from ._model import Algorithm, Calendar, Decision, Limit, LimitStatus, Unit
@@ -26,6 +28,8 @@ __all__ = [
     "Limit",
     "LimitStatus",
     "Limiter",
+    "RedisConnection",
+    "RedisReplyError",
     "RedisStore",
     "Store",
     "StoreUnavailableError",

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from ..config import BreakerSettings
+from ..limits import RedisConnection
+from ..limits._connection import LuaScript
 from ..limits._redis import lua_script
 
 logger = logging.getLogger("quotagate.router")
@@ -88,13 +88,16 @@ class MemoryStateStore:
 
 
 class RedisStateStore:
-    def __init__(self, client: Redis, prefix: str = "qg:") -> None:
+    # Over the request path's pipelined connection, like the limits: a redis-py pool would open
+    # a connection per concurrent call and run out of them under load.
+    def __init__(self, connection: RedisConnection, prefix: str = "qg:") -> None:
+        self._connection = connection
         self._prefix = prefix
-        self._script = client.register_script(lua_script("quotagate.router", "state.lua"))
+        self._script = LuaScript(lua_script("quotagate.router", "state.lua"))
 
     async def call(self, deployment: str, op: str, *args: float) -> StateReply:
         tag = "{d:" + deployment.replace("{", "(").replace("}", ")") + "}"
-        reply = await self._script(keys=[f"{self._prefix}{tag}:state"], args=[op, "", *args])
+        reply = await self._connection.evalsha(self._script, [f"{self._prefix}{tag}:state"], [op, "", *args])
         return StateReply(int(reply[0]), float(reply[1]) / 1000.0, float(reply[2]) / 1000.0, bool(int(reply[3])))
 
 
@@ -120,6 +123,7 @@ class DeploymentStates:
         self.settings = settings
         self._monotonic = monotonic
         self._views: dict[str, _View] = {}
+        self._refreshing: dict[str, asyncio.Future[_View]] = {}
         self._timeout = timeout
         # When the shared store cannot be reached, each node keeps its own breakers: routing
         # goes on, only less informed. The shared store is asked again after a rest.
@@ -148,9 +152,20 @@ class DeploymentStates:
 
     async def view(self, deployment: str) -> _View:
         view = self._views.get(deployment)
-        if view is None or self._monotonic() - view.fetched > VIEW_TTL:
-            view = self._apply(deployment, await self._call(deployment, "view"))
-        return view
+        if view is not None and self._monotonic() - view.fetched <= VIEW_TTL:
+            return view
+        # One refresh per deployment at a time: when the view goes stale under load, the requests
+        # in flight share one round trip instead of each asking the store.
+        refresh = self._refreshing.get(deployment)
+        if refresh is None:
+            refresh = self._refreshing[deployment] = asyncio.ensure_future(self._refresh(deployment))
+        return await asyncio.shield(refresh)  # a waiter that is cancelled leaves it to the others
+
+    async def _refresh(self, deployment: str) -> _View:
+        try:
+            return self._apply(deployment, await self._call(deployment, "view"))
+        finally:
+            del self._refreshing[deployment]
 
     def usable_now(self, deployment: str) -> bool | None:
         """``usable`` when the node's view answers it without the store (fresh, closed or plainly

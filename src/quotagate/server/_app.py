@@ -20,9 +20,6 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .._logging import request_id as request_id_var
 from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
@@ -31,8 +28,7 @@ from ..auth import Authenticator, Principal
 from ..config import Config, resolve_secret
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from ..keys import KeyStore
-from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError, Unit
-from ..limits._connection import RedisConnection
+from ..limits import InProcessStore, Limiter, RedisConnection, RedisStore, Store, StoreUnavailableError, Unit
 from ..policy import Policy
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
@@ -72,23 +68,16 @@ class Gateway:
         self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
         self.transport: Transport = transport or AiohttpTransport()
-        self.redis: Redis | None = None
-        self.redis_connection: RedisConnection | None = None
+        self.redis: RedisConnection | None = None
         limit_store: Store
         if config.redis:
-            # Tight socket timeouts and no client-side retries: the limiter decides what a slow
-            # or absent Redis means (fail closed or open), and must learn it quickly.
+            # Every request's limit decision, the deployments' breakers and the alerts go over one
+            # pipelined connection (redis-py costs several times the CPU per command: see
+            # limits/_connection). A tight deadline and no retries: the limiter decides what a
+            # slow or absent Redis means (fail closed or open), and must learn it quickly.
             timeout = config.limiter.timeout_ms / 1000.0
-            self.redis = Redis.from_url(
-                config.redis,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-            # Every request's limit decision (and its usage row) goes over one pipelined
-            # connection: redis-py costs several times the CPU per command (see limits/_connection).
-            self.redis_connection = RedisConnection(config.redis, timeout=timeout, connect_timeout=timeout)
-            limit_store = RedisStore(self.redis_connection)
+            self.redis = RedisConnection(config.redis, timeout=timeout, connect_timeout=timeout)
+            limit_store = RedisStore(self.redis)
         else:
             limit_store = InProcessStore()
         self.policy = Policy(config)
@@ -119,18 +108,13 @@ class Gateway:
         if config.ledger.enabled:
             settings = config.ledger
             if config.redis is not None:
-                # Its own connection: the consumer blocks on XREADGROUP for up to flush_seconds,
-                # longer than the limit store's tight socket timeout allows.
-                ledger_redis = Redis.from_url(
-                    config.redis, socket_timeout=settings.flush_seconds + 5.0, socket_connect_timeout=2.0
-                )
                 self.ledger = StreamLedger(
                     writer,
-                    ledger_redis,
-                    settings.batch_size,
-                    settings.flush_seconds,
-                    settings.claim_after_seconds,
                     appender=RedisConnection(config.redis, timeout=2.0, connect_timeout=2.0),
+                    consumer=RedisConnection(config.redis, timeout=settings.flush_seconds + 5.0, connect_timeout=2.0),
+                    batch_size=settings.batch_size,
+                    flush_seconds=settings.flush_seconds,
+                    claim_after_seconds=settings.claim_after_seconds,
                 )
             else:
                 self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
@@ -391,7 +375,7 @@ class Gateway:
         checks: dict[str, str] = {}
         checks["database"] = await _check(self.store.ping())
         if self.redis is not None:
-            checks["redis"] = await _check(self.redis.ping())
+            checks["redis"] = await _check(self.redis.execute("PING"))
         ready = all(v == "ok" for v in checks.values())
         await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 

@@ -1,0 +1,72 @@
+"""The distributed ledger reads what nodes of earlier versions left in the Redis stream."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from pathlib import Path
+
+import orjson
+
+from quotagate.accounting import SqlWriter, StreamLedger, UsageRow
+from quotagate.keys import KeyStore
+from quotagate.limits import RedisConnection
+
+from ..conftest import REDIS_URL
+from .test_ledger import ledger_rows
+
+
+def usage_row(request_id: str) -> UsageRow:
+    return UsageRow(
+        request_id=request_id,
+        ts=1_790_000_000.25,
+        day="2026-09-21",
+        key_id="k1",
+        user_id="alice",
+        tier="free",
+        model_requested="gpt-4o-mini",
+        model_served="gpt-4o-mini",
+        deployment="openai/gpt-4o-mini#0",
+        prompt_tokens=11,
+        completion_tokens=7,
+        cached_tokens=0,
+        cost_usd=0.0000058,
+        latency_ms=12.5,
+        upstream_ms=11.0,
+        overhead_ms=1.5,
+        status=200,
+        error_type=None,
+        stream=False,
+    )
+
+
+async def test_one_row_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
+    """Upgrading nodes while the stream holds rows appended one per entry ({"r": row}) loses none."""
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = KeyStore.from_url(database)
+    await store.create_schema()
+    old_id, new_id = f"old-{uuid.uuid4().hex}", f"new-{uuid.uuid4().hex}"
+    client = RedisConnection(REDIS_URL)
+    # What a node of an earlier version appended: one row as a JSON object.
+    await client.execute("XADD", StreamLedger.STREAM, "*", "r", orjson.dumps(dataclasses.asdict(usage_row(old_id))))
+    ledger = StreamLedger(
+        SqlWriter(store.engine), RedisConnection(REDIS_URL), RedisConnection(REDIS_URL, timeout=5), flush_seconds=0.1
+    )
+    await ledger.start()
+    try:
+        await ledger.commit(usage_row(new_id))  # and one in today's format
+        for _ in range(100):
+            rows = {row.request_id: row for row in await asyncio.to_thread(ledger_rows, database)}
+            if {old_id, new_id} <= set(rows):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await ledger.aclose()
+        await client.aclose()
+        await store.close()
+    old, new = rows[old_id], rows[new_id]
+    assert (old.prompt_tokens, old.completion_tokens, old.cost_usd, old.status) == (11, 7, 0.0000058, 200)
+    assert [getattr(old, c) for c in ("user_id", "deployment", "latency_ms", "day")] == [
+        getattr(new, c) for c in ("user_id", "deployment", "latency_ms", "day")
+    ]
