@@ -33,7 +33,7 @@ def test_wait_histogram_matches_prometheus_client() -> None:
     for value in OBSERVED:
         metrics.wait.observe(value)
         reference.observe(value)
-    ours = buckets(metrics.exposition().decode(), "quotagate_limit_wait_seconds")
+    ours = buckets(metrics.exposition()[0].decode(), "quotagate_limit_wait_seconds")
     theirs = buckets(generate_latest(reference_registry).decode(), "quotagate_limit_wait_seconds")
     assert ours == theirs
     assert ours["+Inf"] == len(OBSERVED)

@@ -15,11 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
-
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import GaugeMetricFamily
 
 from .._logging import request_id as request_id_var
 from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
@@ -46,6 +43,9 @@ from ._asgi import (
     send_json,
 )
 from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Endpoint, Proxy
+
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
 
 logger = logging.getLogger("quotagate")
 
@@ -333,9 +333,12 @@ class Gateway:
     async def _metrics(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
     ) -> None:
-        await send_bytes(send, 200, self.metrics.exposition(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+        text, content_type = self.metrics.exposition()
+        await send_bytes(send, 200, text, [(b"content-type", content_type.encode())])
 
     def _gauges(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily  # imported at the first scrape
+
         queue = GaugeMetricFamily("quotagate_queue_depth", "Requests waiting for capacity on this node")
         queue.add_metric([], self.limiter._waiting)
         yield queue
