@@ -6,12 +6,12 @@ Starts the mock upstream (0 ms, and 50 ms for the latency rows), then each targe
 its own process(es): the bare pass-through proxy (bench/bare_proxy.py: raw ASGI + pooled aiohttp
 on uvicorn, the floor for a Python gateway), the same proxy on the other servers and clients
 considered (granian; httpx, aiosonic: rows skipped when the package is not installed in this
-venv), quotagate with no limits, in-process limits and
-Redis limits (each with its usage ledger and metrics, as deployed), and, when installed in
-bench/.venv-litellm (`python3 -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip install
-'litellm[proxy]'`), the LiteLLM proxy with 1 and 2 workers. Load comes from wrk (saturation at
-1 and 64 connections) and bench/loadgen.py (open loop at fixed rates, and streams for time to
-first token), each in its own process. Prints one table, checks the targets of issue 7, and
+venv), quotagate with no limits, in-process limits and Redis limits (each with its usage ledger
+and metrics, as deployed), and, when installed in bench/.venv-litellm (`python3 -m venv
+bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]'`), the LiteLLM proxy
+with 1 and 2 workers. Load comes from wrk (1 and 64 connections; plain and streamed at 64) and
+bench/loadgen.py (open loop at fixed rates, and streams for time to first token), each in its
+own process. Prints one table, checks the targets of issue 7, and
 writes bench/RESULTS.md. Everything shares this machine's cores: compare rows of one run.
 """
 
@@ -222,8 +222,9 @@ def main() -> None:
     parser.add_argument(
         "--targets",
         default="mock,bare,bare-granian,bare-httpx,bare-aiosonic,qg-none,qg-memory,qg-redis,litellm-1,litellm-2",
+        help="comma-separated, measured in this order (default: all)",
     )
-    parser.add_argument("--rates", default="200,500,1000")
+    parser.add_argument("--rates", default="200,500,1000", help="offered rates for the open-loop p99 columns, req/s")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed (apt-get install wrk)")
