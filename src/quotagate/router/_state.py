@@ -109,6 +109,18 @@ class _View:
     fetched: float = -1e9
 
 
+def _usable_by_view(view: _View, now: float) -> bool | None:
+    """What the view alone says: False cooling down or open, True closed, None when the store
+    must decide (half-open, or open with its time up: a probe)."""
+    if view.cooldown_until > now:
+        return False
+    if view.state == CLOSED:
+        return True
+    if view.state == OPEN and view.open_until > now:
+        return False
+    return None
+
+
 class DeploymentStates:
     """A node's view of every deployment's breaker and cooldown, over a shared StateStore."""
 
@@ -174,13 +186,7 @@ class DeploymentStates:
         now = self._monotonic()
         if view is None or now - view.fetched > VIEW_TTL:
             return None
-        if view.cooldown_until > now:
-            return False
-        if view.state == CLOSED:
-            return True
-        if view.state == OPEN and view.open_until > now:
-            return False
-        return None
+        return _usable_by_view(view, now)
 
     def needs_success_report(self, deployment: str) -> bool:
         """Whether a success must be written through (only when the breaker is not closed)."""
@@ -190,13 +196,9 @@ class DeploymentStates:
     async def usable(self, deployment: str) -> bool:
         """May a request go to this deployment now? (Claims a probe when it is half-open.)"""
         view = await self.view(deployment)
-        now = self._monotonic()
-        if view.cooldown_until > now:
-            return False
-        if view.state == CLOSED:
-            return True
-        if view.state == OPEN and view.open_until > now:
-            return False
+        usable = _usable_by_view(view, self._monotonic())
+        if usable is not None:
+            return usable
         reply = await self._call(deployment, "probe", self.settings.probes, self.settings.cooldown_seconds * 1000.0)
         self._apply(deployment, reply)
         return reply.allowed
