@@ -150,19 +150,25 @@ class RedisStore:
         connection = self._connection
         if connection is not None and not (self._split or lease or self._clock):
             # The gateway's case, in one coroutine: encoded fragments, one round trip.
-            now = time.time()
-            keys: list[Any] = []
-            args: list[Any] = [_PLAIN_HEAD]
-            for limit, cost in zip(limits, costs, strict=True):
-                key, fixed = self._encoded(limit, now)
-                keys.append(key)
-                args.append(cost)
-                args.append(fixed)
+            keys, args = self._encoded_call(limits, costs, time.time(), _PLAIN_HEAD)
             reply = await connection.evalsha(self._acquire_script, keys, args, len(keys))
             return _decision(limits, costs, reply, None)
         if not self._split:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
+
+    def _encoded_call(
+        self, limits: Sequence[Limit], costs: Sequence[int], now: float, head: Packed
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of the acquire script: ``head``, then each limit's cost and parameters."""
+        keys: list[Any] = []
+        args: list[Any] = [head]
+        for limit, cost in zip(limits, costs, strict=True):
+            key, fixed = self._encoded(limit, now)
+            keys.append(key)
+            args.append(cost)
+            args.append(fixed)
+        return keys, args
 
     def _encoded(self, limit: Limit, now: float) -> tuple[Packed, Packed]:
         """A limit's key and fixed parameters, encoded once (a calendar quota's once per window)."""
@@ -186,18 +192,13 @@ class RedisStore:
     ) -> Decision:
         now, override = self._now()
         if self._connection is not None:
-            keys: list[Any] = []
             # ARGV[1..3]: lease, clock override, dry run; the common head is encoded once.
-            args: list[Any] = (
-                [_PLAIN_HEAD]
+            head = (
+                _PLAIN_HEAD
                 if not (lease or override or dry_run)
-                else [lease or "", override, "1" if dry_run else "0"]
+                else Packed(lease or "", override, "1" if dry_run else "0")
             )
-            for limit, cost in zip(limits, costs, strict=True):
-                key, fixed = self._encoded(limit, now)
-                keys.append(key)
-                args.append(cost)
-                args.append(fixed)
+            keys, args = self._encoded_call(limits, costs, now, head)
             reply = await self._connection.evalsha(self._acquire_script, keys, args, len(keys))
         else:
             args = [lease or "", override, "1" if dry_run else "0"]
