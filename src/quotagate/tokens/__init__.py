@@ -11,19 +11,16 @@ from ._encodings import ENCODING_NAMES, get_encoding
 from ._estimate import (
     ZERO,
     Estimate,
-    cached_tokens_of,
     count_generated,
     estimate_tokens,
     generated_text,
     usage_details,
-    usage_of,
 )
 
 __all__ = [
     "ENCODING_NAMES",
     "ZERO",
     "Estimate",
-    "cached_tokens_of",
     "count_chat_tokens",
     "count_generated",
     "count_prompt_input",
@@ -34,5 +31,4 @@ __all__ = [
     "generated_text",
     "get_encoding",
     "usage_details",
-    "usage_of",
 ]

@@ -55,23 +55,9 @@ def estimate_tokens(
     return Estimate(prompt, output)
 
 
-def usage_of(payload: Any) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from a response's or a chunk's ``usage``, if it has one."""
-    if not isinstance(payload, dict):
-        return None
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    if not isinstance(prompt, int):
-        return None
-    completion = usage.get("completion_tokens")
-    return prompt, completion if isinstance(completion, int) else 0
-
-
 def usage_details(payload: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, cached prompt) tokens of a response's or a chunk's ``usage``, if any:
-    usage_of and cached_tokens_of in one pass, for the request path."""
+    """(prompt, completion, cached prompt) tokens of a response's or a chunk's ``usage``, if it
+    has one (cached: ``usage.prompt_tokens_details.cached_tokens``)."""
     usage = payload.get("usage") if type(payload) is dict else None
     if type(usage) is not dict:
         return None
@@ -82,14 +68,6 @@ def usage_details(payload: Any) -> tuple[int, int, int] | None:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
     return prompt, completion if type(completion) is int else 0, cached if type(cached) is int else 0
-
-
-def cached_tokens_of(payload: Any) -> int:
-    """Prompt tokens the provider served from its cache (usage.prompt_tokens_details.cached_tokens)."""
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) else 0
 
 
 def generated_text(payload: Any) -> str:
