@@ -136,19 +136,10 @@ def main() -> None:
         return
     import uvicorn
 
-    # The same uvicorn settings as quotagate's (server/_run.py), so that only the proxying differs.
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=30,
-    )
+    from quotagate.server._run import uvicorn_config
+
+    # quotagate's own uvicorn settings, so that only the proxying differs.
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
 
 
 if __name__ == "__main__":
