@@ -6,12 +6,12 @@ last batch; that is the single-node default's trade-off.
 
 Distributed (Redis): before a request's response completes, its row is appended to a Redis
 stream (``XADD``). Rows produced in the same turn of the event loop go in one stream entry, one
-round trip (group commit), so the cost per request stays small. Every node runs a consumer of the stream's
-consumer group that writes rows to the database in batches and acknowledges them after the
-write; rows left pending by a node that died are claimed by the others (``XAUTOCLAIM``). A
-gateway killed with SIGKILL therefore loses no row of a response it completed, and because
-rows are inserted by request id with ON CONFLICT DO NOTHING, a row delivered twice is written
-once.
+round trip (group commit), so the cost per request stays small. Every node runs a consumer of
+the stream's consumer group that writes rows to the database in batches and acknowledges them
+after the write; rows left pending by a node that died are claimed by the others
+(``XAUTOCLAIM``). A gateway killed with SIGKILL therefore loses no row of a response it
+completed, and because rows are inserted by request id with ON CONFLICT DO NOTHING, a row
+delivered twice is written once.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ in one write, hiredis parses the replies, and each reply resolves the future of 
 that asked for it (~8 µs per command, measured with 64 concurrent callers).
 
 It is for short commands on the request path (EVALSHA, XADD). A blocking command (XREADGROUP
-BLOCK, BLPOP) would hold up every caller behind it, so those stay on redis-py clients.
+BLOCK, BLPOP) would hold up every caller behind it: give it a connection of its own, with a
+``timeout`` longer than the block (as the ledger's consumer has).
 
 Failure handling: a lost connection fails every waiting command with ``ConnectionError`` and the
 next command connects again. Every command has a deadline, ``timeout``: one timer per connection,

@@ -20,6 +20,8 @@ import aiohttp
 from ..errors import UpstreamError, UpstreamTimeoutError
 
 
+# Not frozen: one is made per attempt, and a frozen dataclass sets each field through
+# object.__setattr__. Treat it as read-only.
 @dataclass(slots=True)
 class UpstreamRequest:
     url: str
