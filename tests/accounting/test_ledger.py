@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotagate.accounting import usage_table
-from quotagate.keys import create_engine
+from quotagate.keys import KeyStore, create_engine
 
 from ..conftest import REDIS_URL, RunningGateway, ServerThread, gateway_config
 
@@ -71,8 +71,11 @@ def test_one_row_per_request_with_cost(
     ) as response:
         response.read()
     assert post(gw, key, {**CHAT, "model": "nope"}).status_code == 404  # refused before routing: no row
-    rows = {row.request_id: row for row in wait_for_rows(sqlite_url, 2)}
+    rows = {row.client_request_id: row for row in wait_for_rows(sqlite_url, 2)}
     plain_row, stream_row = rows["req-plain-1"], rows["req-stream-1"]
+    # The row is keyed by the gateway's id, the one the client got back; its own id is kept beside.
+    assert plain_row.request_id == plain.headers["x-request-id"] and plain_row.request_id.startswith("req_")
+    assert plain.headers["x-client-request-id"] == "req-plain-1"
     assert (plain_row.prompt_tokens, plain_row.completion_tokens) == (
         usage["prompt_tokens"],
         usage["completion_tokens"],
@@ -123,14 +126,66 @@ def test_broken_and_abandoned_streams_leave_rows_that_say_so(
         next(response.iter_lines())  # the first event, then hang up
 
     (broken,) = wait_for_rows(sqlite_url, 1)
-    assert (broken.request_id, broken.status, broken.error_type, broken.stream) == (
+    assert (broken.client_request_id, broken.status, broken.error_type, broken.stream) == (
         "req-broken",
         200,
         "bad_gateway",
         True,
     )
     (left,) = wait_for_rows(sqlite_url.replace("quotagate.db", "other.db"), 1)
-    assert (left.request_id, left.status, left.error_type) == ("req-left", 499, "client_disconnected")
+    assert (left.client_request_id, left.status, left.error_type) == ("req-left", 499, "client_disconnected")
+
+
+def test_a_reused_client_request_id_loses_no_row(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """Clients resend their own id (retries, a fixed value): each request is still billed once."""
+    mock = start_mock(completion_tokens=8)
+    gw = start_gateway(gateway_config(sqlite_url, mock.url))
+    key = gw.create_key()["key"]
+    responses = [post(gw, key, **{"x-client-request-id": "retry-me"}) for _ in range(3)]
+    refused = post(gw, key, {**CHAT, "max_tokens": -1}, **{"x-client-request-id": "retry-me"})
+    assert [r.status_code for r in responses] == [200, 200, 200] and refused.status_code == 400
+    gateway_ids = [r.headers["x-request-id"] for r in responses]
+    assert len(set(gateway_ids)) == 3
+    assert refused.headers["x-client-request-id"] == "retry-me" and refused.headers["x-request-id"] not in gateway_ids
+    rows = wait_for_rows(sqlite_url, 3)
+    assert sorted(row.request_id for row in rows) == sorted(gateway_ids)
+    assert {row.client_request_id for row in rows} == {"retry-me"}
+    assert sum(row.completion_tokens for row in rows) == 24
+
+
+def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) -> None:
+    """A database written by an earlier version is upgraded in place at start: its rows stay."""
+    database = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sa.MetaData()
+    columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in usage_table.columns]
+    sa.Table("qg_usage", old, *(c for c in columns if c.name != "client_request_id"))
+
+    async def upgrade() -> tuple[set[str], set[str], list[Any]]:
+        engine = create_engine(database)
+        async with engine.begin() as conn:
+            await conn.run_sync(old.create_all)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO qg_usage (request_id, ts, day, prompt_tokens, completion_tokens, cached_tokens, "
+                    "cost_usd, status, stream, cache_hit) "
+                    "VALUES ('req_old', '2026-11-01 10:00:00', '2026-11-01', 5, 3, 0, 0.001, 200, 0, 0)"
+                )
+            )
+        await engine.dispose()
+        store = KeyStore.from_url(database)
+        await store.create_schema()
+        await store.create_schema()  # and again: nothing left to add
+        async with store.engine.connect() as conn:
+            names = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns("qg_usage")})
+            indexes = await conn.run_sync(lambda c: {ix["name"] for ix in sa.inspect(c).get_indexes("qg_usage")})
+        await store.close()
+        return names, indexes, ledger_rows(database)
+
+    names, indexes, rows = asyncio.run(upgrade())
+    assert "client_request_id" in names and "ix_qg_usage_client_request_id" in indexes
+    assert [(row.request_id, row.prompt_tokens, row.client_request_id) for row in rows] == [("req_old", 5, None)]
 
 
 def test_budget_holds_under_64_concurrent_requests(

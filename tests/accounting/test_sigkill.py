@@ -68,7 +68,7 @@ def test_sigkill_loses_no_completed_row(tmp_path: Path, mock_upstream: ServerThr
                             async with session.post(
                                 f"http://127.0.0.1:{victim_port}/v1/chat/completions",
                                 json=body,
-                                headers={"Authorization": f"Bearer {key}", "x-request-id": request_id},
+                                headers={"Authorization": f"Bearer {key}", "x-client-request-id": request_id},
                             ) as response:
                                 payload = await response.json()
                                 if response.status == 200 and payload["usage"]["completion_tokens"] == 4:
@@ -89,14 +89,14 @@ def test_sigkill_loses_no_completed_row(tmp_path: Path, mock_upstream: ServerThr
         # The survivor's consumer takes over what the victim left in the stream.
         deadline = time.monotonic() + 20
         while True:
-            rows = [r for r in ledger_rows(postgres_url) if r.request_id.startswith(prefix)]
-            if {r.request_id for r in rows} >= set(completed) or time.monotonic() > deadline:
+            rows = [r for r in ledger_rows(postgres_url) if (r.client_request_id or "").startswith(prefix)]
+            if {r.client_request_id for r in rows} >= set(completed) or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-        ids = [r.request_id for r in rows]
+        ids = [r.client_request_id for r in rows]
         assert set(completed) <= set(ids), f"{len(set(completed) - set(ids))} completed responses have no row"
         assert len(ids) == len(set(ids))  # never written twice
-        assert all(r.status == 200 for r in rows if r.request_id in set(completed))
+        assert all(r.status == 200 for r in rows if r.client_request_id in set(completed))
     finally:
         for proc in (victim, survivor):
             if proc.poll() is None:

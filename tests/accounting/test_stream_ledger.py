@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 
 from quotagate.accounting import SqlWriter, StreamLedger, UsageRow
+from quotagate.accounting._ledger import row_json
 from quotagate.keys import KeyStore
 from quotagate.limits import RedisConnection
 
@@ -41,31 +42,38 @@ def usage_row(request_id: str) -> UsageRow:
     )
 
 
-async def test_one_row_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
-    """Upgrading nodes while the stream holds rows appended one per entry ({"r": row}) loses none."""
+async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
+    """Upgrading nodes while the stream holds rows in the formats of earlier versions loses none."""
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     store = KeyStore.from_url(database)
     await store.create_schema()
-    old_id, new_id = f"old-{uuid.uuid4().hex}", f"new-{uuid.uuid4().hex}"
+    old_id, batched_id, new_id = (f"{kind}-{uuid.uuid4().hex}" for kind in ("old", "batched", "new"))
     client = RedisConnection(REDIS_URL)
-    # What a node of an earlier version appended: one row as a JSON object.
-    await client.execute("XADD", StreamLedger.STREAM, "*", "r", orjson.dumps(dataclasses.asdict(usage_row(old_id))))
+    # What nodes of earlier versions appended: one row as a JSON object, and batches of rows as
+    # arrays that end before client_request_id.
+    single = dataclasses.asdict(usage_row(old_id))
+    del single["client_request_id"]
+    await client.execute("XADD", StreamLedger.STREAM, "*", "r", orjson.dumps(single))
+    shorter = orjson.loads(row_json(usage_row(batched_id)))[:-1]
+    await client.execute("XADD", StreamLedger.STREAM, "*", "b", orjson.dumps([shorter]), "n", "1")
     ledger = StreamLedger(
         SqlWriter(store.engine), RedisConnection(REDIS_URL), RedisConnection(REDIS_URL, timeout=5), flush_seconds=0.1
     )
     await ledger.start()
     try:
-        await ledger.commit(usage_row(new_id))  # and one in today's format
+        await ledger.commit(dataclasses.replace(usage_row(new_id), client_request_id="mine-1"))  # today's format
         for _ in range(100):
             rows = {row.request_id: row for row in await asyncio.to_thread(ledger_rows, database)}
-            if {old_id, new_id} <= set(rows):
+            if {old_id, batched_id, new_id} <= set(rows):
                 break
             await asyncio.sleep(0.05)
     finally:
         await ledger.aclose()
         await client.aclose()
         await store.close()
-    old, new = rows[old_id], rows[new_id]
+    old, batched, new = rows[old_id], rows[batched_id], rows[new_id]
+    assert (old.client_request_id, batched.client_request_id, new.client_request_id) == (None, None, "mine-1")
+    assert (batched.prompt_tokens, batched.status, batched.day) == (11, 200, "2026-09-21")
     assert (old.prompt_tokens, old.completion_tokens, old.cost_usd, old.status) == (11, 7, 0.0000058, 200)
     assert [getattr(old, c) for c in ("user_id", "deployment", "latency_ms", "day")] == [
         getattr(new, c) for c in ("user_id", "deployment", "latency_ms", "day")

@@ -64,6 +64,7 @@ def test_rpm_exceeded_gets_429_with_retry_after(
         error["message"],
     )
     assert refused.headers["retry-after"] == "20"
+    assert len(refused.headers.get_list("x-request-id")) == 1
     # Another key on the same tier has its own budget.
     assert post(gw, gw.create_key()["key"]).status_code == 200
 

@@ -10,8 +10,8 @@ round trip (group commit), so the cost per request stays small. Every node runs 
 the stream's consumer group that writes rows to the database in batches and acknowledges them
 after the write; rows left pending by a node that died are claimed by the others
 (``XAUTOCLAIM``). A gateway killed with SIGKILL therefore loses no row of a response it
-completed, and because rows are inserted by request id with ON CONFLICT DO NOTHING, a row
-delivered twice is written once.
+completed, and because rows are inserted by request id (the gateway's own, unique per request)
+with ON CONFLICT DO NOTHING, a row delivered twice is written once.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ usage_table = sa.Table(
     sa.Column("error_type", sa.String(100)),
     sa.Column("stream", sa.Boolean, nullable=False, default=False),
     sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    # The id the client sent (x-client-request-id or x-request-id), for finding its rows. Not the
+    # key: clients reuse ids (retries, fixed values), and a reused key would drop the later rows.
+    # Last, because rows travel as arrays in column order and older entries stop before it.
+    sa.Column("client_request_id", sa.String(128), index=True),
 )
 
 
@@ -85,6 +89,7 @@ class UsageRow:
     error_type: str | None
     stream: bool
     cache_hit: bool = False
+    client_request_id: str | None = None
 
 
 _FIELDS = tuple(column.name for column in usage_table.columns)

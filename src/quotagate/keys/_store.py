@@ -93,12 +93,20 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
 
 
 def _add_missing_columns(sync_conn: Any) -> None:
-    """Columns added since a database was created (create_all does not alter tables)."""
-    present = {column["name"] for column in sa.inspect(sync_conn).get_columns("qg_api_keys")}
-    for column in api_keys.columns:
-        if column.name not in present:
+    """Columns added since a database was created, with their indexes (create_all creates missing
+    tables, but does not alter the ones that exist)."""
+    inspector = sa.inspect(sync_conn)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        added = [column for column in table.columns if column.name not in present]
+        for column in added:
             kind = column.type.compile(dialect=sync_conn.dialect)
-            sync_conn.execute(sa.text(f"ALTER TABLE qg_api_keys ADD COLUMN {column.name} {kind}"))
+            sync_conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+        for index in table.indexes:
+            if any(column in added for column in index.columns):
+                index.create(sync_conn, checkfirst=True)
 
 
 def async_database_url(url: str) -> str:

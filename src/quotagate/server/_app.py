@@ -39,6 +39,7 @@ from ._asgi import (
     Scope,
     Send,
     new_request_id,
+    request_id_headers,
     send_bytes,
     send_json,
 )
@@ -176,22 +177,24 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
+        client_request_id: str | None = None
         try:
             headers = RequestHeaders(scope["headers"])
-            if headers.request_id:
-                request_id = headers.request_id
+            client_request_id = headers.client_request_id
             request_id_var.set(request_id)
             handler = self._route(scope["method"], scope["path"])
             await handler(scope, receive, send, headers, request_id)
         except GatewayError as exc:
             extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-            extra.append((b"x-request-id", request_id.encode()))
+            extra.extend(request_id_headers(request_id, client_request_id))
             await send_bytes(send, exc.status, exc.body(), [JSON_CONTENT_TYPE, *extra])
         except Exception:
             # A bug, not a client error. The traceback goes to the log, never to the client.
             logger.exception("unhandled error in request %s", request_id)
             error = GatewayError("The gateway hit an internal error; it has been logged.", code="internal_error")
-            await send_bytes(send, 500, error.body(), [JSON_CONTENT_TYPE, (b"x-request-id", request_id.encode())])
+            await send_bytes(
+                send, 500, error.body(), [JSON_CONTENT_TYPE, *request_id_headers(request_id, client_request_id)]
+            )
 
     def _route(self, method: str, path: str) -> Handler:
         handler = self._routes.get((method, path))

@@ -27,13 +27,15 @@ JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 class RequestHeaders:
     """The few request headers the gateway reads, pulled out in one pass."""
 
-    __slots__ = ("authorization", "content_length", "request_id", "x_api_key")
+    __slots__ = ("authorization", "client_request_id", "content_length", "x_api_key")
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.authorization: str | None = None
         self.x_api_key: str | None = None
         self.content_length: int | None = None
-        self.request_id: str | None = None
+        # The client's own id for the request: OpenAI's x-client-request-id, or the x-request-id
+        # that tracing proxies set. Kept beside the gateway's id, never instead of it.
+        self.client_request_id: str | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value.decode("latin-1")
@@ -44,8 +46,8 @@ class RequestHeaders:
                     self.content_length = int(value)
                 except ValueError:
                     raise InvalidRequestError("Invalid Content-Length header.") from None
-            elif name == b"x-request-id":
-                self.request_id = value.decode("latin-1")[:128]
+            elif name == b"x-client-request-id" or (name == b"x-request-id" and self.client_request_id is None):
+                self.client_request_id = value.decode("latin-1")[:128] or None
 
 
 def _reseed() -> None:
@@ -62,9 +64,19 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def new_request_id() -> str:
-    """Unique across processes and nodes: a random per-process prefix (64 bits) and a counter.
+    """The gateway's id for a request (the ledger's key, the response's x-request-id).
+
+    Unique across processes and nodes: a random per-process prefix (64 bits) and a counter.
     Cheaper than 12 fresh random bytes per request, a system call each."""
     return f"{_id_prefix}{next(_id_counter):x}"
+
+
+def request_id_headers(request_id: str, client_request_id: str | None) -> list[tuple[bytes, bytes]]:
+    """x-request-id (the gateway's) and, when the client sent its own, x-client-request-id."""
+    pairs = [(b"x-request-id", request_id.encode())]
+    if client_request_id is not None:
+        pairs.append((b"x-client-request-id", client_request_id.encode("latin-1")))
+    return pairs
 
 
 async def read_body(receive: Receive, content_length: int | None, limit: int) -> bytes:

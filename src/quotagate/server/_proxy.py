@@ -41,7 +41,16 @@ from ..tokens import (
 )
 from ..tokens._estimate import Kind
 from ..upstream import DeploymentTarget, ModelRoutes
-from ._asgi import JSON_CONTENT_TYPE, Receive, RequestHeaders, Scope, Send, read_body, send_bytes
+from ._asgi import (
+    JSON_CONTENT_TYPE,
+    Receive,
+    RequestHeaders,
+    Scope,
+    Send,
+    read_body,
+    request_id_headers,
+    send_bytes,
+)
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._stream_usage import StreamUsage
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
@@ -246,6 +255,7 @@ class _Record:
     """One request as the ledger will see it."""
 
     request_id: str
+    client_request_id: str | None
     principal: Principal
     model: str
     stream: bool
@@ -340,7 +350,7 @@ class Proxy:
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
-        record = _Record(request_id, principal, request.model, request.stream, began)
+        record = _Record(request_id, headers.client_request_id, principal, request.model, request.stream, began)
         try:
             await self._handle(endpoint, receive, send, request, raw, principal, record)
         except GatewayError as exc:
@@ -387,9 +397,7 @@ class Proxy:
             books.metrics.wait.observe(time.perf_counter() - waited)
             self._note_decision(principal, decision)
             if not decision.allowed:
-                error = rate_limit_error(decision, self._clock())
-                error.headers["x-request-id"] = record.request_id
-                raise error
+                raise rate_limit_error(decision, self._clock())
 
         options = body.get("stream_options")
         client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -461,7 +469,7 @@ class Proxy:
                 record.exchange = exchange
                 usage.upstream_answered = True
                 served = exchange.target
-                extra = [(b"x-request-id", record.request_id.encode()), (b"x-quotagate-deployment", served.label_bytes)]
+                extra = [*request_id_headers(record.request_id, record.client_request_id), (b"x-quotagate-deployment", served.label_bytes)]
                 if current.decision is not None:
                     extra.extend(ratelimit_headers(current.decision))
                 stream_usage = (
@@ -549,6 +557,7 @@ class Proxy:
             status=status,
             error_type=error_type,
             stream=record.stream,
+            client_request_id=record.client_request_id,
         )
         books.metrics.observe(row)
         if books.log_requests:
@@ -556,6 +565,7 @@ class Proxy:
                 "request",
                 extra={
                     "request_id": row.request_id,
+                    "client_request_id": row.client_request_id,
                     "status": status,
                     "model": model,
                     "ms": round(latency, 2),
