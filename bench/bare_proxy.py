@@ -136,9 +136,10 @@ def main() -> None:
         return
     import uvicorn
 
-    from quotagate.server._run import uvicorn_config
+    # quotagate's own uvicorn settings, so that only the proxying differs; the module loads
+    # nothing else of quotagate.
+    from quotagate._uvicorn import uvicorn_config
 
-    # quotagate's own uvicorn settings, so that only the proxying differs.
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
 
 

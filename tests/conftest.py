@@ -21,10 +21,11 @@ import httpx
 import pytest
 import uvicorn
 
+from quotagate._uvicorn import uvicorn_config
 from quotagate.config import Config, parse_config
 from quotagate.mock import MockOptions, MockUpstream
 from quotagate.server import Gateway
-from quotagate.server._run import bound_socket, uvicorn_config
+from quotagate.server._run import bound_socket
 
 POSTGRES_ADMIN_URL = os.environ.get("QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("QUOTAGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")

@@ -188,8 +188,8 @@ def mock_upstream(
     """Run a fast OpenAI-compatible mock provider (chat, completions, embeddings, models)."""
     import uvicorn
 
+    from .._uvicorn import uvicorn_config
     from ..mock import MockOptions, MockUpstream
-    from ..server._run import uvicorn_config
 
     for name, rate in (
         ("--rate-429", rate_429),

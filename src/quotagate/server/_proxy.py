@@ -469,7 +469,8 @@ class Proxy:
                 record.exchange = exchange
                 usage.upstream_answered = True
                 served = exchange.target
-                extra = [*request_id_headers(record.request_id, record.client_request_id), (b"x-quotagate-deployment", served.label_bytes)]
+                extra = request_id_headers(record.request_id, record.client_request_id)
+                extra.append((b"x-quotagate-deployment", served.label_bytes))
                 if current.decision is not None:
                     extra.extend(ratelimit_headers(current.decision))
                 stream_usage = (

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from .._logging import configure as configure_logging
+from .._uvicorn import uvicorn_config
 from ..config import DEMO_MODEL, Config, default_config
 from ..config._defaults import provider_key_configured
 from ..keys import KeyStore
@@ -22,10 +23,6 @@ from ._app import Gateway
 T = TypeVar("T")
 DEMO_USER = "demo"
 DEMO_KEY_NAME = "demo key"
-
-
-def _loop() -> str:
-    return "uvloop" if sys.platform != "win32" else "asyncio"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -41,27 +38,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-def uvicorn_config(
-    app: object, host: str, port: int | None = None, sock: socket.socket | None = None
-) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port or 0,
-        loop=_loop(),
-        http="httptools",
-        lifespan="on",
-        # Access logs cost more CPU than the proxying itself; request accounting is the ledger's job.
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        # The gateway never reads the client's address, so X-Forwarded-* need not be rewritten
-        # into every request's scope (a middleware layer per request).
-        proxy_headers=False,
-        timeout_keep_alive=30,
-    )
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
