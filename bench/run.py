@@ -6,8 +6,8 @@ Starts the mock upstream (0 ms, and 50 ms for the latency rows), then each targe
 its own process(es): the bare pass-through proxy (bench/bare_proxy.py: raw ASGI + pooled aiohttp
 on uvicorn, the floor for a Python gateway), the same proxy on the other servers and clients
 considered (granian; httpx, aiosonic: rows skipped when the package is not installed in this
-venv), quotagate with no limits, in-process limits and Redis limits (each with its usage ledger
-and metrics, as deployed), and, when installed in bench/.venv-litellm (`python3 -m venv
+venv), quotagate with no limits, in-process limits and Redis limits, and with Redis limits in 2
+worker processes (each with its usage ledger and metrics, as deployed), and, when installed in bench/.venv-litellm (`python3 -m venv
 bench/.venv-litellm && bench/.venv-litellm/bin/pip install 'litellm[proxy]'`), the LiteLLM proxy
 with 1 and 2 workers. Load comes from wrk (1 and 64 connections; plain and streamed at 64) and
 bench/loadgen.py (open loop at fixed rates, and streams for time to first token), each in its
@@ -84,12 +84,15 @@ def wait_serving(url: str, key: str | None, timeout: float = 120.0, model: str =
     raise RuntimeError(f"{url} did not serve within {timeout:g}s")
 
 
-def start_quotagate(variant: str, mock0: int, mock50: int, work: Path) -> Target:
+def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
+    """``name``: none, memory or redis (the limit store), with -2w for two worker processes."""
+    variant, _, processes = name.partition("-")
+    workers = int(processes.removesuffix("w") or 1)
     tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
     tiers["redis"] = tiers["memory"]
-    config = work / f"qg-{variant}.yaml"
+    config = work / f"qg-{name}.yaml"
     config.write_text(
-        f"database: sqlite:///{work}/qg-{variant}.db\n"
+        f"database: sqlite:///{work}/qg-{name}.db\n"
         + ("redis: redis://127.0.0.1:6379/14\n" if variant == "redis" else "")
         + f"tiers: {{bench: {tiers[variant]}}}\n"
         + "models:\n"
@@ -108,10 +111,11 @@ def start_quotagate(variant: str, mock0: int, mock50: int, work: Path) -> Target
     )
     port = free_port()
     spawned = time.monotonic()
-    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port)])
+    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port), "--workers", str(workers)])
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    label = f"{variant} limits" if variant != "none" else "no limits"
     target = Target(
-        f"quotagate ({variant} limits)" if variant != "none" else "quotagate (no limits)",
+        f"quotagate ({label}, {workers} workers)" if workers > 1 else f"quotagate ({label})",
         url,
         key,
         proc.pid,
@@ -221,7 +225,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument(
         "--targets",
-        default="mock,bare,bare-granian,bare-httpx,bare-aiosonic,qg-none,qg-memory,qg-redis,litellm-1,litellm-2",
+        default="mock,bare,bare-granian,bare-httpx,bare-aiosonic,qg-none,qg-memory,qg-redis,qg-redis-2w,litellm-1,litellm-2",
         help="comma-separated, measured in this order (default: all)",
     )
     parser.add_argument("--rates", default="200,500,1000", help="offered rates for the open-loop p99 columns, req/s")
@@ -471,12 +475,16 @@ def targets(rows: list[dict[str, object]], mock: dict[str, object] | None) -> li
     if redis_row:
         cpu = redis_row["cpu_ms"]
         say(cpu <= 0.3, f"gateway CPU per request with Redis limits {cpu:.3f} ms (target <= 0.3 ms)")  # type: ignore[operator]
-    if litellm and none:
+    quotagate = [r for n, r in by.items() if str(n).startswith("quotagate")]
+    if litellm and quotagate:
+        # Each at its best configuration on these cores, as the issue asks of LiteLLM.
         best = max(r["c64"]["rps"] for r in litellm)  # type: ignore[index]
-        ratio = none["c64"]["rps"] / best  # type: ignore[index]
+        ours = max(quotagate, key=lambda r: r["c64"]["rps"])  # type: ignore[index]
+        ratio = ours["c64"]["rps"] / best  # type: ignore[index]
         say(
             ratio >= 20,
-            f"saturation {none['c64']['rps']:.0f} req/s vs LiteLLM's best {best:.0f}: {ratio:.1f}x (target >= 20x)",
+            f"saturation {ours['c64']['rps']:.0f} req/s ({ours['name']}) vs LiteLLM's best {best:.0f}: "
+            f"{ratio:.1f}x (target >= 20x)",
         )  # type: ignore[index]
     else:
         say(None, "saturation vs LiteLLM: LiteLLM not measured")

@@ -15,11 +15,15 @@ def event_loop_name() -> str:
     return "uvloop" if sys.platform != "win32" else "asyncio"
 
 
-def uvicorn_config(app: object, host: str, port: int | None = None) -> uvicorn.Config:
+def uvicorn_config(app: object, host: str, port: int | None = None, workers: int = 1) -> uvicorn.Config:
+    """``app`` is an ASGI app, or with several workers the import string of a function that
+    makes one (each worker process calls it)."""
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port or 0,
+        workers=workers,
+        factory=isinstance(app, str),
         loop=event_loop_name(),
         http="httptools",
         lifespan="on",

@@ -77,9 +77,14 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _config_path(path: Path | None) -> Path | None:
+    """The configuration file chosen: --config, else $QUOTAGATE_CONFIG, else none."""
+    return path or (Path(os.environ["QUOTAGATE_CONFIG"]) if os.environ.get("QUOTAGATE_CONFIG") else None)
+
+
 def _config(path: Path | None) -> Config | None:
     """The chosen configuration, or None for the embedded default."""
-    chosen = path or (Path(os.environ["QUOTAGATE_CONFIG"]) if os.environ.get("QUOTAGATE_CONFIG") else None)
+    chosen = _config_path(path)
     if chosen is None:
         return None
     try:
@@ -95,9 +100,17 @@ def _config(path: Path | None) -> Config | None:
 def serve(
     config: ConfigOption = None,
     host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [default: from config, else 127.0.0.1].")
+        str | None, typer.Option(help="Interface to listen on (default: from config, else 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: from config, else 4000].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: from config, else 4000).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Gateway processes sharing the port, to use more cores; above 1 needs `redis:` in the "
+            "config (default: from config, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway.
 
@@ -105,12 +118,21 @@ def serve(
     and a demo model served by a mock upstream it starts itself (or by OpenAI when
     OPENAI_API_KEY is set). It then prints a demo key and a curl line.
     """
-    from ..server._run import run, serve_demo
+    from ..server._run import run, serve_demo, serve_workers
     from ..server._run import serve as run_gateway
 
     loaded = _config(config)
     try:
-        if loaded is None:
+        processes = workers or (loaded.server.workers if loaded is not None else 1)
+        if processes > 1:
+            chosen = _config_path(config)
+            if loaded is None or chosen is None:
+                raise ConfigError(
+                    "--workers needs a configuration file with `redis:` (the embedded default keeps "
+                    "limits in the process)."
+                )
+            serve_workers(loaded, chosen, processes, host, port)
+        elif loaded is None:
             run(
                 serve_demo(
                     host or "127.0.0.1",
@@ -319,7 +341,7 @@ def _parse_expiry(value: str | None) -> datetime | None:
 def keys_create(
     user: Annotated[str, typer.Option(help="The user the key belongs to.")],
     tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
-    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use [default: all].")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use (default: all).")] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     limit: LimitOption = None,

@@ -49,6 +49,7 @@ def _check_secret_ref(value: str | None) -> str | None:
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=4000, ge=0, le=65535)
+    workers: PositiveInt = Field(default=1, description="Gateway processes on one port; above 1 needs redis.")
     max_body_bytes: PositiveInt = Field(default=16 * 1024 * 1024, description="Requests with a larger body get 413.")
 
 

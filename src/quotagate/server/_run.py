@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from .._logging import configure as configure_logging
 from .._uvicorn import uvicorn_config
-from ..config import DEMO_MODEL, Config, default_config
+from ..config import DEMO_MODEL, Config, ConfigError, default_config, load_config
 from ..config._defaults import provider_key_configured
 from ..keys import KeyStore
 from ..mock import MockOptions, MockUpstream
@@ -59,6 +62,52 @@ async def serve(config: Config, host: str | None = None, port: int | None = None
     await server.serve()
     if not server.started:
         raise SystemExit(1)
+
+
+# The configuration file a worker process loads (serve_workers sets it; spawned workers inherit
+# the environment). A path rather than the parsed configuration: the configuration may hold
+# secrets, and a process's environment is readable by others of its user.
+WORKER_CONFIG_ENV = "QUOTAGATE_WORKER_CONFIG"
+
+
+def worker_gateway() -> Gateway:
+    """The app factory each worker of serve_workers calls in its own process."""
+    config = load_config(os.environ[WORKER_CONFIG_ENV])
+    configure_logging(config.logging.format, config.logging.level)
+    return Gateway(config)
+
+
+def serve_workers(config: Config, config_file: Path, workers: int, host: str | None, port: int | None) -> None:
+    """Run ``workers`` gateway processes on one listening socket, under uvicorn's supervisor
+    (it restarts a worker that dies; SIGINT/SIGTERM stop them all gracefully, SIGHUP replaces
+    them one by one).
+
+    Limits, breakers, the ledger and alerts are shared through Redis, as between nodes; in-process
+    state would give each worker limits of its own, so Redis is required.
+    """
+    if config.redis is None:
+        raise ConfigError(
+            f"--workers {workers} needs `redis:` in the configuration: limits are enforced exactly "
+            "across processes only through Redis (in-process limits would be per worker)."
+        )
+    # The schema is made once, here: workers starting together would race to create tables.
+    run(_create_schema(config))
+    os.environ[WORKER_CONFIG_ENV] = str(config_file.resolve())
+    settings = uvicorn_config(
+        f"{__name__}:worker_gateway",
+        host or config.server.host,
+        port if port is not None else config.server.port,
+        workers=workers,
+    )
+    Multiprocess(settings, sockets=[settings.bind_socket()]).run()
+
+
+async def _create_schema(config: Config) -> None:
+    store = KeyStore.from_url(config.database)
+    try:
+        await store.create_schema()
+    finally:
+        await store.close()
 
 
 @dataclass(frozen=True)
