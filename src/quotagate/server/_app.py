@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quotagate")
 
+YOUNG_GC_THRESHOLD = 10_000
+
 _READY_TIMEOUT = 2.0
 Handler = Callable[[Scope, Receive, Send, RequestHeaders, str], Awaitable[None]]
 
@@ -237,6 +239,12 @@ class Gateway:
         # out of the collector's generations keeps full collections short under load.
         gc.collect()
         gc.freeze()
+        # Requests leave no reference cycles behind (gc.collect() found none after 7,000 requests,
+        # streams and errors included), so a young-generation collection under load only re-scans
+        # the requests in flight: at the default threshold of 700 that took 6 % of the gateway's
+        # CPU at 64 connections (thread time in gc.callbacks). Cycles that do appear are still
+        # collected, after at most this many net allocations.
+        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
     async def shutdown(self) -> None:
         if self.ledger is not None:
