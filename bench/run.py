@@ -84,10 +84,10 @@ def wait_serving(url: str, key: str | None, timeout: float = 120.0, model: str =
     raise RuntimeError(f"{url} did not serve within {timeout:g}s")
 
 
-def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
-    """``name``: none, memory or redis (the limit store), with -2w for two worker processes."""
-    variant, _, processes = name.partition("-")
-    workers = int(processes.removesuffix("w") or 1)
+def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str = "") -> tuple[Path, str]:
+    """A configuration file for variant ``name`` (none, memory or redis: the limit store, with
+    -2w for two worker processes), with ``extra`` YAML lines, and a key on its bench tier."""
+    variant = name.partition("-")[0]
     tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
     tiers["redis"] = tiers["memory"]
     config = work / f"qg-{name}.yaml"
@@ -95,6 +95,7 @@ def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
         f"database: sqlite:///{work}/qg-{name}.db\n"
         + ("redis: redis://127.0.0.1:6379/14\n" if variant == "redis" else "")
         + f"tiers: {{bench: {tiers[variant]}}}\n"
+        + extra
         + "models:\n"
         + f"  - {{name: gpt-4o-mini, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock0}/v1'}}]}}\n"
         + f"  - {{name: slow-model, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock50}/v1', model: gpt-4o-mini}}]}}\n"
@@ -109,18 +110,23 @@ def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
         .stdout.strip()
         .splitlines()[-1]
     )
+    return config, key
+
+
+def quotagate_label(name: str) -> str:
+    variant, _, processes = name.partition("-")
+    label = f"{variant} limits" if variant != "none" else "no limits"
+    return f"quotagate ({label}, {processes.removesuffix('w')} workers)" if processes else f"quotagate ({label})"
+
+
+def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
+    config, key = quotagate_config(name, mock0, mock50, work)
+    workers = name.partition("-")[2].removesuffix("w") or "1"
     port = free_port()
     spawned = time.monotonic()
-    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port), "--workers", str(workers)])
+    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port), "--workers", workers])
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    label = f"{variant} limits" if variant != "none" else "no limits"
-    target = Target(
-        f"quotagate ({label}, {workers} workers)" if workers > 1 else f"quotagate ({label})",
-        url,
-        key,
-        proc.pid,
-        procs=[proc],
-    )
+    target = Target(quotagate_label(name), url, key, proc.pid, procs=[proc])
     wait_serving(url, key)
     target.startup_s = time.monotonic() - spawned
     return target
@@ -139,23 +145,26 @@ def bare_name(server: str, client: str) -> str:
     return "bare proxy" if (server, client) == BARE["bare"] else f"bare proxy ({server} + {client})"
 
 
+def bare_command(mock0: int, port: int, server: str, client: str) -> list[str]:
+    upstream = f"http://127.0.0.1:{mock0}"
+    return [
+        PY,
+        str(HERE / "bare_proxy.py"),
+        "--upstream",
+        upstream,
+        "--port",
+        str(port),
+        "--server",
+        server,
+        "--client",
+        client,
+    ]
+
+
 def start_bare(mock0: int, server: str, client: str) -> Target:
     port = free_port()
     spawned = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            PY,
-            str(HERE / "bare_proxy.py"),
-            "--upstream",
-            f"http://127.0.0.1:{mock0}",
-            "--port",
-            str(port),
-            "--server",
-            server,
-            "--client",
-            client,
-        ]
-    )
+    proc = subprocess.Popen(bare_command(mock0, port, server, client))
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     target = Target(bare_name(server, client), url, None, proc.pid, procs=[proc])
     wait_serving(url, None)
