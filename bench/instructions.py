@@ -29,7 +29,17 @@ from pathlib import Path
 
 import aiohttp
 from _common import free_port
-from run import BARE, CHAT, QG, bare_command, bare_name, quotagate_config, quotagate_label, wait_serving
+from run import (
+    BARE,
+    CHAT,
+    QG,
+    bare_command,
+    bare_name,
+    quotagate_config,
+    quotagate_label,
+    quotagate_variant,
+    wait_serving,
+)
 
 WARM_UP = 300
 # Under valgrind the gateway runs 30-50x slower: its calls to Redis would overrun the limit
@@ -115,7 +125,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             if name in ("bare", "bare-granian"):
                 label, command, key = bare_name(*BARE[name]), bare_command(mock0, port, *BARE[name]), None
-            elif name.startswith("qg-") and "-2w" not in name:
+            elif name.startswith("qg-") and quotagate_variant(name[3:])[1] == 1:
                 config, key = quotagate_config(name[3:], mock0, mock50, work, SLOW_PROCESS)
                 label, command = quotagate_label(name[3:]), [*QG, "serve", "-c", str(config), "--port", str(port)]
             else:

@@ -84,10 +84,16 @@ def wait_serving(url: str, key: str | None, timeout: float = 120.0, model: str =
     raise RuntimeError(f"{url} did not serve within {timeout:g}s")
 
 
+def quotagate_variant(name: str) -> tuple[str, int]:
+    """``name`` as (limit store, worker processes): none, memory or redis, with -2w for two workers."""
+    store, _, workers = name.partition("-")
+    return store, int(workers.removesuffix("w") or 1)
+
+
 def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str = "") -> tuple[Path, str]:
-    """A configuration file for variant ``name`` (none, memory or redis: the limit store, with
-    -2w for two worker processes), with ``extra`` YAML lines, and a key on its bench tier."""
-    variant = name.partition("-")[0]
+    """A configuration file for variant ``name`` (see quotagate_variant), with ``extra`` YAML
+    lines, and a key on its bench tier."""
+    variant = quotagate_variant(name)[0]
     tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
     tiers["redis"] = tiers["memory"]
     config = work / f"qg-{name}.yaml"
@@ -114,17 +120,17 @@ def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str 
 
 
 def quotagate_label(name: str) -> str:
-    variant, _, processes = name.partition("-")
+    variant, workers = quotagate_variant(name)
     label = f"{variant} limits" if variant != "none" else "no limits"
-    return f"quotagate ({label}, {processes.removesuffix('w')} workers)" if processes else f"quotagate ({label})"
+    return f"quotagate ({label}, {workers} workers)" if workers > 1 else f"quotagate ({label})"
 
 
 def start_quotagate(name: str, mock0: int, mock50: int, work: Path) -> Target:
     config, key = quotagate_config(name, mock0, mock50, work)
-    workers = name.partition("-")[2].removesuffix("w") or "1"
+    workers = quotagate_variant(name)[1]
     port = free_port()
     spawned = time.monotonic()
-    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port), "--workers", workers])
+    proc = subprocess.Popen([*QG, "serve", "-c", str(config), "--port", str(port), "--workers", str(workers)])
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     target = Target(quotagate_label(name), url, key, proc.pid, procs=[proc])
     wait_serving(url, key)

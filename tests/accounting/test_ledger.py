@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,18 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 def post(gw: RunningGateway, key: str, body: dict[str, Any] = CHAT, **headers: str) -> httpx.Response:
     return httpx.post(
         gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}", **headers}, json=body, timeout=30
+    )
+
+
+def stream(
+    gw: RunningGateway, key: str, body: dict[str, Any], **headers: str
+) -> AbstractContextManager[httpx.Response]:
+    """A streamed chat completion, as a context manager over its response."""
+    return httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}", **headers},
+        json={**body, "stream": True},
     )
 
 
@@ -63,12 +76,7 @@ def test_one_row_per_request_with_cost(
     plain = post(gw, key, **{"x-request-id": "req-plain-1"})
     assert plain.status_code == 200
     usage = plain.json()["usage"]
-    with httpx.stream(
-        "POST",
-        gw.v1 + "/chat/completions",
-        headers={"Authorization": f"Bearer {key}", "x-request-id": "req-stream-1"},
-        json={**CHAT, "stream": True},
-    ) as response:
+    with stream(gw, key, CHAT, **{"x-request-id": "req-stream-1"}) as response:
         response.read()
     assert post(gw, key, {**CHAT, "model": "nope"}).status_code == 404  # refused before routing: no row
     rows = {row.client_request_id: row for row in wait_for_rows(sqlite_url, 2)}
@@ -105,24 +113,14 @@ def test_broken_and_abandoned_streams_leave_rows_that_say_so(
     dropping = start_mock(rate_drop=1.0, completion_tokens=10)
     gw = start_gateway(gateway_config(sqlite_url, dropping.url))
     key = gw.create_key()["key"]
-    with httpx.stream(
-        "POST",
-        gw.v1 + "/chat/completions",
-        headers={"Authorization": f"Bearer {key}", "x-request-id": "req-broken"},
-        json={**CHAT, "stream": True},
-    ) as response:
+    with stream(gw, key, CHAT, **{"x-request-id": "req-broken"}) as response:
         assert response.status_code == 200
         assert b"broke off the stream" in response.read()
 
     slow = start_mock(stream_chunk_delay_ms=200, completion_tokens=20)
     other = start_gateway(gateway_config(sqlite_url.replace("quotagate.db", "other.db"), slow.url))
     other_key = other.create_key()["key"]
-    with httpx.stream(
-        "POST",
-        other.v1 + "/chat/completions",
-        headers={"Authorization": f"Bearer {other_key}", "x-request-id": "req-left"},
-        json={**CHAT, "max_tokens": 20, "stream": True},
-    ) as response:
+    with stream(other, other_key, {**CHAT, "max_tokens": 20}, **{"x-request-id": "req-left"}) as response:
         next(response.iter_lines())  # the first event, then hang up
 
     (broken,) = wait_for_rows(sqlite_url, 1)
