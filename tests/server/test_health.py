@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import httpx
@@ -45,3 +46,17 @@ def test_gateway_with_keys_in_postgresql(
     )
     assert response.status_code == 200
     assert httpx.get(gw.url + "/ready").json()["checks"] == {"database": "ok"}
+
+
+def test_startup_turns_garbage_collection_back_on(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """`quotagate serve` imports with collection off; once the gateway has started, reference
+    cycles are collected again (a gateway that never collected would grow without bound)."""
+    gc.disable()
+    try:
+        gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url))
+        assert httpx.get(gw.url + "/ready").status_code == 200
+        assert gc.isenabled()
+    finally:
+        gc.enable()

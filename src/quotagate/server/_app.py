@@ -245,6 +245,8 @@ class Gateway:
         # CPU at 64 connections (thread time in gc.callbacks). Cycles that do appear are still
         # collected, after at most this many net allocations.
         gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+        # `quotagate serve` turns collection off while it imports and builds the gateway.
+        gc.enable()
 
     async def shutdown(self) -> None:
         if self.ledger is not None:

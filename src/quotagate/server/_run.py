@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import socket
@@ -99,6 +100,7 @@ def serve_workers(config: Config, config_file: Path, workers: int, host: str | N
         port if port is not None else config.server.port,
         workers=workers,
     )
+    gc.enable()  # the supervisor serves nothing itself (see `quotagate serve`)
     Multiprocess(settings, sockets=[settings.bind_socket()]).run()
 
 
