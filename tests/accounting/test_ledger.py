@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotagate.accounting import usage_table
-from quotagate.keys import KeyStore, create_engine
+from quotagate.keys import Database, KeyStore
 
 from ..conftest import REDIS_URL, RunningGateway, ServerThread, gateway_config
 
@@ -44,10 +44,9 @@ def stream(
 
 def ledger_rows(database: str) -> list[Any]:
     async def read() -> list[Any]:
-        engine = create_engine(database)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(sa.select(usage_table))).all()
-        await engine.dispose()
+        db = Database(database)
+        rows = await db.run(lambda conn: conn.execute(sa.select(usage_table)).all())
+        await db.dispose()
         return list(rows)
 
     result: list[list[Any]] = []
@@ -161,23 +160,24 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
     sa.Table("qg_usage", old, *(c for c in columns if c.name != "client_request_id"))
 
     async def upgrade() -> tuple[set[str], set[str], list[Any]]:
-        engine = create_engine(database)
-        async with engine.begin() as conn:
-            await conn.run_sync(old.create_all)
-            await conn.execute(
+        def create_old(conn: sa.Connection) -> None:
+            old.create_all(conn)
+            conn.execute(
                 sa.text(
                     "INSERT INTO qg_usage (request_id, ts, day, prompt_tokens, completion_tokens, cached_tokens, "
                     "cost_usd, status, stream, cache_hit) "
                     "VALUES ('req_old', '2026-11-01 10:00:00', '2026-11-01', 5, 3, 0, 0.001, 200, 0, 0)"
                 )
             )
-        await engine.dispose()
+
+        db = Database(database)
+        await db.run(create_old)
+        await db.dispose()
         store = KeyStore.from_url(database)
         await store.create_schema()
         await store.create_schema()  # and again: nothing left to add
-        async with store.engine.connect() as conn:
-            names = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns("qg_usage")})
-            indexes = await conn.run_sync(lambda c: {ix["name"] for ix in sa.inspect(c).get_indexes("qg_usage")})
+        names = await store.database.run(lambda c: {col["name"] for col in sa.inspect(c).get_columns("qg_usage")})
+        indexes = await store.database.run(lambda c: {ix["name"] for ix in sa.inspect(c).get_indexes("qg_usage")})
         await store.close()
         return names, indexes, ledger_rows(database)
 

@@ -16,7 +16,7 @@ async def test_a_batch_of_many_statements_is_written_whole_and_once(tmp_path: Pa
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     store = KeyStore.from_url(database)
     await store.create_schema()
-    writer = SqlWriter(store.engine)
+    writer = SqlWriter(store.database)
     rows = [
         dataclasses.replace(
             usage_row(f"req_{n}"), prompt_tokens=n, stream=n % 2 == 1, client_request_id=f"c{n}" if n % 3 else None

@@ -57,7 +57,7 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     shorter = orjson.loads(row_json(usage_row(batched_id)))[:-1]
     await client.execute("XADD", StreamLedger.STREAM, "*", "b", orjson.dumps([shorter]), "n", "1")
     ledger = StreamLedger(
-        SqlWriter(store.engine), RedisConnection(REDIS_URL), RedisConnection(REDIS_URL, timeout=5), flush_seconds=0.1
+        SqlWriter(store.database), RedisConnection(REDIS_URL), RedisConnection(REDIS_URL, timeout=5), flush_seconds=0.1
     )
     await ledger.start()
     try:

@@ -172,8 +172,8 @@ def test_usage_report_from_the_ledger(config_file: Path) -> None:
             )
             for i, user in enumerate(["ann", "bob", "ann"])
         ]
-        await SqlWriter(store.engine).write(rows)
-        await SqlWriter(store.engine).write(rows[:1])  # written twice: stored once
+        await SqlWriter(store.database).write(rows)
+        await SqlWriter(store.database).write(rows[:1])  # written twice: stored once
         await store.close()
 
     asyncio.run(seed())

@@ -20,8 +20,7 @@ async def store(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterato
     url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     key_store = KeyStore.from_url(url)
     await key_store.create_schema()
-    async with key_store.engine.begin() as conn:
-        await conn.execute(api_keys.delete())
+    await key_store.database.run(lambda conn: conn.execute(api_keys.delete()))
     yield key_store
     await key_store.close()
 
@@ -29,8 +28,7 @@ async def store(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterato
 async def test_keys_are_stored_only_hashed(store: KeyStore) -> None:
     """The database holds the key's hash and a hint, never the key."""
     record, key = await store.create(user="alice", tier="free")
-    async with store.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(api_keys))).all()
+    rows = await store.database.run(lambda conn: conn.execute(sa.select(api_keys)).all())
     assert len(rows) == 1
     assert key not in repr(rows[0])
     assert rows[0].key_hash == hash_key(key)

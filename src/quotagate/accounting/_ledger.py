@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..keys import Database
 from ..keys._store import metadata
 from ..limits import RedisConnection, RedisReplyError
 
@@ -179,10 +179,10 @@ def _parameters(rows: list[list[Any]]) -> list[Any]:
 class SqlWriter:
     """Batches of rows into qg_usage, idempotent by request id: one statement per batch.
 
-    PostgreSQL is written through the engine (asyncpg). A SQLite file is written by a thread of
-    its own with a connection of its own: through the engine's pool every batch took half a dozen
-    hops to aiosqlite's thread and back (checkout and ping, begin, execute, commit, reset), and each
-    hop had to win the GIL back from a busy event loop.
+    PostgreSQL is written through the database (asyncpg). A SQLite file is written by a thread of
+    its own with a connection of its own: through an asyncio engine's pool every batch took half a
+    dozen hops to the SQLite thread and back (checkout and ping, begin, execute, commit, reset),
+    and each hop had to win the GIL back from a busy event loop.
 
     That thread binds the rows as parameters of multi-row INSERT … VALUES statements. Unpacking
     them in SQL with json_extract cost about 80,000 more CPU instructions per row (callgrind;
@@ -193,12 +193,10 @@ class SqlWriter:
 
     ROWS_PER_STATEMENT = 100
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._sql = _insert_sql(engine.dialect.name)
-        self._sqlite_path: str | None = None
-        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            self._sqlite_path = engine.url.database
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._sql = _insert_sql(database.dialect)
+        self._sqlite_path = database.sqlite_file
         self._sqlite: sqlite3.Connection | None = None
         self._rows_per_statement = self.ROWS_PER_STATEMENT
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
@@ -215,8 +213,8 @@ class SqlWriter:
                 self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="quotagate-ledger")
             await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sqlite, batch)
             return
-        async with self.engine.begin() as conn:
-            await conn.exec_driver_sql(self._sql, (batch.decode(),))
+        text = batch.decode()
+        await self.database.run(lambda conn: conn.exec_driver_sql(self._sql, (text,)))
 
     def _write_sqlite(self, batch: bytes) -> None:
         if self._sqlite is None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..keys import Database
 from ._ledger import usage_table
 
 GroupBy = Literal["key", "user", "model", "deployment", "day"]
@@ -42,7 +42,7 @@ class Report:
 
 
 async def usage_report(
-    engine: AsyncEngine,
+    database: Database,
     by: GroupBy,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -69,8 +69,7 @@ async def usage_report(
         query = query.where(table.ts >= since.astimezone(UTC))
     if until is not None:
         query = query.where(table.ts < until.astimezone(UTC))
-    async with engine.connect() as conn:
-        result = (await conn.execute(query)).all()
+    result = await database.run(lambda conn: conn.execute(query).all())
     rows = []
     for record in result:
         row = {by: record.group, **{f: (record._mapping[f] or 0) for f in FIELDS}}

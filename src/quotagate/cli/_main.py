@@ -516,7 +516,7 @@ def usage(
     currency = cfg.currency
 
     async def build(store: Any) -> Any:
-        return await usage_report(store.engine, by, start, end, currency.display, currency.rate)  # type: ignore[arg-type]
+        return await usage_report(store.database, by, start, end, currency.display, currency.rate)  # type: ignore[arg-type]
 
     report = _run(_with_store(cfg, build))
     if format == "json":

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ._database import Database
 from ._secrets import hash_key, key_hint, new_key, new_key_id
 
 metadata = sa.MetaData()
@@ -92,7 +92,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
     )
 
 
-def _add_missing_columns(sync_conn: Any) -> None:
+def _add_missing_columns(sync_conn: sa.Connection) -> None:
     """Columns added since a database was created, with their indexes (create_all creates missing
     tables, but does not alter the ones that exist)."""
     inspector = sa.inspect(sync_conn)
@@ -109,51 +109,26 @@ def _add_missing_columns(sync_conn: Any) -> None:
                 index.create(sync_conn, checkfirst=True)
 
 
-def async_database_url(url: str) -> str:
-    """The config's plain URL with the asyncio driver SQLAlchemy needs."""
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+asyncpg://" + url.removeprefix(scheme)
-    raise ValueError(f"unsupported database URL: {url}")
-
-
-def create_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(async_database_url(url), pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets the CLI write keys while the gateway reads them; busy_timeout makes the
-            # two wait for each other instead of failing with "database is locked".
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
-            cursor.close()
-
-    return engine
-
-
 class KeyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     @classmethod
     def from_url(cls, url: str) -> KeyStore:
-        return cls(create_engine(url))
+        return cls(Database(url))
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        def create(conn: sa.Connection) -> None:
+            metadata.create_all(conn)
+            _add_missing_columns(conn)
+
+        await self.database.run(create)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.dispose()
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await self.database.run(lambda conn: conn.execute(sa.text("SELECT 1")))
 
     async def create(
         self,
@@ -181,28 +156,26 @@ class KeyStore:
             "disabled": False,
             "created_at": datetime.now(UTC),
         }
-        async with self.engine.begin() as conn:
-            await conn.execute(api_keys.insert().values(**values))
+        await self.database.run(lambda conn: conn.execute(api_keys.insert().values(**values)))
         record = await self.get(key_id)
         assert record is not None
         return record, key
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(api_keys.select().where(api_keys.c.id == key_id))).first()
-        return _record(row) if row else None
+        return await self._one(api_keys.select().where(api_keys.c.id == key_id))
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(api_keys.select().where(api_keys.c.key_hash == key_hash))).first()
+        return await self._one(api_keys.select().where(api_keys.c.key_hash == key_hash))
+
+    async def _one(self, query: sa.Select[Any]) -> KeyRecord | None:
+        row = await self.database.run(lambda conn: conn.execute(query).first())
         return _record(row) if row else None
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:
         query = api_keys.select().order_by(api_keys.c.created_at, api_keys.c.id)
         if user is not None:
             query = query.where(api_keys.c.user_id == user)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.database.run(lambda conn: conn.execute(query).all())
         return [_record(row) for row in rows]
 
     async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
@@ -217,16 +190,15 @@ class KeyStore:
         if values.get("expires_at") is not None:
             values["expires_at"] = values["expires_at"].astimezone(UTC)
         if values:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
-                if result.rowcount == 0:
-                    return None
+            statement = api_keys.update().where(api_keys.c.id == key_id).values(**values)
+            updated = await self.database.run(lambda conn: conn.execute(statement).rowcount)
+            if updated == 0:
+                return None
         return await self.get(key_id)
 
     async def delete(self, key_id: str) -> KeyRecord | None:
         record = await self.get(key_id)
         if record is None:
             return None
-        async with self.engine.begin() as conn:
-            await conn.execute(api_keys.delete().where(api_keys.c.id == key_id))
+        await self.database.run(lambda conn: conn.execute(api_keys.delete().where(api_keys.c.id == key_id)))
         return record

@@ -106,7 +106,7 @@ class Gateway:
             secrets=tuple(s for s in upstream_secrets if s),
         )
         self.metrics = Metrics(per_key=config.metrics_per_key)
-        writer = SqlWriter(self.store.engine)
+        writer = SqlWriter(self.store.database)
         self.ledger: Ledger | None = None
         if config.ledger.enabled:
             settings = config.ledger
@@ -377,7 +377,7 @@ class Gateway:
             await self.ledger.flush()  # a report includes what this node has not written yet
         group = cast(GroupBy, by)
         currency = self.config.currency
-        report = await usage_report(self.store.engine, group, since, until, currency.display, currency.rate)
+        report = await usage_report(self.store.database, group, since, until, currency.display, currency.rate)
         return report.to_dict()
 
     async def _health(
