@@ -47,6 +47,8 @@ class InProcessStore:
     def _acquire_locked(
         self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None, dry_run: bool
     ) -> Decision:
+        if len(costs) != len(limits):
+            raise ValueError(f"{len(limits)} limits but {len(costs)} costs")
         now_s = self._clock()
         now = now_s * 1000.0
         if now - self._last_sweep >= _SWEEP_EVERY_MS:
@@ -54,28 +56,33 @@ class InProcessStore:
         state = self._state
         outcomes = []
         expiries = []
-        for limit, cost in zip(limits, costs, strict=True):
+        admitted = True
+        # By index rather than zip(strict=True), which parses its keyword on every call.
+        for index, limit in enumerate(limits):
+            cost = costs[index]
             code, a, b, c, d = limit.static_params or params(limit, now_s)
             if code == "g":
                 outcome = alg.gcra(state.get(limit.key), now, cost, a, b)
-                expiry = outcome.state + 1000.0  # type: ignore[operator]
+                expiry = outcome[2] + 1000.0  # type: ignore[operator]
             elif code == "s":
                 outcome = alg.sliding_window(state.get(limit.key), now, cost, a, b)
                 expiry = now + 2 * a + 1000.0
             elif code == "c":
                 outcome = alg.calendar(state.get(limit.key), now, cost, a, b, c, d)
-                expiry = now + outcome.reset_ms + 3_600_000.0
+                expiry = now + outcome[5] + 3_600_000.0
             else:
                 outcome = alg.concurrency(state.get(limit.key), now, cost, a, b, lease or "")
                 expiry = now + 2 * b
+            if not outcome[0]:
+                admitted = False
             outcomes.append(outcome)
             expiries.append(expiry)
         decision = make_decision(limits, costs, outcomes, lease)
-        if decision.allowed and not dry_run:
+        if admitted and not dry_run:
             expires = self._expires
-            for limit, outcome, expiry in zip(limits, outcomes, expiries, strict=True):
-                state[limit.key] = outcome.state
-                expires[limit.key] = expiry
+            for index, limit in enumerate(limits):
+                state[limit.key] = outcomes[index][2]
+                expires[limit.key] = expiries[index]
         return decision
 
     async def settle(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
@@ -86,11 +93,15 @@ class InProcessStore:
             self._settle_locked(limits, deltas, windows)
 
     def _settle_locked(self, limits: Sequence[Limit], deltas: Sequence[int], windows: Sequence[float]) -> None:
+        if not len(limits) == len(deltas) == len(windows):
+            raise ValueError(f"{len(limits)} limits but {len(deltas)} deltas and {len(windows)} windows")
         now_s = self._clock()
         now = now_s * 1000.0
-        for limit, delta, window in zip(limits, deltas, windows, strict=True):
+        for index, limit in enumerate(limits):
+            delta = deltas[index]
             if not delta:
                 continue
+            window = windows[index]
             code, a, b, c, _ = limit.static_params or params(limit, now_s)
             state = self._state.get(limit.key)
             if code == "g":

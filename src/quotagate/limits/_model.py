@@ -58,6 +58,9 @@ class Limit:
     static_params: tuple[str, float, float, float, float] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # The most a single decision could ever be granted: GCRA's burst where one is set, else the
+    # amount. Worked out once (it is read for every response's x-ratelimit-* headers).
+    capacity: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.amount <= 0:
@@ -77,13 +80,8 @@ class Limit:
         elif self.algorithm is Algorithm.CONCURRENCY:
             static = ("n", float(self.amount), self.lease_seconds * 1000.0, 0.0, 0.0)
         object.__setattr__(self, "static_params", static)
-
-    @property
-    def capacity(self) -> int:
-        """The most a single decision could ever be granted."""
-        if self.algorithm is Algorithm.GCRA and self.burst is not None:
-            return self.burst
-        return self.amount
+        capacity = self.burst if self.algorithm is Algorithm.GCRA and self.burst is not None else self.amount
+        object.__setattr__(self, "capacity", capacity)
 
     @property
     def is_quota(self) -> bool:

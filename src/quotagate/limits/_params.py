@@ -43,36 +43,31 @@ def make_decision(
     outcomes: Sequence[Outcome],
     lease: str | None,
 ) -> Decision:
-    allowed = True
-    for o in outcomes:
-        if not o.ok:
-            allowed = False
-            break
-    if allowed:
-        # The common case, kept lean: it runs on every request.
-        return Decision(
-            True,
-            tuple(
-                [
-                    LimitStatus(limit, o.used, o.remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0)
-                    for limit, o in zip(limits, outcomes, strict=True)
-                ]
-            ),
-            lease=lease,
-            costs=tuple(costs),
-        )
+    """The decision over ``limits`` from each one's outcome (see _algorithms.Outcome)."""
+    for outcome in outcomes:
+        if not outcome[0]:
+            return _denied(limits, costs, outcomes)
+    # The common case, kept lean: it runs on every request.
     statuses = []
-    for limit, cost, o in zip(limits, costs, outcomes, strict=True):
-        used, remaining = o.used, o.remaining
-        if o.ok and cost:
+    for index, (_, _, _, used, remaining, reset_ms, window_ms) in enumerate(outcomes):
+        statuses.append(
+            LimitStatus(limits[index], used, remaining, reset_ms / 1000.0 if reset_ms > 0 else 0.0, window_ms / 1000.0)
+        )
+    return Decision(True, tuple(statuses), None, 0.0, lease, tuple(costs))
+
+
+def _denied(limits: Sequence[Limit], costs: Sequence[int], outcomes: Sequence[Outcome]) -> Decision:
+    statuses = []
+    for limit, cost, (ok, _, _, used, remaining, reset_ms, window_ms) in zip(limits, costs, outcomes, strict=True):
+        if ok and cost:
             # This limit would have taken the request, but another refused it: nothing was
             # charged, so report the limit as it stands.
             used, remaining = max(0, used - cost), min(limit.capacity, remaining + cost)
-        statuses.append(LimitStatus(limit, used, remaining, max(0.0, o.reset_ms) / 1000.0, o.window_ms / 1000.0))
+        statuses.append(LimitStatus(limit, used, remaining, max(0.0, reset_ms) / 1000.0, window_ms / 1000.0))
     denied_index = -1
     worst = -1.0
-    for index, outcome in enumerate(outcomes):
-        if not outcome.ok and outcome.retry_ms > worst:
-            denied_index, worst = index, outcome.retry_ms
+    for index, (ok, retry_ms, *_) in enumerate(outcomes):
+        if not ok and retry_ms > worst:
+            denied_index, worst = index, retry_ms
     retry = math.inf if math.isinf(worst) else max(0.0, worst) / 1000.0
     return Decision(False, tuple(statuses), statuses[denied_index], retry, costs=tuple(costs))

@@ -73,13 +73,13 @@ def _decision(limits: Sequence[Limit], costs: Sequence[int], reply: list[Any], l
                 )
             )
             at += 5
-        return Decision(True, tuple(statuses), lease=lease, costs=tuple(costs))
+        return Decision(True, tuple(statuses), None, 0.0, lease, tuple(costs))
     denied = int(reply[1]) - 1
-    outcomes = []
+    outcomes: list[Outcome] = []
     for index in range(len(limits)):
         ok, used, remaining, reset, window = reply[3 + 5 * index : 8 + 5 * index]
         retry = float(reply[2]) if index == denied else 0.0
-        outcomes.append(Outcome(ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
+        outcomes.append((ok == 1, retry, None, int(used), int(remaining), float(reset), float(window)))
     return make_decision(limits, costs, outcomes, lease)
 
 
