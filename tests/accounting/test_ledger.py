@@ -153,7 +153,8 @@ def test_a_reused_client_request_id_loses_no_row(
 
 
 def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) -> None:
-    """A database written by an earlier version is upgraded in place at start: its rows stay."""
+    """A database written by an earlier version is upgraded in place at start: its rows stay, and
+    the indexes no query uses any more are dropped."""
     database = f"sqlite:///{tmp_path / 'old.db'}"
     old = sa.MetaData()
     columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in usage_table.columns]
@@ -162,6 +163,8 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
     async def upgrade() -> tuple[set[str], set[str], list[Any]]:
         def create_old(conn: sa.Connection) -> None:
             old.create_all(conn)
+            conn.execute(sa.text("CREATE INDEX ix_qg_usage_day ON qg_usage (day)"))
+            conn.execute(sa.text("CREATE INDEX ix_qg_usage_user_id ON qg_usage (user_id)"))
             conn.execute(
                 sa.text(
                     "INSERT INTO qg_usage (request_id, ts, day, prompt_tokens, completion_tokens, cached_tokens, "
@@ -183,6 +186,7 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
 
     names, indexes, rows = asyncio.run(upgrade())
     assert "client_request_id" in names and "ix_qg_usage_client_request_id" in indexes
+    assert not indexes & {"ix_qg_usage_day", "ix_qg_usage_user_id"}
     assert [(row.request_id, row.prompt_tokens, row.client_request_id) for row in rows] == [("req_old", 5, None)]
 
 
@@ -307,8 +311,25 @@ def test_webhook_fires_once_per_threshold_across_nodes(
 
 def test_metrics_are_exposed_and_parse(gateway: RunningGateway, api_key: str) -> None:
     """GET /metrics is Prometheus text that parses, with requests, tokens, cost and latency."""
+
+    def token_counts() -> dict[str, float]:
+        text = httpx.get(gateway.url + "/metrics").text
+        counted: dict[str, float] = {"prompt": 0.0, "completion": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "quotagate_tokens_total":
+                    counted[sample.labels["kind"]] = counted.get(sample.labels["kind"], 0.0) + sample.value
+        return counted
+
+    before = token_counts()
+    usages = []
     for _ in range(3):
-        assert post(gateway, api_key).status_code == 200
+        response = post(gateway, api_key)
+        assert response.status_code == 200
+        usages.append(response.json()["usage"])
+    after = token_counts()
+    assert after["prompt"] - before["prompt"] == sum(u["prompt_tokens"] for u in usages)
+    assert after["completion"] - before["completion"] == sum(u["completion_tokens"] for u in usages)
     text = httpx.get(gateway.url + "/metrics").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     requests = [s for s in families["quotagate_requests"].samples if s.name == "quotagate_requests_total"]

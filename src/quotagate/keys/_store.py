@@ -92,9 +92,10 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
     )
 
 
-def _add_missing_columns(sync_conn: sa.Connection) -> None:
+def _upgrade(sync_conn: sa.Connection) -> None:
     """Columns added since a database was created, with their indexes (create_all creates missing
-    tables, but does not alter the ones that exist)."""
+    tables, but does not alter the ones that exist), and indexes a table has retired (the names in
+    its ``info["retired_indexes"]``) dropped."""
     inspector = sa.inspect(sync_conn)
     for table in metadata.sorted_tables:
         if not inspector.has_table(table.name):
@@ -107,6 +108,9 @@ def _add_missing_columns(sync_conn: sa.Connection) -> None:
         for index in table.indexes:
             if any(column in added for column in index.columns):
                 index.create(sync_conn, checkfirst=True)
+        retired = set(table.info.get("retired_indexes", ())) & {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for name in sorted(retired):
+            sync_conn.execute(sa.text(f"DROP INDEX {name}"))
 
 
 class KeyStore:
@@ -120,7 +124,7 @@ class KeyStore:
     async def create_schema(self) -> None:
         def create(conn: sa.Connection) -> None:
             metadata.create_all(conn)
-            _add_missing_columns(conn)
+            _upgrade(conn)
 
         await self.database.run(create)
 
