@@ -92,7 +92,7 @@ class Metrics:
         self.per_key = per_key
         self._request_labels = ["model", "deployment", "status", *(["key"] if per_key else [])]
         self._requests: dict[tuple[str, ...], int] = {}
-        self._tokens: dict[tuple[str, str], int] = {}
+        self._tokens: dict[str, list[int]] = {}  # model -> [prompt, completion, cached]
         self._cost: dict[str, float] = {}
         self._decisions: dict[str, int] = {}
         self._denials: dict[str, int] = {}
@@ -116,14 +116,12 @@ class Metrics:
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
         if row.prompt_tokens or row.completion_tokens:
-            tokens = self._tokens
-            for kind, count in (
-                ("prompt", row.prompt_tokens),
-                ("completion", row.completion_tokens),
-                ("cached", row.cached_tokens),
-            ):
-                if count or kind != "cached":
-                    tokens[(model, kind)] = tokens.get((model, kind), 0) + count
+            counts = self._tokens.get(model)
+            if counts is None:
+                counts = self._tokens[model] = [0, 0, 0]
+            counts[0] += row.prompt_tokens
+            counts[1] += row.completion_tokens
+            counts[2] += row.cached_tokens
         if row.cost_usd:
             self._cost[model] = self._cost.get(model, 0.0) + row.cost_usd
         self.latency.observe(row.latency_ms / 1000.0)
@@ -144,7 +142,12 @@ class Metrics:
         yield _counter(
             "quotagate_requests", "Requests by status, model and deployment", self._request_labels, self._requests
         )
-        yield _counter("quotagate_tokens", "Tokens used", ["model", "kind"], self._tokens)
+        tokens: dict[tuple[str, str], int] = {}
+        for model, (prompt, completion, cached) in self._tokens.items():
+            tokens[(model, "prompt")], tokens[(model, "completion")] = prompt, completion
+            if cached:
+                tokens[(model, "cached")] = cached
+        yield _counter("quotagate_tokens", "Tokens used", ["model", "kind"], tokens)
         yield _counter("quotagate_cost_usd", "Cost in USD", ["model"], self._cost)
         for histogram in (self.latency, self.upstream, self.overhead, self.wait):
             yield histogram.family()

@@ -227,12 +227,18 @@ class Router:
     ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None, DeploymentTarget | None]:
         """A deployment that admits the request now; else (None, ..., seconds until one may, and
         the deployment whose own limits free up first, to wait in line for)."""
+        states = self.states
+        targets = self.routes.deployments(model)
+        if len(targets) == 1 and not failed:
+            # One deployment, nothing tried yet: the common case, without the ordering below.
+            target = targets[0]
+            if not target.limits and states.usable_now(target.id):
+                return target, None, [], None, None
         soonest: float | None = None
         line: DeploymentTarget | None = None
         line_wait = math.inf
         by_priority: dict[int, list[DeploymentTarget]] = {}
-        states = self.states
-        for target in self.routes.deployments(model):
+        for target in targets:
             if target.id in failed:
                 continue
             usable = states.usable_now(target.id)  # a fresh view answers without a round trip
@@ -279,7 +285,8 @@ class Router:
         chain = self.chain(model, request.estimate)
         for position, model_name in enumerate(chain):
             last_model = position == len(chain) - 1
-            if not await request.switch_model(model_name):
+            # The requested model is what the tenant was charged for already.
+            if (position or model_name != model) and not await request.switch_model(model_name):
                 continue
             failed: set[str] = set()
             while attempts < settings.max_attempts and time.monotonic() < deadline:
@@ -360,13 +367,13 @@ class Router:
         try:
             response = await self.transport.send(
                 UpstreamRequest(
-                    url=target.url(request.path),
-                    headers=target.headers,
-                    body=request.body_for(target),
-                    connect_timeout=target.connect_timeout,
-                    first_byte_timeout=target.first_byte_timeout,
-                    chunk_timeout=target.chunk_timeout,
-                    label=target.label,
+                    target.base_url + request.path,
+                    target.headers,
+                    request.body_for(target),
+                    target.connect_timeout,
+                    target.first_byte_timeout,
+                    target.chunk_timeout,
+                    target.label,
                 )
             )
             if response.status >= 300:
@@ -396,8 +403,10 @@ class Router:
                 first = await anext(iterator, b"")
                 response = _Prefetched(response, iterator)
             headers = response.headers
-            if any(headers.get(remaining) == "0" for remaining, _ in _PROVIDER_RATELIMIT_HEADERS):
-                await self._adapt(target, headers)
+            for remaining, _ in _PROVIDER_RATELIMIT_HEADERS:
+                if headers.get(remaining) == "0":
+                    await self._adapt(target, headers)
+                    break
             return Exchange(target, response, decision, costs, started, first)
         except (UpstreamError, UpstreamTimeoutError) as exc:
             if isinstance(exc, UpstreamStatusError):

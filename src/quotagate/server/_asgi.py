@@ -24,6 +24,9 @@ Send = Callable[[Message], Awaitable[None]]
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
+_READ = frozenset((b"authorization", b"x-api-key", b"content-length", b"x-client-request-id", b"x-request-id"))
+
+
 class RequestHeaders:
     """The few request headers the gateway reads, pulled out in one pass."""
 
@@ -37,6 +40,8 @@ class RequestHeaders:
         # that tracing proxies set. Kept beside the gateway's id, never instead of it.
         self.client_request_id: str | None = None
         for name, value in raw:
+            if name not in _READ:
+                continue  # most headers: one set lookup, not five comparisons
             if name == b"authorization":
                 self.authorization = value.decode("latin-1")
             elif name == b"x-api-key":

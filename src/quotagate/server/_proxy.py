@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,8 +80,11 @@ EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
 # A client that hangs up is noticed by a task waiting for http.disconnect (uvicorn's send() drops
 # writes to a closed connection without a word). Most requests are over before that could matter,
 # so watchers are started only for requests that have lasted at least this long: one sweep of the
-# requests in flight every so often, rather than a timer or a task for each request.
-WATCH_AFTER_SECONDS = 0.02
+# requests in flight every so often, rather than a timer or a task for each request. A tenth of a
+# second is nothing beside a model's answer (what the watch saves is the rest of a long call) but
+# above a busy gateway's typical latency: at 64 connections requests took 25-40 ms, and at 20 ms
+# most of them started a watcher task of their own.
+WATCH_AFTER_SECONDS = 0.1
 
 
 class _DisconnectWatch:
@@ -207,25 +210,6 @@ def _deltas(
     return deltas
 
 
-@dataclass(slots=True)
-class _Charged:
-    """The tenant limits a request is charged to: those of the model that serves it."""
-
-    applied: AppliedLimits | None
-    decision: Decision | None
-    model: str
-
-
-@dataclass(slots=True)
-class _Usage:
-    """What the request actually used, as learnt from the response (None: nothing yet)."""
-
-    reported: tuple[int, int] | None = None
-    cached: int = 0
-    generated: str = ""
-    upstream_answered: bool = False
-
-
 @dataclass
 class Books:
     """What the proxy records about each request: prices, the ledger, metrics and alerts."""
@@ -250,29 +234,94 @@ class Books:
         return name
 
 
-@dataclass(slots=True)
 class _Record:
-    """One request as the ledger will see it."""
+    """One request on its way through: what it is charged where, what it used, and what the
+    ledger will see. One object rather than three: it is made for every request."""
 
-    request_id: str
-    client_request_id: str | None
-    principal: Principal
-    model: str
-    stream: bool
-    began: float
-    estimate: Estimate = ZERO
-    reserved: int = 0
-    usage: _Usage = field(default_factory=lambda: _Usage())
-    charged: _Charged | None = None
-    exchange: Exchange | None = None
-    stream_usage: StreamUsage | None = None
-    done: bool = False
+    __slots__ = (
+        "applied",
+        "began",
+        "cached",
+        "charged_model",
+        "client_request_id",
+        "decision",
+        "done",
+        "estimate",
+        "exchange",
+        "generated",
+        "model",
+        "principal",
+        "reported",
+        "request_id",
+        "reserved",
+        "stream",
+        "stream_usage",
+        "upstream_answered",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        client_request_id: str | None,
+        principal: Principal,
+        model: str,
+        stream: bool,
+        began: float,
+    ) -> None:
+        self.request_id = request_id
+        self.client_request_id = client_request_id
+        self.principal = principal
+        self.model = model
+        self.stream = stream
+        self.began = began
+        self.estimate = ZERO
+        self.reserved = 0
+        # The tenant limits the request is charged to: those of the model that serves it.
+        self.applied: AppliedLimits | None = None
+        self.decision: Decision | None = None
+        self.charged_model = model
+        # What the request actually used, as learnt from the response (None: nothing yet).
+        self.reported: tuple[int, int] | None = None
+        self.cached = 0
+        self.generated = ""
+        self.upstream_answered = False
+        self.exchange: Exchange | None = None
+        self.stream_usage: StreamUsage | None = None
+        self.watch: _DisconnectWatch | None = None
+        self.done = False
 
     def collect_stream_usage(self) -> None:
-        if self.stream_usage is not None and self.usage.reported is None:
-            self.usage.reported = self.stream_usage.usage
-            self.usage.cached = self.stream_usage.cached
-            self.usage.generated = "".join(self.stream_usage.pieces)
+        if self.stream_usage is not None and self.reported is None:
+            self.reported = self.stream_usage.usage
+            self.cached = self.stream_usage.cached
+            self.generated = "".join(self.stream_usage.pieces)
+
+    def actual(self) -> tuple[int, int]:
+        """(prompt, completion) tokens used: as reported, else counted, else none."""
+        if self.reported is not None:
+            return self.reported
+        if self.upstream_answered:
+            return self.estimate.prompt, count_generated(self.generated, self.charged_model)
+        return 0, 0  # the provider never took the request
+
+
+def _upstream_body(
+    request: ParsedRequest, raw: bytes, target: DeploymentTarget, counts_tokens: bool
+) -> tuple[bytes, bool]:
+    """The body for ``target``, and whether it asks the stream for a usage chunk the client did
+    not ask for (and will not see). Unchanged bytes unless the deployment needs changes."""
+    changes: dict[str, Any] = {}
+    if target.provider_model != request.model:
+        changes["model"] = target.provider_model
+    ask = False
+    if request.stream and counts_tokens and target.stream_usage:
+        options = request.body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            # Settling needs the provider's count; the client will not see the extra chunk.
+            ask = True
+            changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return (orjson.dumps({**request.body, **changes}) if changes else raw), ask
 
 
 class Proxy:
@@ -346,7 +395,7 @@ class Proxy:
         began = time.perf_counter()
         # Authenticate before reading the body: an anonymous client cannot make the gateway
         # buffer up to max_body_bytes.
-        principal = await self.authenticate(headers)
+        principal = await self.authenticator.authenticate(extract_key(headers.authorization, headers.x_api_key))
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
@@ -371,120 +420,78 @@ class Proxy:
         principal: Principal,
         record: _Record,
     ) -> None:
-        body = request.body
         books = self.books
-        limited = self.policy is not None and self.policy.enabled and self.limiter is not None
-        applied = self.policy.limits_for(principal, request.model) if limited and self.policy else None
+        router = self.router
+        model = request.model
+        policy = self.policy
+        limited = policy is not None and policy.enabled and self.limiter is not None
+        applied = policy.limits_for(principal, model) if limited and policy is not None else None
         # Estimating (the tokenizer) is needed only by token/spend limits and context windows; the
         # ledger needs the provider's reported usage, which is read either way.
-        needs_estimate = bool(applied and applied.counts_tokens) or self.router.needs_estimate(request.model)
-        counts_tokens = needs_estimate or books.ledger is not None
+        needs_estimate = (applied is not None and applied.counts_tokens) or router.needs_estimate(model)
         estimate = ZERO
         if needs_estimate:
-            model_config = self.routes.models[request.model]
             estimate = estimate_tokens(
-                endpoint.kind, body, request.model, self.expected_output_tokens, model_config.context_window
+                endpoint.kind,
+                request.body,
+                model,
+                self.expected_output_tokens,
+                self.routes.models[model].context_window,
             )
-        record.estimate = estimate
+            record.estimate = estimate
         reserved = 0
-        if applied and applied.counts_spend:
-            reserved = micro_usd(cost_usd(self._price(request.model), estimate.prompt, estimate.output))
-        record.reserved = reserved
-        decision: Decision | None = None
-        if applied:
+        if applied is not None and applied.limits:
+            if applied.counts_spend:
+                reserved = micro_usd(cost_usd(self._price(model), estimate.prompt, estimate.output))
+                record.reserved = reserved
             waited = time.perf_counter()
             decision = await self._decide(applied, estimate, wait=True, spend=reserved)
             books.metrics.wait.observe(time.perf_counter() - waited)
             self._note_decision(principal, decision)
             if not decision.allowed:
                 raise rate_limit_error(decision, self._clock())
+            record.decision = decision
+        record.applied = applied
 
-        options = body.get("stream_options")
-        client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        bodies: dict[str, bytes] = {}
-        asked_usage: dict[str, bool] = {}
+        counts_tokens = needs_estimate or books.ledger is not None
+        bodies: dict[str, tuple[bytes, bool]] = {}
 
         def body_for(target: DeploymentTarget) -> bytes:
-            cached = bodies.get(target.id)
-            if cached is not None:
-                return cached
-            changes: dict[str, Any] = {}
-            if target.provider_model != request.model:
-                changes["model"] = target.provider_model
-            ask = request.stream and counts_tokens and target.stream_usage and not client_wants_usage
-            if ask:
-                # Settling needs the provider's count; the client will not see the extra chunk.
-                changes["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
-            asked_usage[target.id] = ask
-            bodies[target.id] = orjson.dumps({**body, **changes}) if changes else raw
-            return bodies[target.id]
+            made = bodies.get(target.id)
+            if made is None:
+                made = bodies[target.id] = _upstream_body(request, raw, target, counts_tokens)
+            return made[0]
 
-        current = _Charged(applied, decision, request.model)
-        record.charged = current
+        async def switch_model(name: str) -> bool:
+            return await self._switch_model(record, name, limited)
 
-        async def switch_model(model: str) -> bool:
-            # The tenant's limits are charged for the model that actually serves.
-            if model == current.model or not limited or self.policy is None:
-                current.model = model
-                return True
-            new_applied = self.policy.limits_for(principal, model)
-            if current.applied is not None and new_applied.limits == current.applied.limits:
-                current.model = model
-                return True
-            new_decision = await self._decide(new_applied, estimate, wait=False, spend=reserved)
-            if not new_decision.allowed:
-                return False
-            await self._undo(current.decision, current.applied)
-            current.applied, current.decision, current.model = new_applied, new_decision, model
-            return True
-
-        max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
-        watch = _DisconnectWatch(receive, self._watches)
-        usage = record.usage
-
-        async def before_complete(status: int, error_type: str | None) -> None:
-            # The response's last message is next. From here on http.disconnect means the response
-            # is done, not that the client left: the watch must not cancel what follows (settling).
-            watch.stop()
-            # The row is durable before the client has the whole response (see ledger).
-            await self._account(record, status, error_type)
-
+        max_wait, priority = policy.shaping(principal) if policy is not None else (0.0, 0)
+        watch = record.watch = _DisconnectWatch(receive, self._watches)
         try:
             try:
-                exchange = await self.router.exchange(
-                    request.model,
+                exchange = await router.exchange(
+                    model,
                     RouteRequest(
-                        endpoint.upstream_path,
-                        body_for,
-                        request.stream,
-                        estimate,
-                        max_wait,
-                        priority,
-                        switch_model,
+                        endpoint.upstream_path, body_for, request.stream, estimate, max_wait, priority, switch_model
                     ),
                 )
                 record.exchange = exchange
-                usage.upstream_answered = True
+                record.upstream_answered = True
                 served = exchange.target
                 extra = request_id_headers(record.request_id, record.client_request_id)
                 extra.append((b"x-quotagate-deployment", served.label_bytes))
-                if current.decision is not None:
-                    extra.extend(ratelimit_headers(current.decision))
-                stream_usage = (
-                    StreamUsage(strip_usage_chunk=asked_usage.get(served.id, False)) if request.stream else None
-                )
-                record.stream_usage = stream_usage
+                if record.decision is not None:
+                    extra.extend(ratelimit_headers(record.decision))
                 outcome: bool | None = False
                 try:
                     if request.stream and exchange.response.headers.get("content-type", "").startswith(
                         "text/event-stream"
                     ):
-                        outcome = await self._relay_stream(exchange, send, extra, stream_usage, before_complete)
+                        made = bodies.get(served.id)
+                        stream_usage = record.stream_usage = StreamUsage(strip_usage_chunk=made is not None and made[1])
+                        outcome = await self._relay_stream(exchange, send, extra, stream_usage, record)
                     else:
-                        await self._relay_body(exchange, send, extra, usage, before_complete)
+                        await self._relay_body(exchange, send, extra, record)
                         outcome = True
                 except asyncio.CancelledError:
                     # The client left: that says nothing about the deployment's health.
@@ -492,8 +499,8 @@ class Proxy:
                     raise
                 finally:
                     record.collect_stream_usage()
-                    prompt, completion = self._actual(usage, estimate, current.model)
-                    await self.router.finish(exchange, outcome, prompt + completion)
+                    prompt, completion = record.actual()
+                    await router.finish(exchange, outcome, prompt + completion)
             except asyncio.CancelledError:
                 if not watch.gone:
                     raise
@@ -501,13 +508,40 @@ class Proxy:
         finally:
             watch.stop()
             record.collect_stream_usage()
-            if current.decision is not None and current.applied is not None and self.limiter is not None:
-                if current.applied.counts_tokens:
-                    prompt, completion = self._actual(usage, estimate, current.model)
+            charged, applied = record.decision, record.applied
+            if charged is not None and applied is not None and self.limiter is not None:
+                if applied.counts_tokens:
+                    prompt, completion = record.actual()
                     spent = micro_usd(self._cost(record, prompt, completion)) if reserved else 0
-                    deltas = _deltas(current.applied.limits, estimate, prompt, completion, spent, reserved)
-                    await self.limiter.settle(current.decision, current.applied.limits, deltas)
-                await self.limiter.release(current.decision, current.applied.limits)
+                    deltas = _deltas(applied.limits, estimate, prompt, completion, spent, reserved)
+                    await self.limiter.settle(charged, applied.limits, deltas)
+                if charged.lease is not None:
+                    await self.limiter.release(charged, applied.limits)
+
+    async def _switch_model(self, record: _Record, model: str, limited: bool) -> bool:
+        """Charge the tenant's limits to ``model`` (a fallback the router moves on to) instead of
+        the one charged so far; False when ``model``'s limits refuse the request."""
+        if model == record.charged_model or not limited or self.policy is None:
+            record.charged_model = model
+            return True
+        new_applied = self.policy.limits_for(record.principal, model)
+        if new_applied.limits == (record.applied.limits if record.applied is not None else ()):
+            record.charged_model = model
+            return True
+        new_decision = await self._decide(new_applied, record.estimate, wait=False, spend=record.reserved)
+        if not new_decision.allowed:
+            return False
+        await self._undo(record.decision, record.applied)
+        record.applied, record.decision, record.charged_model = new_applied, new_decision, model
+        return True
+
+    async def _complete(self, record: _Record, status: int, error_type: str | None) -> None:
+        """The response's last message is next. From here on http.disconnect means the response
+        is done, not that the client left: the watch must not cancel what follows (settling)."""
+        if record.watch is not None:
+            record.watch.stop()
+        # The row is durable before the client has the whole response (see ledger).
+        await self._account(record, status, error_type)
 
     def _note_decision(self, principal: Principal, decision: Decision) -> None:
         self.books.metrics.decision(decision.allowed, decision.denied_by.limit if decision.denied_by else None)
@@ -519,10 +553,12 @@ class Proxy:
         return self.books.pricing.price_for(*names)
 
     def _cost(self, record: _Record, prompt: int, completion: int) -> float:
-        served = record.exchange.target if record.exchange is not None else None
-        model = record.charged.model if record.charged is not None else record.model
-        names = [served.provider_model, model] if served is not None else [model]
-        return cost_usd(self.books.pricing.price_for(*names), prompt, completion, record.usage.cached)
+        model = record.charged_model
+        if record.exchange is not None:
+            price = self.books.pricing.price_for(record.exchange.target.provider_model, model)
+        else:
+            price = self.books.pricing.price_for(model)
+        return cost_usd(price, prompt, completion, record.cached)
 
     async def _account(self, record: _Record, status: int, error_type: str | None) -> None:
         """The request's ledger row and metrics; once per request."""
@@ -532,8 +568,8 @@ class Proxy:
         record.collect_stream_usage()
         books = self.books
         now = time.perf_counter()
-        model = record.charged.model if record.charged is not None else record.model
-        prompt, completion = self._actual(record.usage, record.estimate, model)
+        model = record.charged_model
+        prompt, completion = record.actual()
         exchange = record.exchange
         latency = (now - record.began) * 1000.0
         upstream = (time.monotonic() - exchange.started) * 1000.0 if exchange is not None else None
@@ -550,7 +586,7 @@ class Proxy:
             deployment=exchange.target.label if exchange is not None else None,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cached_tokens=record.usage.cached,
+            cached_tokens=record.cached,
             cost_usd=self._cost(record, prompt, completion),
             latency_ms=latency,
             upstream_ms=upstream,
@@ -575,14 +611,6 @@ class Proxy:
         if books.ledger is not None:
             await books.ledger.commit(row)
 
-    @staticmethod
-    def _actual(usage: _Usage, estimate: Estimate, model: str) -> tuple[int, int]:
-        if usage.reported is not None:
-            return usage.reported
-        if usage.upstream_answered:
-            return estimate.prompt, count_generated(usage.generated, model)
-        return 0, 0  # the provider never took the request
-
     async def _undo(self, decision: Decision | None, applied: AppliedLimits | None) -> None:
         if decision is None or applied is None or self.limiter is None:
             return
@@ -599,8 +627,7 @@ class Proxy:
         exchange: Exchange,
         send: Send,
         extra: list[tuple[bytes, bytes]],
-        usage: _Usage,
-        before_complete: Callable[[int, str | None], Awaitable[None]],
+        record: _Record,
     ) -> None:
         response = exchange.response
         total = exchange.target.total_timeout
@@ -621,12 +648,12 @@ class Proxy:
             payload = None
         details = usage_details(payload)
         if details is not None:
-            usage.reported, usage.cached = (details[0], details[1]), details[2]
+            record.reported, record.cached = (details[0], details[1]), details[2]
         else:
-            usage.generated = generated_text(payload)
+            record.generated = generated_text(payload)
         content_type = response.headers.get("content-type", "")
         type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE
-        await before_complete(response.status, None)
+        await self._complete(record, response.status, None)
         await send_bytes(send, response.status, body, [type_header, *extra])
 
     async def _relay_stream(
@@ -634,8 +661,8 @@ class Proxy:
         exchange: Exchange,
         send: Send,
         extra: list[tuple[bytes, bytes]],
-        stream_usage: StreamUsage | None,
-        before_complete: Callable[[int, str | None], Awaitable[None]],
+        stream_usage: StreamUsage,
+        record: _Record,
     ) -> bool:
         """Relay SSE event by event; True when the stream ended as the provider meant it to."""
         response = exchange.response
@@ -653,8 +680,7 @@ class Proxy:
                     if cut:
                         events = pending[:cut]
                         pending = pending[cut:]
-                        if stream_usage is not None:
-                            events = stream_usage.feed(events)
+                        events = stream_usage.feed(events)
                         await send({"type": "http.response.body", "body": events, "more_body": True})
                     if deadline is not None and time.monotonic() > deadline:
                         raise UpstreamTimeoutError(
@@ -663,18 +689,17 @@ class Proxy:
                     chunk = await anext(chunks, b"")
                     if not chunk:
                         if pending:
-                            if stream_usage is not None:
-                                pending = stream_usage.feed(pending)
+                            pending = stream_usage.feed(pending)
                             await send({"type": "http.response.body", "body": pending, "more_body": True})
                         break
                     pending += chunk
-                await before_complete(200, None)
+                await self._complete(record, 200, None)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
             except GatewayError as exc:
                 # The status line has gone; an error event is the only way left to tell the
                 # client. The OpenAI SDKs raise it as an APIError. The row says the stream broke.
-                await before_complete(200, exc.code or exc.type)
+                await self._complete(record, 200, exc.code or exc.type)
                 await send(
                     {
                         "type": "http.response.body",

