@@ -108,6 +108,12 @@ def main() -> None:
     parser.add_argument("--targets", default="bare,qg-none,qg-memory,qg-redis", help="comma-separated")
     parser.add_argument("--requests", type=int, default=2000, help="requests counted per target")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at once")
+    parser.add_argument(
+        "--extra-config",
+        default="",
+        help="YAML lines added to each quotagate configuration, to count what a setting costs "
+        "(e.g. 'ledger: {enabled: false}')",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("valgrind is needed (apt-get install valgrind)")
@@ -126,7 +132,7 @@ def main() -> None:
             if name in ("bare", "bare-granian"):
                 label, command, key = bare_name(*BARE[name]), bare_command(mock0, port, *BARE[name]), None
             elif name.startswith("qg-") and quotagate_variant(name[3:])[1] == 1:
-                config, key = quotagate_config(name[3:], mock0, mock50, work, SLOW_PROCESS)
+                config, key = quotagate_config(name[3:], mock0, mock50, work, SLOW_PROCESS + args.extra_config + "\n")
                 label, command = quotagate_label(name[3:]), [*QG, "serve", "-c", str(config), "--port", str(port)]
             else:
                 sys.exit(f"unknown or unsupported target {name!r} (bare, bare-granian, qg-none, qg-memory, qg-redis)")
