@@ -4,12 +4,11 @@ never a wait on the event loop."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 import time
 from pathlib import Path
 
-from quotagate.accounting import Ledger, SqlWriter
+from quotagate.accounting import Ledger, SqlWriter, UsageRow, usage_table
 from quotagate.accounting._ledger import _statement_sizes
 from quotagate.keys import KeyStore
 
@@ -23,9 +22,7 @@ async def test_a_batch_of_many_statements_is_written_whole_and_once(tmp_path: Pa
     await store.create_schema()
     writer = SqlWriter(store.database)
     rows = [
-        dataclasses.replace(
-            usage_row(f"req_{n}"), prompt_tokens=n, stream=n % 2 == 1, client_request_id=f"c{n}" if n % 3 else None
-        )
+        usage_row(f"req_{n}")._replace(prompt_tokens=n, stream=n % 2 == 1, client_request_id=f"c{n}" if n % 3 else None)
         for n in range(250)  # more than two statements' worth
     ]
     try:
@@ -106,3 +103,8 @@ async def test_the_wal_is_checkpointed_off_the_event_loop(tmp_path: Path) -> Non
         await writer.aclose()
         await store.close()
     assert len(ledger_rows(f"sqlite:///{path}")) == 2000
+
+
+def test_a_row_is_its_values_in_column_order() -> None:
+    """Rows are bound to the INSERT as they are: their fields are the table's columns, in order."""
+    assert UsageRow._fields == tuple(column.name for column in usage_table.columns)

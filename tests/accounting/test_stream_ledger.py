@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from pathlib import Path
 
@@ -51,7 +50,7 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     client = RedisConnection(REDIS_URL)
     # What nodes of earlier versions appended: one row as a JSON object, and batches of rows as
     # arrays that end before client_request_id.
-    single = dataclasses.asdict(usage_row(old_id))
+    single = usage_row(old_id)._asdict()
     del single["client_request_id"]
     await client.execute("XADD", StreamLedger.STREAM, "*", "r", orjson.dumps(single))
     shorter = orjson.loads(row_json(usage_row(batched_id)))[:-1]
@@ -61,7 +60,7 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     )
     await ledger.start()
     try:
-        await ledger.commit(dataclasses.replace(usage_row(new_id), client_request_id="mine-1"))  # today's format
+        await ledger.commit(usage_row(new_id)._replace(client_request_id="mine-1"))  # today's format
         for _ in range(100):
             rows = {row.request_id: row for row in await asyncio.to_thread(ledger_rows, database)}
             if {old_id, batched_id, new_id} <= set(rows):

@@ -23,6 +23,7 @@ from ._pricing import MICRO
 
 logger = logging.getLogger("quotagate.alerts")
 _RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+_CALENDAR = Algorithm.CALENDAR  # a global: through the enum's class it is a slow lookup
 
 
 class Alerts:
@@ -40,7 +41,7 @@ class Alerts:
             return
         for status in decision.statuses:
             limit = status.limit
-            if limit.algorithm is not Algorithm.CALENDAR:
+            if limit.algorithm is not _CALENDAR:
                 continue
             fraction = 1.0 if decision.denied_by is status else status.used / limit.amount
             for threshold in self.settings.thresholds:

@@ -21,14 +21,12 @@ import concurrent.futures
 import functools
 import logging
 import math
-import operator
 import os
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -82,8 +80,9 @@ usage_table = sa.Table(
 usage_table.info["retired_indexes"] = ("ix_qg_usage_day", "ix_qg_usage_user_id")
 
 
-@dataclass(slots=True)
-class UsageRow:
+class UsageRow(NamedTuple):
+    """One request's row: its values in the table's column order (the row is what is bound)."""
+
     request_id: str
     ts: float  # epoch seconds
     day: str
@@ -108,7 +107,6 @@ class UsageRow:
 
 
 _FIELDS = tuple(column.name for column in usage_table.columns)
-_values: Any = operator.attrgetter(*_FIELDS)  # a row's values in column order
 _TS = _FIELDS.index("ts")
 _BOOLEANS = tuple(i for i, column in enumerate(usage_table.columns) if isinstance(column.type, sa.Boolean))
 _second: list[Any] = [None, ""]  # the last whole second formatted, and its text
@@ -128,7 +126,7 @@ def _ts_text(epoch: float) -> str:
 
 def row_json(row: UsageRow) -> bytes:
     """A row as the ledger carries it: a JSON array of its values in column order."""
-    values = list(_values(row))
+    values = list(row)
     values[_TS] = _ts_text(row.ts)
     return orjson.dumps(values)
 
@@ -257,9 +255,11 @@ class SqlWriter:
         if self._sqlite_path is None:
             await self.write_json(batch_json([row_json(row) for row in rows]))
             return
-        values = [list(_values(row)) for row in rows]
-        for row_values in values:
-            row_values[_TS] = _ts_text(row_values[_TS])
+        values: list[list[Any]] = []
+        for row in rows:
+            row_values: list[Any] = list(row)
+            row_values[_TS] = _ts_text(row.ts)
+            values.append(row_values)
         await self._write_sqlite(values)
 
     async def write_json(self, batch: bytes) -> None:

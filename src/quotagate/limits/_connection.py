@@ -246,7 +246,10 @@ class RedisConnection:
         A NOSCRIPT reply means the script did not run, so running it again counts nothing twice.
         """
         count = len(keys) if key_count is None else key_count
-        command = _pack(("EVALSHA", script.sha, count, *keys, *args))
+        return await self.run_script(script, _pack(("EVALSHA", script.sha, count, *keys, *args)))
+
+    async def run_script(self, script: LuaScript, command: bytes) -> Any:
+        """``command``, an EVALSHA of ``script`` encoded by the caller, as ``evalsha`` runs it."""
         reply = await (self._submit(command) or await self._submit_connected(command))
         if type(reply) is RedisReplyError:
             if not str(reply).startswith("NOSCRIPT"):

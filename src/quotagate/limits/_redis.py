@@ -18,13 +18,14 @@ connection the gateway uses on its request path, at a small fraction of redis-py
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ._algorithms import Outcome
-from ._connection import LuaScript, Packed, RedisConnection
+from ._connection import LuaScript, Packed, RedisConnection, _pack
 from ._model import Algorithm, Decision, Limit, LimitStatus
 from ._params import calendar_bounds, make_decision, params
 
@@ -130,6 +131,9 @@ class RedisStore:
         self._acquire_script = LuaScript(ACQUIRE_LUA)
         # limit key -> (the Limit, its encoded key, its encoded parameters, the calendar window)
         self._fragments: dict[str, tuple[Limit, Packed, Packed, object]] = {}
+        # id of a tuple of limits -> (the tuple, valid until, the command's fixed head, the limits'
+        # encoded parameters): see _acquire_command
+        self._commands: dict[int, tuple[Sequence[Limit], float, bytes, list[bytes]]] = {}
         self._settle = _script(client, SETTLE_LUA)
         self._release = _script(client, _RELEASE_LUA)
         self._renew = _script(client, _RENEW_LUA)
@@ -150,12 +154,46 @@ class RedisStore:
         connection = self._connection
         if connection is not None and not (self._split or lease or self._clock):
             # The gateway's case, in one coroutine: encoded fragments, one round trip.
-            keys, args = self._encoded_call(limits, costs, time.time(), _PLAIN_HEAD)
-            reply = await connection.evalsha(self._acquire_script, keys, args, len(keys))
+            command = self._acquire_command(limits, costs, time.time())
+            reply = await connection.run_script(self._acquire_script, command)
             return _decision(limits, costs, reply, None)
         if not self._split:
             return await self._acquire_group(limits, costs, lease, dry_run=False)
         return await self._acquire_by_slot(limits, costs, lease)
+
+    def _acquire_command(self, limits: Sequence[Limit], costs: Sequence[int], now: float) -> bytes:
+        """The acquire script's EVALSHA, in RESP, for the gateway's decisions.
+
+        All of it but the costs is the same for every request of one key and model: the policy
+        hands out the same tuple of limits for them. That part is encoded once per tuple (and
+        calendar window); a request encodes only its costs, where encoding the whole command
+        took ~500 bytecodes.
+        """
+        entry = self._commands.get(id(limits))
+        if entry is None or entry[0] is not limits or now >= entry[1]:
+            keys, args = self._encoded_call(limits, costs, now, _PLAIN_HEAD)
+            head = _pack(("EVALSHA", self._acquire_script.sha, len(keys), *keys, _PLAIN_HEAD), header=False)
+            count = 3 + len(keys) + _PLAIN_HEAD.count + sum(1 + fixed.count for fixed in args[2::2])
+            valid_until = min(
+                (calendar_bounds(lim.calendar, lim.timezone, now)[1] for lim in limits if lim.calendar is not None),
+                default=math.inf,
+            )
+            if len(self._commands) >= _FRAGMENTS_MAX:
+                self._commands.clear()
+            # The entry holds the tuple itself: its id cannot be reused while the entry lives.
+            entry = self._commands[id(limits)] = (
+                limits,
+                valid_until,
+                b"*%d\r\n%s" % (count, head),
+                [fixed.data for fixed in args[2::2]],
+            )
+        parts = [entry[2]]
+        fixed_parts = entry[3]
+        for index, cost in enumerate(costs):
+            digits = b"%d" % cost
+            parts.append(b"$%d\r\n%s\r\n" % (len(digits), digits))
+            parts.append(fixed_parts[index])
+        return b"".join(parts)
 
     def _encoded_call(
         self, limits: Sequence[Limit], costs: Sequence[int], now: float, head: Packed

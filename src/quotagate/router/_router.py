@@ -45,6 +45,7 @@ _PROVIDER_RATELIMIT_HEADERS = (
 )
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _EWMA = 0.2
+_REQUESTS = Unit.REQUESTS  # a global: through the enum's class it is a slow lookup
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -220,7 +221,7 @@ class Router:
         return ordered
 
     def _costs(self, target: DeploymentTarget, estimate: Estimate) -> list[int]:
-        return [1 if limit.unit is Unit.REQUESTS else estimate.total for limit in target.limits]
+        return [1 if limit.unit is _REQUESTS else estimate.total for limit in target.limits]
 
     async def _pick(
         self, model: str, request: RouteRequest, failed: set[str]
@@ -464,7 +465,7 @@ class Router:
                 await self.states.success(target.id)
         if exchange.decision is not None and tokens_used is not None:
             deltas = [
-                tokens_used - cost if limit.unit is not Unit.REQUESTS else 0
+                tokens_used - cost if limit.unit is not _REQUESTS else 0
                 for limit, cost in zip(target.limits, exchange.costs, strict=True)
             ]
             await self.limiter.settle(exchange.decision, target.limits, deltas)
