@@ -165,6 +165,7 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
             old.create_all(conn)
             conn.execute(sa.text("CREATE INDEX ix_qg_usage_day ON qg_usage (day)"))
             conn.execute(sa.text("CREATE INDEX ix_qg_usage_user_id ON qg_usage (user_id)"))
+            conn.execute(sa.text("CREATE INDEX ix_qg_usage_key_id ON qg_usage (key_id)"))
             conn.execute(
                 sa.text(
                     "INSERT INTO qg_usage (request_id, ts, day, prompt_tokens, completion_tokens, cached_tokens, "
@@ -186,7 +187,7 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
 
     names, indexes, rows = asyncio.run(upgrade())
     assert "client_request_id" in names and "ix_qg_usage_client_request_id" in indexes
-    assert not indexes & {"ix_qg_usage_day", "ix_qg_usage_user_id"}
+    assert not indexes & {"ix_qg_usage_day", "ix_qg_usage_user_id", "ix_qg_usage_key_id"}
     assert [(row.request_id, row.prompt_tokens, row.client_request_id) for row in rows] == [("req_old", 5, None)]
 
 
