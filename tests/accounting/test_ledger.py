@@ -345,3 +345,32 @@ def test_metrics_are_exposed_and_parse(gateway: RunningGateway, api_key: str) ->
         "quotagate_breaker_state",
     } <= set(families)
     assert all("key" not in s.labels for s in requests)  # no per-key labels unless configured
+
+
+async def _json_whatever_was_asked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An upstream that answers every request with a plain JSON completion, streams included,
+    and reports no usage (some OpenAI-compatible servers ignore stream=true)."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "three small words"}}]}'
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_stream_answered_with_plain_json_is_charged_its_text(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str
+) -> None:
+    """A streamed request that the upstream answers with plain JSON, without usage, is counted by
+    the text it generated, as a non-streamed one is."""
+    upstream = ServerThread(_json_whatever_was_asked).start()
+    try:
+        gw = start_gateway(gateway_config(sqlite_url, upstream.url))
+        key = gw.create_key()["key"]
+        streamed = post(gw, key, {**CHAT, "stream": True})
+        assert streamed.status_code == 200 and streamed.json()["choices"][0]["message"]["content"] == "three small words"
+        rows = wait_for_rows(sqlite_url, 1)
+    finally:
+        upstream.stop()
+    assert [(row.stream, row.completion_tokens) for row in rows] == [(True, 3)]

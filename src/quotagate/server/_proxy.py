@@ -649,6 +649,9 @@ class Proxy:
             raise UpstreamTimeoutError(
                 f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
             ) from None
+        if exchange.first_chunk:
+            # A stream request answered without a stream: the router read its first chunk already.
+            body = exchange.first_chunk + body
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
