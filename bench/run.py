@@ -46,6 +46,7 @@ PY = sys.executable
 QG = [PY, "-m", "quotagate"]
 LITELLM = HERE / ".venv-litellm" / "bin" / "litellm"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+BENCH_REDIS = "redis://127.0.0.1:6379/14"  # the benchmark's own database, emptied before each Redis target
 
 
 def loadgen(
@@ -101,12 +102,18 @@ def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str 
     """A configuration file for variant ``name`` (see quotagate_variant), with ``extra`` YAML
     lines, and a key on its bench tier."""
     variant = quotagate_variant(name)[0]
+    if variant == "redis":
+        # Each Redis target starts from an empty database: a ledger stream left behind by a gateway
+        # that was killed would otherwise be written out by this one while it is measured.
+        import redis
+
+        redis.Redis.from_url(BENCH_REDIS).flushdb()
     tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
     tiers["redis"] = tiers["memory"]
     config = work / f"qg-{name}.yaml"
     config.write_text(
         f"database: sqlite:///{work}/qg-{name}.db\n"
-        + ("redis: redis://127.0.0.1:6379/14\n" if variant == "redis" else "")
+        + (f"redis: {BENCH_REDIS}\n" if variant == "redis" else "")
         + f"tiers: {{bench: {tiers[variant]}}}\n"
         + extra
         + "models:\n"

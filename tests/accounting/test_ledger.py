@@ -369,7 +369,9 @@ def test_a_stream_answered_with_plain_json_is_charged_its_text(
         gw = start_gateway(gateway_config(sqlite_url, upstream.url))
         key = gw.create_key()["key"]
         streamed = post(gw, key, {**CHAT, "stream": True})
-        assert streamed.status_code == 200 and streamed.json()["choices"][0]["message"]["content"] == "three small words"
+        assert (
+            streamed.status_code == 200 and streamed.json()["choices"][0]["message"]["content"] == "three small words"
+        )
         rows = wait_for_rows(sqlite_url, 1)
     finally:
         upstream.stop()

@@ -54,28 +54,50 @@ def test_batches_of_any_size_use_a_handful_of_statement_shapes() -> None:
 
 
 async def test_a_locked_file_does_not_hold_up_the_event_loop(tmp_path: Path) -> None:
-    """The ledger writes SQLite from the event loop: when another process holds the write lock
-    (the CLI writing a key), a batch fails at once and is kept, and the next flush writes it."""
+    """The ledger writes SQLite from the event loop: while another process holds the write lock
+    (the CLI writing a key, another worker's ledger), the batch waits with the loop running; held
+    longer than the writer waits, the batch is kept, and the next flush writes it."""
     path = tmp_path / "ledger.db"
     store = KeyStore.from_url(f"sqlite:///{path}")
     await store.create_schema()
-    ledger = Ledger(SqlWriter(store.database), batch_size=500, flush_seconds=60)
+    writer = SqlWriter(store.database)
+    writer.LOCK_WAIT_SECONDS = 0.5
+    ledger = Ledger(writer, batch_size=500, flush_seconds=60)
     other = sqlite3.connect(path, isolation_level=None)
+    gaps: list[float] = []
+
+    async def tick(seconds: float) -> None:
+        last = time.monotonic()
+        for _ in range(int(seconds / 0.01)):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
     try:
-        await ledger.commit(usage_row("req_kept"))
+        await ledger.commit(usage_row("req_waited"))
         other.execute("BEGIN IMMEDIATE")  # the write lock, as a CLI transaction holds it
+        flushing = asyncio.ensure_future(ledger.flush())
+        await tick(0.2)
+        other.execute("COMMIT")
+        await flushing
+        assert (ledger.written, ledger.write_errors) == (1, 0)
+        assert max(gaps) < 0.1  # the loop went on while the batch waited for the lock
+
+        await ledger.commit(usage_row("req_kept"))
+        other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        await ledger.flush()
-        assert time.monotonic() - started < 0.5  # no waiting for the lock (the CLI's own timeout is 5 s)
-        assert ledger.written == 0 and ledger.write_errors == 1
+        await ledger.flush()  # gives up after LOCK_WAIT_SECONDS and keeps the row
+        assert time.monotonic() - started < 2.0
+        assert (ledger.written, ledger.write_errors) == (1, 1)
         other.execute("COMMIT")
         await ledger.flush()
-        assert ledger.written == 1
+        assert ledger.written == 2
     finally:
         other.close()
         await ledger.aclose()
         await store.close()
-    assert [row.request_id for row in ledger_rows(f"sqlite:///{path}")] == ["req_kept"]
+    assert sorted(row.request_id for row in ledger_rows(f"sqlite:///{path}")) == ["req_kept", "req_waited"]
 
 
 def wal_size(database: Path) -> int:

@@ -227,14 +227,16 @@ class SqlWriter:
     was busy, a voluntary context switch per proxied request, and the ledger cost the gateway 53 µs
     of CPU per request at 64 connections; from the loop, 16 µs (bench/compare.py, medians of
     interleaved runs). Nothing on the loop waits for SQLite, though: the connection's busy timeout
-    is zero (a batch that finds the file locked, by the CLI writing keys, say, is kept and written
-    with the next flush), and the WAL checkpoints, which sync the file to disk, are taken off it:
+    is zero, and a batch that finds the file locked (by the CLI writing keys, or another worker's
+    ledger) tries again after a pause in which the loop goes on, and after LOCK_WAIT_SECONDS is
+    kept for the next flush. The WAL checkpoints, which sync the file to disk, are taken off it:
     automatic checkpoints are off on this connection, and a thread with a connection of its own
     checkpoints every CHECKPOINT_ROWS rows.
     """
 
     ROWS_PER_STATEMENT = 128
     CHECKPOINT_ROWS = 4096
+    LOCK_WAIT_SECONDS = 2.0  # then the batch is kept and written with the next flush
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -285,12 +287,28 @@ class SqlWriter:
         self._sqlite = connection
         return connection
 
+    async def _begin(self, connection: sqlite3.Connection) -> None:
+        """Take the file's write lock, waiting for it without holding up the loop: another
+        process (the CLI, another worker's ledger) holds it for a moment at a time."""
+        pause = 0.005
+        waited = 0.0
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or waited >= self.LOCK_WAIT_SECONDS:
+                    raise
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.1)
+
     async def _write_sqlite(self, rows: list[list[Any]]) -> None:
         async with self._sqlite_lock:
             connection = self._sqlite or self._open_sqlite()
             start = 0
             try:
-                connection.execute("BEGIN IMMEDIATE")
+                await self._begin(connection)
                 for size in _statement_sizes(len(rows), self._rows_per_statement):
                     connection.execute(_values_sql(size), _parameters(rows[start : start + size]))
                     start += size
