@@ -586,7 +586,7 @@ def targets(
             share = compared.share_of_bare * 100
             say(
                 share >= goal,
-                f"{what} at {share:.0f} % of the bare proxy's req/s, interleaved median (target >= {goal} %)",
+                f"{what} at {share:.1f} % of the bare proxy's req/s, interleaved median (target >= {goal} %)",
             )
         elif bare and label in by:
             share = by[label]["c64"]["rps"] / bare["c64"]["rps"] * 100  # type: ignore[index]
