@@ -82,7 +82,7 @@ EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
 # so watchers are started only for requests that have lasted at least this long: one sweep of the
 # requests in flight every so often, rather than a timer or a task for each request. A tenth of a
 # second is nothing beside a model's answer (what the watch saves is the rest of a long call) but
-# above a busy gateway's typical latency: at 64 connections requests took 25-40 ms, and at 20 ms
+# above a busy gateway's typical latency: at 64 connections requests took 20-40 ms, and at 20 ms
 # most of them started a watcher task of their own.
 WATCH_AFTER_SECONDS = 0.1
 
