@@ -56,7 +56,6 @@ class InProcessStore:
         state = self._state
         outcomes = []
         expiries = []
-        admitted = True
         # By index rather than zip(strict=True), which parses its keyword on every call.
         for index, limit in enumerate(limits):
             cost = costs[index]
@@ -73,12 +72,10 @@ class InProcessStore:
             else:
                 outcome = alg.concurrency(state.get(limit.key), now, cost, a, b, lease or "")
                 expiry = now + 2 * b
-            if not outcome[0]:
-                admitted = False
             outcomes.append(outcome)
             expiries.append(expiry)
         decision = make_decision(limits, costs, outcomes, lease)
-        if admitted and not dry_run:
+        if decision.allowed and not dry_run:
             expires = self._expires
             for index, limit in enumerate(limits):
                 state[limit.key] = outcomes[index][2]

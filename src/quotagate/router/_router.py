@@ -368,7 +368,7 @@ class Router:
         try:
             response = await self.transport.send(
                 UpstreamRequest(
-                    target.base_url + request.path,
+                    target.url(request.path),
                     target.headers,
                     request.body_for(target),
                     target.connect_timeout,

@@ -35,17 +35,6 @@ def go_duration(seconds: float) -> str:
     return text
 
 
-def _reset(seconds: float) -> bytes:
-    # The common cases without go_duration's arithmetic: a rate limit under its cap refills in
-    # milliseconds.
-    if seconds <= 0:
-        return b"0s"
-    if seconds < 1:
-        millis = round(seconds * 1000)
-        return b"%dms" % (millis if millis > 1 else 1)
-    return go_duration(seconds).encode()
-
-
 def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the tightest limit of each kind."""
     requests: LimitStatus | None = None
@@ -58,14 +47,11 @@ def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
         elif unit in _TOKEN_UNITS and (tokens is None or status.remaining < tokens.remaining):
             tokens = status
     headers: list[tuple[bytes, bytes]] = []
-    if requests is not None:
-        headers.append((_REQUEST_HEADERS[0], b"%d" % requests.limit.capacity))
-        headers.append((_REQUEST_HEADERS[1], b"%d" % requests.remaining))
-        headers.append((_REQUEST_HEADERS[2], _reset(requests.reset_after)))
-    if tokens is not None:
-        headers.append((_TOKEN_HEADERS[0], b"%d" % tokens.limit.capacity))
-        headers.append((_TOKEN_HEADERS[1], b"%d" % tokens.remaining))
-        headers.append((_TOKEN_HEADERS[2], _reset(tokens.reset_after)))
+    for tightest, names in ((requests, _REQUEST_HEADERS), (tokens, _TOKEN_HEADERS)):
+        if tightest is not None:
+            headers.append((names[0], b"%d" % tightest.limit.capacity))
+            headers.append((names[1], b"%d" % tightest.remaining))
+            headers.append((names[2], go_duration(tightest.reset_after).encode()))
     return headers
 
 
