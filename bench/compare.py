@@ -7,9 +7,10 @@ This host's speed moves by a third within minutes (bench/run.py's calibration lo
 75 to 144 ms in one afternoon), so two targets measured one after the other, a minute apart, can
 differ by more than what tells them apart. Here every target runs at once, idle but for its
 turn, and each round gives every target a short wrk run (64 connections, non-streaming chat
-completions against the 0 ms mock) in a fresh random order. Each target's figures are the
-medians over the rounds, and its ratio to the bare proxy is the median of the ratios within a
-round: a slow spell of the host weighs on both sides of a ratio alike.
+completions against the 0 ms mock) in a fresh random order, with a run of the bare proxy before
+the first and after each one. A target's ratio to the bare proxy in a round is its req/s over the
+mean of the two bare runs around it, so a drift of the host's speed within the round weighs on
+both sides alike; its figures are the medians over the rounds (the bare proxy's over all its runs).
 
 Targets: bare (the bare proxy on quotagate's stack) and qg-none, qg-memory, qg-redis (as in
 bench/run.py; add +noledger, e.g. qg-none+noledger, to run without the usage ledger).
@@ -53,6 +54,8 @@ class Comparison:
     share_of_bare: float | None
     share_range: tuple[float, float] | None
     errors: int
+    # Its CPU per request over the bare proxy's, bracketed as the req/s share is (median of rounds).
+    cpu_vs_bare: float | None = None
 
 
 def start(name: str, mock: int, work: Path) -> Contender:
@@ -87,16 +90,21 @@ def compare(
             contenders.append(start(name, mock, work))
         for contender in contenders:
             wrk(contender.url, connections, 2, contender.key)  # warm-up
+        bare = next((c for c in contenders if c.name == "bare"), None)
+        # Per target: its req/s over the mean of the bare runs just before and after it, by round.
+        shares: dict[str, list[float]] = {c.name: [] for c in contenders}
+        cpu_ratios: dict[str, list[float]] = {c.name: [] for c in contenders}
         for number in range(1, rounds + 1):
-            order = list(contenders)
+            order = [c for c in contenders if c is not bare]
             random.shuffle(order)
+            before = _run(bare, connections, seconds) if bare is not None else None
             for contender in order:
-                before = cpu_seconds(contender.process.pid)
-                result = wrk(contender.url, connections, seconds, contender.key)
-                used = cpu_seconds(contender.process.pid) - before
-                contender.rps.append(result["rps"])
-                contender.cpu_us.append(used / max(1, result["requests"]) * 1e6)
-                contender.errors += int(result["errors"])
+                mine = _run(contender, connections, seconds)
+                if bare is not None and before is not None:
+                    after = _run(bare, connections, seconds)
+                    shares[contender.name].append(mine / ((before + after) / 2))
+                    cpu_ratios[contender.name].append(contender.cpu_us[-1] / statistics.mean(bare.cpu_us[-2:]))
+                    before = after
             if verbose:
                 print(f"round {number}: " + ", ".join(f"{c.name} {c.rps[-1]:,.0f}/s" for c in contenders), flush=True)
     finally:
@@ -104,22 +112,38 @@ def compare(
             contender.process.terminate()
         for contender in contenders:
             contender.process.wait(15)
-    bare = next((c for c in contenders if c.name == "bare"), None)
     out = []
     for c in contenders:
         share: float | None = None
         spread: tuple[float, float] | None = None
-        if bare is not None and c is not bare:
-            ratios = [mine / theirs for mine, theirs in zip(c.rps, bare.rps, strict=True)]
-            share, spread = statistics.median(ratios), (min(ratios), max(ratios))
-        out.append(Comparison(c.label, statistics.median(c.rps), statistics.median(c.cpu_us), share, spread, c.errors))
+        cpu_ratio: float | None = None
+        if shares.get(c.name):
+            share, spread = statistics.median(shares[c.name]), (min(shares[c.name]), max(shares[c.name]))
+            cpu_ratio = statistics.median(cpu_ratios[c.name])
+        out.append(
+            Comparison(
+                c.label, statistics.median(c.rps), statistics.median(c.cpu_us), share, spread, c.errors, cpu_ratio
+            )
+        )
     return out
+
+
+def _run(contender: Contender, connections: int, seconds: int) -> float:
+    """One wrk run against ``contender``, recorded; its req/s."""
+    before = cpu_seconds(contender.process.pid)
+    result = wrk(contender.url, connections, seconds, contender.key)
+    used = cpu_seconds(contender.process.pid) - before
+    contender.rps.append(result["rps"])
+    contender.cpu_us.append(used / max(1, result["requests"]) * 1e6)
+    contender.errors += int(result["errors"])
+    return float(result["rps"])
 
 
 def table(results: list[Comparison]) -> str:
     lines = [
-        "| target | req/s (median) | CPU µs/request (median) | req/s vs bare proxy (median of rounds, min-max) |",
-        "|---|---|---|---|",
+        "| target | req/s (median) | CPU µs/request (median) | req/s vs bare proxy (median of rounds, min-max) "
+        "| CPU vs bare proxy (median of rounds) |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
         share = (
@@ -128,7 +152,8 @@ def table(results: list[Comparison]) -> str:
             else "—"
         )
         errors = f" ({r.errors} non-2xx)" if r.errors else ""
-        lines.append(f"| {r.label} | {r.rps:,.0f}{errors} | {r.cpu_us:.0f} | {share} |")
+        cpu = f"{r.cpu_vs_bare:.2f}x" if r.cpu_vs_bare is not None else "—"
+        lines.append(f"| {r.label} | {r.rps:,.0f}{errors} | {r.cpu_us:.0f} | {share} | {cpu} |")
     return "\n".join(lines)
 
 

@@ -25,8 +25,8 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, cast
 
 import orjson
 import sqlalchemy as sa
@@ -189,6 +189,15 @@ def _statement_sizes(count: int, largest: int) -> Iterator[int]:
             size >>= 1
         yield size
         count -= size
+
+
+# The sqlite3 driver binds int, float and str at once, but None (a row's error_type and
+# client_request_id, mostly) through its adapter protocol: with no adapter registered for
+# NoneType it looks for __adapt__ and __conform__, raising and clearing an AttributeError for
+# each, 3,400 instructions per NULL (callgrind, 2 a row). With one registered, it is a dictionary
+# lookup and a call. The adapter is the bound method of an empty dict, which answers None for any
+# value: C, with no state. NULL is bound either way, for every user of sqlite3 in the process.
+sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 
 
 def _parameters(rows: list[list[Any]]) -> list[Any]:
@@ -384,6 +393,13 @@ class Ledger:
 
     async def commit(self, row: UsageRow) -> None:
         self._keep(row)
+        # Nothing to wait for, but a turn of the loop, as the stream ledger's append takes one:
+        # the responses that came back together are then accounted for together, and sent
+        # together, each stage for all of them back to back (the limiter's in-process decision
+        # does the same, see Limiter.acquire). At 64 connections, in paired runs of 12-20 rounds
+        # against the same gateway without it: 4 % and 13 % less CPU per request without limits,
+        # 3 % and 5 % with in-process limits (two identical gateways paired so differed by 7 %).
+        await asyncio.sleep(0)
 
     def _keep(self, row: UsageRow) -> None:
         self._buffer.append(row)
