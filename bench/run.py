@@ -582,7 +582,12 @@ def targets(
         say(None, "saturation vs LiteLLM: LiteLLM not measured")
     if mock and none:
         added = none["c1"]["p50"] - mock["c1"]["p50"]  # type: ignore[index]
-        say(added <= 0.5, f"added p50 at one connection {added:.2f} ms (target <= 0.5 ms)")
+        if added < 0:
+            # The mock alone cannot be slower than through a gateway: the host was in a slower
+            # spell when the mock was measured, and the difference says nothing.
+            say(None, f"added p50 at one connection {added:.2f} ms: the mock was measured in a slower spell (rerun)")
+        else:
+            say(added <= 0.5, f"added p50 at one connection {added:.2f} ms (target <= 0.5 ms)")
         if "rate500" in none:
             p99 = none["rate500"]["p99"] - mock["rate500"]["p99"]  # type: ignore[index]
             say(p99 <= 2.0, f"added p99 at 500 req/s offered {p99:.2f} ms (target <= 2 ms)")
