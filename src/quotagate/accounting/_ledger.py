@@ -478,14 +478,14 @@ class StreamLedger(Ledger):
         self.appender = appender
         self.reader = consumer
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self._pending: list[tuple[UsageRow, bytes, asyncio.Future[None]]] = []  # (row, row_json, its commit)
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []  # (row_json, its commit)
         self._scheduled = False
         self._consumer_task: asyncio.Task[None] | None = None
 
     async def commit(self, row: UsageRow) -> None:
         """Return once the row is in the stream (or, with Redis down, in the local buffer)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, row_json(row), future))
+        self._pending.append((row_json(row), future))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._append_pending()))
@@ -500,16 +500,16 @@ class StreamLedger(Ledger):
         # rows, each the array of its values in column order (row_json).
         self._scheduled = False
         batch, self._pending = self._pending, []
-        entry = batch_json([payload for _, payload, _ in batch])
+        entry = batch_json([payload for payload, _ in batch])
         try:
             # The connection's own deadline bounds the append.
             await self.appender.execute("XADD", self.STREAM, "*", "b", entry, "n", len(batch))
         except Exception as exc:
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for _, _, future in batch:
+        for _, future in batch:
             if not future.done():
                 future.set_result(None)
 

@@ -251,6 +251,8 @@ class _Record:
         "cached",
         "charged_model",
         "client_request_id",
+        "counted",
+        "counted_text",
         "decision",
         "done",
         "estimate",
@@ -292,6 +294,9 @@ class _Record:
         self.reported: tuple[int, int] | None = None
         self.cached = 0
         self.generated = ""
+        # The tokens of ``counted_text`` as last counted: actual() is asked up to three times.
+        self.counted = 0
+        self.counted_text = ""
         self.upstream_answered = False
         self.exchange: Exchange | None = None
         self.stream_usage: StreamUsage | None = None
@@ -309,7 +314,10 @@ class _Record:
         if self.reported is not None:
             return self.reported
         if self.upstream_answered:
-            return self.estimate.prompt, count_generated(self.generated, self.charged_model)
+            if self.generated != self.counted_text:
+                self.counted = count_generated(self.generated, self.charged_model)
+                self.counted_text = self.generated
+            return self.estimate.prompt, self.counted
         return 0, 0  # the provider never took the request
 
 
@@ -402,7 +410,7 @@ class Proxy:
         began = time.perf_counter()
         # Authenticate before reading the body: an anonymous client cannot make the gateway
         # buffer up to max_body_bytes.
-        principal = await self.authenticator.authenticate(extract_key(headers.authorization, headers.x_api_key))
+        principal = await self.authenticate(headers)
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
         request = endpoint.parse(raw)
         self.check_model(principal, request.model)
