@@ -1,13 +1,14 @@
 """The thinnest Python proxy that can be written: raw ASGI, one pooled HTTP client.
 
     python bench/bare_proxy.py --upstream http://127.0.0.1:9000 --port 8100 \
-        [--server uvicorn|granian] [--client aiohttp|httpx|aiosonic]
+        [--server uvicorn|granian] [--client aiohttp|httpx|aiosonic|quotagate]
 
 No auth, no limits, no parsing: the body goes up, the answer comes back (streams chunk by
-chunk). With the defaults (uvicorn with uvloop and httptools, aiohttp: quotagate's own stack)
-it is the floor against which quotagate's cost is measured; the other servers and clients are
-there to choose the stack by measurement (bench/run.py's stack rows). granian and aiosonic are
-not quotagate dependencies: install them into the venv to measure them.
+chunk). With the defaults (uvicorn with uvloop and httptools, aiohttp) it is the floor the issue
+measures quotagate's cost against; the other servers and clients are there to choose the stack
+by measurement (bench/run.py's stack rows), among them quotagate's own upstream client
+(``--client quotagate``, quotagate/upstream/_http.py), which the gateway runs on. granian and
+aiosonic are not quotagate dependencies: install them into the venv to measure them.
 """
 
 from __future__ import annotations
@@ -71,7 +72,29 @@ def _aiosonic() -> tuple[Forward, Callable[[], Awaitable[None]]]:
     return forward, client.aclose
 
 
-CLIENTS = {"aiohttp": _aiohttp, "httpx": _httpx, "aiosonic": _aiosonic}
+def _quotagate() -> tuple[Forward, Callable[[], Awaitable[None]]]:
+    from quotagate.upstream._http import HttpClient
+
+    client = HttpClient()
+    headers = {"Content-Type": "application/json"}
+
+    async def forward(path: str, body: bytes) -> Any:
+        response = await client.post(UPSTREAM + path, headers, body, 10.0, 60.0)
+        content_type = response.headers.get("content-type", "application/json")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await response.next_chunk(60.0):
+                yield chunk
+
+        async def release() -> None:
+            response.close()
+
+        return response.status, content_type, chunks(), release
+
+    return forward, client.aclose
+
+
+CLIENTS = {"aiohttp": _aiohttp, "httpx": _httpx, "aiosonic": _aiosonic, "quotagate": _quotagate}
 forward: Forward | None = None
 
 
@@ -136,8 +159,8 @@ def main() -> None:
         return
     import uvicorn
 
-    # quotagate's own uvicorn settings, so that only the proxying differs; the module loads
-    # nothing else of quotagate.
+    # quotagate's own uvicorn settings, so that only the proxying differs; apart from the
+    # quotagate client, the module loads nothing else of quotagate.
     from quotagate._uvicorn import uvicorn_config
 
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()

@@ -129,7 +129,7 @@ def main() -> None:
         for name in args.targets.split(","):
             port = free_port()
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            if name in ("bare", "bare-granian"):
+            if name in BARE:
                 label, command, key = bare_name(*BARE[name]), bare_command(mock0, port, *BARE[name]), None
             elif name.startswith("qg-") and quotagate_variant(name[3:])[1] == 1:
                 config, key = quotagate_config(name[3:], mock0, mock50, work, SLOW_PROCESS + args.extra_config + "\n")

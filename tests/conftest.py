@@ -26,6 +26,7 @@ from quotagate.config import Config, parse_config
 from quotagate.mock import MockOptions, MockUpstream
 from quotagate.server import Gateway
 from quotagate.server._run import bound_socket
+from quotagate.upstream import Transport
 
 POSTGRES_ADMIN_URL = os.environ.get("QUOTAGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("QUOTAGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -183,8 +184,8 @@ def sqlite_url(tmp_path: Path) -> str:
 def start_gateway(upstream_env: None, sqlite_url: str) -> Iterator[Callable[..., RunningGateway]]:
     started: list[ServerThread] = []
 
-    def start(config: Config) -> RunningGateway:
-        gateway = Gateway(config)
+    def start(config: Config, transport: Transport | None = None) -> RunningGateway:
+        gateway = Gateway(config, transport=transport)
         server = ServerThread(gateway).start()
         started.append(server)
         return RunningGateway(server.url, server, gateway)

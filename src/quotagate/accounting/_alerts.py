@@ -13,16 +13,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..auth import Principal
 from ..config import AlertSettings
 from ..limits import Algorithm, Decision, LimitStatus, RedisConnection, Unit
+from ..upstream._http import ConnectFailed, ConnectTimeout, Disconnected, HttpClient, ReadTimeout
 from ._pricing import MICRO
 
 logger = logging.getLogger("quotagate.alerts")
 _RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+_TRY_SECONDS = 5.0
+_WEBHOOK_HEADERS = {"Content-Type": "application/json", "User-Agent": "quotagate-alerts"}
 _CALENDAR = Algorithm.CALENDAR  # a global: through the enum's class it is a slow lookup
 
 
@@ -31,7 +33,7 @@ class Alerts:
         self.settings = settings
         self.redis = redis
         self._fired: set[tuple[str, float, float]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
 
@@ -98,25 +100,27 @@ class Alerts:
 
     async def _post(self, event: dict[str, Any]) -> None:
         assert self.settings.webhook is not None
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        if self._client is None:
+            self._client = HttpClient()
         body = orjson.dumps(event)
         for pause in (0.0, *_RETRIES):
             if pause:
                 await asyncio.sleep(pause)
             try:
-                async with self._session.post(
-                    self.settings.webhook, data=body, headers={"Content-Type": "application/json"}
-                ) as r:
-                    if r.status < 500 and r.status != 429:
-                        self.sent += 1
-                        return
-            except (aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(_TRY_SECONDS):
+                    response = await self._client.post(
+                        self.settings.webhook, _WEBHOOK_HEADERS, body, _TRY_SECONDS, _TRY_SECONDS
+                    )
+                    await response.read(_TRY_SECONDS)
+                if response.status < 500 and response.status != 429:
+                    self.sent += 1
+                    return
+            except (ConnectFailed, ConnectTimeout, ReadTimeout, Disconnected, TimeoutError):
                 pass
         logger.error("alert webhook %s failed after %d tries", self.settings.webhook, len(_RETRIES) + 1)
 
     async def aclose(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.aclose()

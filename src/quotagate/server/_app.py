@@ -30,7 +30,7 @@ from ..policy import Policy
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
 from ..tokens import encoding_for_model
-from ..upstream import AiohttpTransport, ModelRoutes, Transport
+from ..upstream import HttpTransport, ModelRoutes, Transport
 from ._admin import AdminAPI
 from ._asgi import (
     JSON_CONTENT_TYPE,
@@ -70,7 +70,7 @@ class Gateway:
         self.store = store or KeyStore.from_url(config.database)
         self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
-        self.transport: Transport = transport or AiohttpTransport()
+        self.transport: Transport = transport or HttpTransport()
         self.redis: RedisConnection | None = None
         limit_store: Store
         if config.redis:

@@ -2,15 +2,25 @@
 
 from ._deployments import USER_AGENT, DeploymentTarget, ModelRoutes
 from ._errors import upstream_status_error
-from ._transport import AiohttpTransport, Transport, UpstreamRequest, UpstreamResponse
+from ._transport import HttpTransport, Transport, UpstreamRequest, UpstreamResponse
 
 __all__ = [
     "USER_AGENT",
     "AiohttpTransport",
     "DeploymentTarget",
+    "HttpTransport",
     "ModelRoutes",
     "Transport",
     "UpstreamRequest",
     "UpstreamResponse",
     "upstream_status_error",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # AiohttpTransport imports aiohttp, which the gateway itself never needs.
+    if name == "AiohttpTransport":
+        from ._aiohttp import AiohttpTransport
+
+        return AiohttpTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,23 +1,23 @@
 """The bottom of the upstream stack: send one HTTP request to one provider endpoint.
 
 ``Transport`` is the seam: retries, circuit breaking and routing are layers above it, and tests
-or embedders can hand in their own. ``AiohttpTransport`` keeps one pooled keep-alive session for
-the process: no per-request client, session or TLS handshake.
+or embedders can hand in their own. ``HttpTransport``, the gateway's, sends over quotagate's own
+pooled keep-alive client (``_http``); ``AiohttpTransport`` (``_aiohttp``, imported only when
+asked for) does the same over an aiohttp session.
 
-aiohttp's errors stop here: they are mapped to ``UpstreamError`` / ``UpstreamTimeoutError`` and
-re-raised ``from exc``. Messages name the deployment, never its URL's secrets or its key.
+The client's errors stop here: they are mapped to ``UpstreamError`` / ``UpstreamTimeoutError``
+and re-raised ``from exc``. Messages name the deployment, never its URL's secrets or its key.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
 from ..errors import UpstreamError, UpstreamTimeoutError
+from ._http import ConnectFailed, ConnectTimeout, Disconnected, HttpClient, ReadTimeout, Response
 
 
 # Not frozen: one is made per attempt, and a frozen dataclass sets each field through
@@ -52,10 +52,10 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _AiohttpResponse:
+class _HttpResponse:
     __slots__ = ("_chunk_timeout", "_label", "_response", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, label: str, chunk_timeout: float) -> None:
+    def __init__(self, response: Response, label: str, chunk_timeout: float) -> None:
         self._response = response
         self._label = label
         self._chunk_timeout = chunk_timeout
@@ -63,107 +63,71 @@ class _AiohttpResponse:
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
-        # The chunk timeout is aiohttp's read timeout on this connection (see AiohttpTransport.send).
         try:
-            return await self._response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return await self._response.read(self._chunk_timeout)
+        except ReadTimeout as exc:
             raise UpstreamTimeoutError(
                 f"Upstream {self._label} sent nothing for {self._chunk_timeout:g}s while sending its response."
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream {self._label} failed while sending its response: {_describe(exc)}.") from exc
-        finally:
-            self._response.release()
+        except Disconnected as exc:
+            raise UpstreamError(f"Upstream {self._label} failed while sending its response: {exc.reason}.") from exc
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeoutError(
-                f"Upstream {self._label} stalled mid-stream: nothing for {self._chunk_timeout:g}s."
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream {self._label} broke off the stream: {_describe(exc)}.") from exc
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self)
 
     def close(self) -> None:
-        # close(), not release(): a response abandoned mid-body cannot go back to the pool.
         self._response.close()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or type(exc.os_error).__name__
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "incomplete response body"
-    return type(exc).__name__
+class _Chunks:
+    """The body of a streamed response as it arrives (a class, not an async generator: one
+    fewer frame to resume for every chunk)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: _HttpResponse) -> None:
+        self._owner = owner
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        owner = self._owner
+        try:
+            chunk = await owner._response.next_chunk(owner._chunk_timeout)
+        except ReadTimeout as exc:
+            raise UpstreamTimeoutError(
+                f"Upstream {owner._label} stalled mid-stream: nothing for {owner._chunk_timeout:g}s."
+            ) from exc
+        except Disconnected as exc:
+            raise UpstreamError(f"Upstream {owner._label} broke off the stream: {exc.reason}.") from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
-class AiohttpTransport:
-    def __init__(self, *, max_connections: int = 0, keepalive_seconds: float = 30.0) -> None:
-        self._max_connections = max_connections
-        self._keepalive = keepalive_seconds
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}  # by (connect, first byte)
+class HttpTransport:
+    """The default transport: quotagate's own pooled HTTP/1.1 client (see ``_http``)."""
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily inside the running loop: aiohttp sessions are bound to the loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,  # 0: no cap; the limit engine decides admission
-                limit_per_host=0,
-                keepalive_timeout=self._keepalive,
-                ttl_dns_cache=300,
-                enable_cleanup_closed=True,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # The gateway relays bytes; it sets its own User-Agent rather than aiohttp's.
-                skip_auto_headers=("User-Agent",),
-                auto_decompress=True,
-            )
-        return self._session
+    def __init__(self, *, keepalive_seconds: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.client = HttpClient(keepalive_seconds=keepalive_seconds, ssl_context=ssl_context)
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        session = self._session or self._get_session()
-        # The deadlines are aiohttp's own: connect, and its read timeout (the longest silence on the
-        # connection) set to the first-byte timeout, then, once the head is in, to the chunk timeout.
-        # One timer per connection, rearmed as data arrives: asyncio.timeout() blocks around each
-        # await cost ~10 µs of CPU per request more (measured).
-        key = (request.connect_timeout, request.first_byte_timeout)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, connect=request.connect_timeout, sock_read=request.first_byte_timeout
-            )
         try:
-            response = await session.post(request.url, data=request.body, headers=request.headers, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError as exc:
+            response = await self.client.post(
+                request.url, request.headers, request.body, request.connect_timeout, request.first_byte_timeout
+            )
+        except ConnectTimeout as exc:
             raise UpstreamTimeoutError(
                 f"Upstream {request.label} could not be reached within {request.connect_timeout:g}s."
             ) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except ReadTimeout as exc:
             raise UpstreamTimeoutError(
                 f"Upstream {request.label} did not answer within {request.first_byte_timeout:g}s."
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Upstream {request.label} is unreachable: {_describe(exc)}.") from exc
-        if request.chunk_timeout != request.first_byte_timeout:
-            connection = response.connection
-            if connection is not None and connection.protocol is not None:
-                connection.protocol.read_timeout = request.chunk_timeout
-                connection.protocol.start_timeout()  # rearm now: the head may have been the last byte
-        return _AiohttpResponse(response, request.label, request.chunk_timeout)
+        except (ConnectFailed, Disconnected) as exc:
+            raise UpstreamError(f"Upstream {request.label} is unreachable: {exc.reason}.") from exc
+        return _HttpResponse(response, request.label, request.chunk_timeout)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            # Let aiohttp's transports finish closing before the loop goes away.
-            await asyncio.sleep(0)
+        await self.client.aclose()

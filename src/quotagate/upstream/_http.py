@@ -1,0 +1,437 @@
+"""quotagate's own HTTP/1.1 client for the calls to providers: pooled keep-alive connections,
+each an asyncio protocol whose responses httptools (llhttp, Node's parser, already what uvicorn
+parses requests with) takes apart.
+
+Why not aiohttp's client: a gateway does one kind of request (a POST with a ready-made body to
+a handful of endpoints, the same headers every time) and relays the answer. aiohttp's client
+builds a ClientRequest, a ClientResponse, a payload, header multidicts, a timer context and a
+connection wrapper for each one; it was the largest single cost of a proxied request (about
+3,450 bytecodes). Here the request head of each (endpoint, headers) pair is encoded once, a
+request is one write, and a response whose body came with its head (the usual case for a
+completion) is read without another turn of the loop. bench/bare_proxy.py measures both clients.
+
+Semantics kept from aiohttp's client, which quotagate used before:
+- a connect timeout, and a read timeout: the longest silence while a response is awaited, the
+  first-byte timeout until its head is in, then the chunk timeout between reads of the body;
+- keep-alive: a connection goes back to the pool once its response has been read to the end,
+  unless the server said ``Connection: close``; one idle longer than ``keepalive_seconds`` is
+  closed instead of reused, and one the server closed leaves the pool at once;
+- TLS with the system's certificate authorities (or a given ``ssl.SSLContext``), verified;
+- gzip and deflate bodies are decompressed (no ``Accept-Encoding`` is sent, so a server should
+  not compress; some do anyway);
+- a stream is read as it arrives, with back-pressure: reading from the socket pauses while
+  more than ``_HIGH_WATER`` bytes wait for the reader.
+
+A request that meets a pooled connection the server had just closed (the close and the write
+crossed on the wire) is sent once more on a new connection: nothing of it was answered, and
+such a race must not count as a failure of the deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ConnectTimeout(Exception):
+    """No connection within the connect timeout."""
+
+
+class ReadTimeout(Exception):
+    """The server sent nothing for the read timeout while the client waited."""
+
+
+class ConnectFailed(Exception):
+    """The connection could not be made; ``reason`` says why (refused, no such host, TLS)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Disconnected(Exception):
+    """The server closed the connection, or it broke, before the response was complete."""
+
+    def __init__(self, reason: str = "server disconnected", *, answered: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # False: not a byte of the response had arrived.
+        self.answered = answered
+
+
+class _Route:
+    """What is encoded once per (URL, headers): where to connect and the request head up to its
+    Content-Length."""
+
+    __slots__ = ("head", "headers", "origin")
+
+    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ConnectFailed(f"unsupported URL {scheme or 'without a scheme'}")
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        host = parts.hostname
+        self.origin = (scheme, host, port)
+        shown = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[scheme]:
+            shown += f":{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {shown}"]
+        for name, value in headers.items():
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+                # A line break in a configured value (an API key read with its newline) would
+                # split the request; refuse rather than send it.
+                raise ConnectFailed(f"header {name.splitlines()[0]!r} holds a line break")
+            lines.append(f"{name}: {value}")
+        self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        self.headers = dict(headers)
+
+
+class Response:
+    """One response: its status and head (names lower-cased), then its body, read whole or as it
+    arrives. ``close()`` gives the connection back, or drops it if the body was not read to the
+    end."""
+
+    __slots__ = ("_connection", "_decoder", "headers", "status")
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection: _Connection | None = connection
+        self.status = connection.status
+        self.headers: dict[str, str] = connection.response_headers
+        encoding = self.headers.get("content-encoding", "").strip().lower()
+        # wbits 47: a gzip or a zlib ("deflate") stream, told apart by its header.
+        self._decoder = zlib.decompressobj(47) if encoding in ("gzip", "x-gzip", "deflate") else None
+
+    async def read(self, read_timeout: float) -> bytes:
+        """The whole body; the connection goes back to the pool."""
+        connection = self._connection
+        if connection is None:
+            return b""
+        try:
+            while not connection.complete:
+                await connection.wait(read_timeout)
+            body = connection.take()
+        except BaseException:
+            self.close()
+            raise
+        self._finish()
+        return self._decoded(body, final=True)
+
+    async def next_chunk(self, read_timeout: float) -> bytes:
+        """What arrived since the last call, waiting up to ``read_timeout`` for something; b"" at the
+        end of the body."""
+        connection = self._connection
+        if connection is None:
+            return b""
+        try:
+            while True:
+                if connection.buffered:
+                    chunk = self._decoded(connection.take(), final=False)
+                    if chunk:
+                        return chunk
+                    continue
+                if connection.complete:
+                    self._finish()
+                    return self._decoded(b"", final=True)
+                await connection.wait(read_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if connection.complete and not connection.buffered:
+                connection.release()
+            else:
+                connection.abort()
+
+    def _finish(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.release()
+
+    def _decoded(self, data: bytes, final: bool) -> bytes:
+        decoder = self._decoder
+        if decoder is None:
+            return data
+        try:
+            out = decoder.decompress(data)
+            if final:
+                out += decoder.flush()
+        except zlib.error as exc:
+            raise Disconnected(f"undecodable {self.headers.get('content-encoding')} body") from exc
+        return out
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to an origin, carrying one request at a time."""
+
+    def __init__(self, pool: HttpClient, origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self._loop = loop
+        self.origin = origin
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._chunks: list[bytes] = []
+        self.buffered = 0
+        self._paused = False
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self.response_headers: dict[str, str] = {}
+        self.status = 0
+        self.head_done = False
+        self.complete = False
+        self._answered = False
+        self._until_close = False
+        self._keep_alive = False
+        self.error: Exception | None = None
+        self.closed = False
+        self.reused = False
+        self.idle = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            # Nothing is owed on an idle connection: what comes cannot be trusted to frame the
+            # next response.
+            self.abort()
+            return
+        self._answered = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(Disconnected(f"malformed response ({exc})"))
+            self.abort()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: a half-closed connection is not reused
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if self.head_done and not self.complete and self._until_close:
+            # No Content-Length and not chunked: the body is what came before the close.
+            self.complete = True
+        elif not self.complete:
+            reason = "server disconnected" if exc is None else (getattr(exc, "strerror", None) or type(exc).__name__)
+            self._fail(Disconnected(reason, answered=self._answered))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self._raw_headers = []  # an interim answer (103 Early Hints): the real head follows
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self._raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self.status = status
+        self.response_headers = headers
+        self.head_done = True
+        self._until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+            # Asked now: once the message is over, llhttp has reset and always answers False.
+            self._keep_alive = self._parser.should_keep_alive()
+
+    # used by HttpClient and Response
+
+    def send(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def wait(self, read_timeout: float) -> None:
+        """Until something arrives, the connection ends, or ``read_timeout`` passes (ReadTimeout)."""
+        if self.error is not None:
+            raise self.error
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(read_timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self.buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    def release(self) -> None:
+        """Back to the pool if the exchange ended cleanly and the server keeps the connection."""
+        if self.closed or not self.complete or self.buffered or not self._keep_alive:
+            self.abort()
+            return
+        self._parser = httptools.HttpResponseParser(self)
+        self._raw_headers = []
+        self.response_headers = {}
+        self.status = 0
+        self.head_done = self.complete = self._answered = self._keep_alive = False
+        self.reused = self.idle = True
+        self.idle_since = self._loop.time()
+        self._pool.give_back(self)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pool.forget(self)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(ReadTimeout())
+
+
+class HttpClient:
+    """The pool: idle connections per origin (scheme, host, port), the most recently used first."""
+
+    def __init__(self, *, keepalive_seconds: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._keepalive = keepalive_seconds
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._routes: dict[str, _Route] = {}
+        self._open: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def post(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        connect_timeout: float,
+        first_byte_timeout: float,
+    ) -> Response:
+        """Send a POST and return once the response head is in (the body may be too)."""
+        route = self._routes.get(url)
+        if route is None or route.headers != headers:
+            if len(self._routes) > 1024:  # URLs come from the configuration; bound it anyway
+                self._routes.clear()
+            route = self._routes[url] = _Route(url, headers)
+        request = b"%s%d\r\n\r\n%s" % (route.head, len(body), body)
+        connection = await self._connection(route.origin, connect_timeout)
+        try:
+            return await self._exchange(connection, request, first_byte_timeout)
+        except Disconnected as exc:
+            if not connection.reused or exc.answered:
+                raise
+        # The server had closed the idle connection as the request went out: once more, new.
+        connection = await self._connection(route.origin, connect_timeout, reuse=False)
+        return await self._exchange(connection, request, first_byte_timeout)
+
+    async def _exchange(self, connection: _Connection, request: bytes, read_timeout: float) -> Response:
+        try:
+            connection.send(request)
+            while not connection.head_done:
+                await connection.wait(read_timeout)
+        except BaseException:
+            connection.abort()
+            raise
+        return Response(connection)
+
+    async def _connection(
+        self, origin: tuple[str, str, int], connect_timeout: float, reuse: bool = True
+    ) -> _Connection:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        idle = self._idle.get(origin)
+        if reuse and idle:
+            now = loop.time()
+            while idle:
+                connection = idle.pop()
+                if not connection.closed and now - connection.idle_since < self._keepalive:
+                    connection.idle = False
+                    return connection
+                connection.abort()
+        scheme, host, port = origin
+        context: Any = None
+        if scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+        connection = _Connection(self, origin, loop)
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await loop.create_connection(
+                    lambda: connection, host, port, ssl=context, server_hostname=host if context else None
+                )
+        except TimeoutError:
+            raise ConnectTimeout() from None
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS failed ({exc.reason or exc})") from exc
+        except OSError as exc:
+            raise ConnectFailed(exc.strerror or type(exc).__name__) from exc
+        self._open.add(connection)
+        return connection
+
+    def give_back(self, connection: _Connection) -> None:
+        self._idle.setdefault(connection.origin, []).append(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+        idle = self._idle.get(connection.origin)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def aclose(self) -> None:
+        for connection in list(self._open):
+            connection.abort()
+        self._idle.clear()
+        # Let the transports finish closing before the loop goes away.
+        await asyncio.sleep(0)
