@@ -12,8 +12,9 @@ the first and after each one. A target's ratio to the bare proxy in a round is i
 mean of the two bare runs around it, so a drift of the host's speed within the round weighs on
 both sides alike; its figures are the medians over the rounds (the bare proxy's over all its runs).
 
-Targets: bare (the bare proxy on quotagate's stack) and qg-none, qg-memory, qg-redis (as in
-bench/run.py; add +noledger, e.g. qg-none+noledger, to run without the usage ledger).
+Targets: bare (the bare proxy on uvicorn + aiohttp, the reference), the other bare proxies of
+bench/run.py (bare-own: on quotagate's own upstream client) and qg-none, qg-memory, qg-redis (as
+in bench/run.py; add +noledger, e.g. qg-none+noledger, to run without the usage ledger).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import cpu_seconds, free_port, wrk
-from run import BARE, QG, bare_command, quotagate_config, quotagate_label, wait_serving
+from run import BARE, QG, bare_command, bare_name, quotagate_config, quotagate_label, wait_serving
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Comparison:
 def start(name: str, mock: int, work: Path) -> Contender:
     port = free_port()
     key: str | None = None
-    if name == "bare":
-        command, label = bare_command(mock, port, *BARE["bare"]), "bare proxy"
+    if name in BARE:
+        command, label = bare_command(mock, port, *BARE[name]), bare_name(*BARE[name])
     elif name.startswith("qg-"):
         variant, _, option = name[3:].partition("+")
         if option not in ("", "noledger"):
@@ -72,7 +73,7 @@ def start(name: str, mock: int, work: Path) -> Contender:
         command = [*QG, "serve", "-c", str(config), "--port", str(port)]
         label = quotagate_label(variant) + (", no ledger" if option else "")
     else:
-        sys.exit(f"unknown target {name!r} (bare, qg-none, qg-memory, qg-redis, with +noledger)")
+        sys.exit(f"unknown target {name!r} (bare, bare-own, ..., qg-none, qg-memory, qg-redis, with +noledger)")
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     wait_serving(url, key)

@@ -372,10 +372,22 @@ async def test_a_reader_that_lags_holds_the_server_back(transport: HttpTransport
     await upstream.close()
 
 
-async def test_a_line_break_in_a_configured_header_is_refused(transport: HttpTransport) -> None:
+@pytest.mark.parametrize(
+    ("url", "headers", "message"),
+    [
+        ("http://localhost:{port}/v1", {"Authorization": "Bearer sk-test\r\nX-Injected: 1"}, "holds a line break"),
+        ("http://localhost:{port}/v1", {"Authorization": "Bearer sk-\u2603"}, "characters HTTP/1.1 cannot carry"),
+        ("http://localhost:99999/v1", {}, "port is not a number"),
+        ("ftp://localhost:{port}/v1", {}, "not an http:// or https:// URL"),
+    ],
+)
+async def test_a_request_that_cannot_be_written_is_refused(
+    transport: HttpTransport, url: str, headers: dict[str, str], message: str
+) -> None:
+    """A mistyped configuration gets an upstream error naming the problem, not a crash."""
     request = request_to(closed_port())
-    request.headers = {"Authorization": "Bearer sk-test\r\nX-Injected: 1"}
-    with pytest.raises(UpstreamError, match="holds a line break"):
+    request.url, request.headers = url.format(port=closed_port()), headers
+    with pytest.raises(UpstreamError, match=message):
         await transport.send(request)
 
 

@@ -79,8 +79,11 @@ class _Route:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ConnectFailed(f"unsupported URL {scheme or 'without a scheme'}")
-        port = parts.port or _DEFAULT_PORTS[scheme]
+            raise ConnectFailed("the URL is not an http:// or https:// URL with a host")
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise ConnectFailed("the URL's port is not a number from 0 to 65535") from None
         host = parts.hostname
         self.origin = (scheme, host, port)
         shown = f"[{host}]" if ":" in host else host
@@ -94,7 +97,11 @@ class _Route:
                 # split the request; refuse rather than send it.
                 raise ConnectFailed(f"header {name.splitlines()[0]!r} holds a line break")
             lines.append(f"{name}: {value}")
-        self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        try:
+            self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        except UnicodeEncodeError:
+            # HTTP/1.1 heads are bytes: what latin-1 cannot say was mistyped into the configuration.
+            raise ConnectFailed("the URL or a header holds characters HTTP/1.1 cannot carry") from None
         self.headers = dict(headers)
 
 
