@@ -199,6 +199,32 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(transport
     await upstream.close()
 
 
+async def test_connections_idle_past_the_keep_alive_are_closed() -> None:
+    """After a burst, the connections it opened do not stay open for ever once traffic is light."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await upstream.read_request(reader)
+            writer.write(ok())
+            await writer.drain()
+
+    upstream = await Scripted(handler).start()
+    transport = HttpTransport(keepalive_seconds=0.5)
+
+    async def one() -> None:
+        assert await (await transport.send(request_to(upstream.port))).read() == b'{"ok": true}'
+
+    await asyncio.gather(*(one() for _ in range(5)))
+    assert transport.client.open_connections == 5
+    for _ in range(20):  # light traffic for a second: one request at a time
+        await one()
+        await asyncio.sleep(0.05)
+    assert upstream.connections == 5  # the most recently used one served them all
+    assert transport.client.open_connections == 1
+    await transport.aclose()
+    await upstream.close()
+
+
 async def test_a_close_that_crosses_the_request_is_retried_once_on_a_new_connection(transport: HttpTransport) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if upstream.connections == 1:

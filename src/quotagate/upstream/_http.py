@@ -424,7 +424,12 @@ class HttpClient:
         return connection
 
     def give_back(self, connection: _Connection) -> None:
-        self._idle.setdefault(connection.origin, []).append(connection)
+        idle = self._idle.setdefault(connection.origin, [])
+        # Reuse takes the most recent first, so the oldest would never be looked at again after
+        # a burst: each return closes the oldest if it has outlived the keep-alive.
+        if idle and connection.idle_since - idle[0].idle_since > self._keepalive:
+            idle[0].abort()
+        idle.append(connection)
 
     def forget(self, connection: _Connection) -> None:
         self._open.discard(connection)
