@@ -18,13 +18,14 @@ import orjson
 from ..auth import Principal
 from ..config import AlertSettings
 from ..limits import Algorithm, Decision, LimitStatus, RedisConnection, Unit
+from ..upstream import USER_AGENT
 from ..upstream._http import ConnectFailed, ConnectTimeout, Disconnected, HttpClient, ReadTimeout
 from ._pricing import MICRO
 
 logger = logging.getLogger("quotagate.alerts")
 _RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 _TRY_SECONDS = 5.0
-_WEBHOOK_HEADERS = {"Content-Type": "application/json", "User-Agent": "quotagate-alerts"}
+_WEBHOOK_HEADERS = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
 _CALENDAR = Algorithm.CALENDAR  # a global: through the enum's class it is a slow lookup
 
 

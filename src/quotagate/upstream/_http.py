@@ -132,7 +132,7 @@ class Response:
         except BaseException:
             self.close()
             raise
-        self._finish()
+        self.close()
         return self._decoded(body, final=True)
 
     async def next_chunk(self, read_timeout: float) -> bytes:
@@ -149,7 +149,7 @@ class Response:
                         return chunk
                     continue
                 if connection.complete:
-                    self._finish()
+                    self.close()
                     return self._decoded(b"", final=True)
                 await connection.wait(read_timeout)
         except BaseException:
@@ -159,15 +159,7 @@ class Response:
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            if connection.complete and not connection.buffered:
-                connection.release()
-            else:
-                connection.abort()
-
-    def _finish(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.release()
+            connection.release()  # which drops it unless the body was read to the end
 
     def _decoded(self, data: bytes, final: bool) -> bytes:
         decoder = self._decoder
