@@ -77,8 +77,8 @@ def test_one_row_per_request_with_cost(
     usage = plain.json()["usage"]
     with stream(gw, key, CHAT, **{"x-request-id": "req-stream-1"}) as response:
         response.read()
-    assert post(gw, key, {**CHAT, "model": "nope"}).status_code == 404  # refused before routing: no row
-    rows = {row.client_request_id: row for row in wait_for_rows(sqlite_url, 2)}
+    assert post(gw, key, {**CHAT, "model": "nope"}).status_code == 404  # refused before routing: a row too
+    rows = {row.client_request_id: row for row in wait_for_rows(sqlite_url, 3)}
     plain_row, stream_row = rows["req-plain-1"], rows["req-stream-1"]
     # The row is keyed by the gateway's id, the one the client got back; its own id is kept beside.
     assert plain_row.request_id == plain.headers["x-request-id"] and plain_row.request_id.startswith("req_")
@@ -96,7 +96,7 @@ def test_one_row_per_request_with_cost(
         "gpt-4o-mini",
         200,
     )
-    assert plain_row.deployment == "openai/gpt-4o-mini#0" and not plain_row.stream
+    assert plain_row.deployment == "gpt-4o-mini#0 (openai/gpt-4o-mini)" and not plain_row.stream
     assert plain_row.upstream_ms > 0 and plain_row.overhead_ms >= 0 and plain_row.latency_ms >= plain_row.upstream_ms
     assert (
         stream_row.stream
@@ -146,10 +146,63 @@ def test_a_reused_client_request_id_loses_no_row(
     gateway_ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(gateway_ids)) == 3
     assert refused.headers["x-client-request-id"] == "retry-me" and refused.headers["x-request-id"] not in gateway_ids
-    rows = wait_for_rows(sqlite_url, 3)
-    assert sorted(row.request_id for row in rows) == sorted(gateway_ids)
+    rows = wait_for_rows(sqlite_url, 4)
+    assert sorted(row.request_id for row in rows) == sorted([*gateway_ids, refused.headers["x-request-id"]])
     assert {row.client_request_id for row in rows} == {"retry-me"}
     assert sum(row.completion_tokens for row in rows) == 24
+
+
+def test_every_authenticated_request_leaves_one_row(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """Requests refused after authentication (a limit, a bad body, a model the key may not use,
+    an unknown model, a body too large) leave one row each with their status and error type, on
+    every endpoint; an anonymous one leaves none, and no name a client makes up becomes a metrics
+    label or a report group of None."""
+    gw = start_gateway(
+        gateway_config(sqlite_url, mock_upstream.url, tiers={"free": {"rpm": 2}}, server={"max_body_bytes": 2048})
+    )
+    key = gw.create_key(models=["gpt-4o-mini", "text-embedding-3-small"])["key"]
+    hi = [{"role": "user", "content": "hi"}]
+    too_large = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 4000}]}
+    cases: list[tuple[str, dict[str, Any] | bytes, int, str | None, str | None]] = [
+        ("/chat/completions", {"model": "gpt-4o-mini", "messages": hi}, 200, None, "gpt-4o-mini"),
+        ("/embeddings", {"model": "text-embedding-3-small", "input": "hi"}, 200, None, "text-embedding-3-small"),
+        ("/completions", {"model": "gpt-4o-mini", "prompt": "hi"}, 429, "rate_limit_exceeded", "gpt-4o-mini"),
+        ("/chat/completions", {"model": "gpt-4o-mini", "messages": []}, 400, "empty_array", "gpt-4o-mini"),
+        ("/completions", {"prompt": "hi"}, 400, "missing_required_parameter", None),
+        ("/embeddings", b"{not json", 400, "invalid_json", None),
+        ("/embeddings", {"model": "house-model", "input": "hi"}, 403, "model_not_allowed", "house-model"),
+        ("/completions", {"model": "made-up", "prompt": "hi", "stream": True}, 404, "model_not_found", "made-up"),
+        ("/chat/completions", too_large, 413, "request_too_large", None),
+    ]
+    headers = {"Authorization": f"Bearer {key}"}
+    answered = {}
+    for path, body, status, error_type, model in cases:
+        if isinstance(body, bytes):
+            response = httpx.post(gw.v1 + path, headers=headers, content=body)
+        else:
+            response = httpx.post(gw.v1 + path, headers=headers, json=body)
+        assert response.status_code == status, response.text
+        answered[response.headers["x-request-id"]] = (status, error_type, model)
+    # A body too large that announces no length: refused while it is read.
+    chunked = httpx.post(gw.v1 + "/chat/completions", headers=headers, content=iter([b" " * 1500, b" " * 1500]))
+    assert chunked.status_code == 413
+    answered[chunked.headers["x-request-id"]] = (413, "request_too_large", None)
+    assert httpx.post(gw.v1 + "/chat/completions", json={"model": "gpt-4o-mini", "messages": hi}).status_code == 401
+
+    rows = wait_for_rows(sqlite_url, len(answered) + 1, timeout=3)
+    assert len(rows) == len(answered)
+    assert {row.request_id: (row.status, row.error_type, row.model_requested) for row in rows} == answered
+    assert [row.model_requested for row in rows if row.stream] == ["made-up"]
+    assert all(row.key_id == rows[0].key_id for row in rows)
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'model="made-up"' not in metrics and 'model="house-model"' in metrics
+    with gw.admin() as admin:
+        by_model = {row["model"]: row["requests"] for row in admin.get("/admin/usage?by=model").json()["data"]}
+        by_deployment = admin.get("/admin/usage?by=deployment").json()["data"]
+    assert by_model == {"(none)": 4, "gpt-4o-mini": 3, "house-model": 1, "made-up": 1, "text-embedding-3-small": 1}
+    assert [row["requests"] for row in by_deployment if row["deployment"] == "(none)"] == [len(answered) - 2]
 
 
 def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) -> None:
@@ -284,7 +337,8 @@ class Hook:
 def test_webhook_fires_once_per_threshold_across_nodes(
     start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
 ) -> None:
-    """Two nodes sharing Redis; a daily quota crossing 50 % and 100 % sends exactly two alerts."""
+    """Two nodes sharing Redis; a daily quota crossing 50 % and 100 % sends exactly two alerts,
+    and the requests it then refuses on both nodes one refusal."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     hook = Hook()
     receiver = ServerThread(hook).start()
@@ -300,12 +354,16 @@ def test_webhook_fires_once_per_threshold_across_nodes(
         statuses = [post(node, key).status_code for node in (first, second, first, second, first, second)]
         assert statuses == [200, 200, 200, 200, 429, 429]
         deadline = time.monotonic() + 5
-        while len(hook.events) < 2 and time.monotonic() < deadline:
+        while len(hook.events) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        assert sorted(e["threshold"] for e in hook.events) == [0.5, 1.0]
+        reached = [e for e in hook.events if e["event"] == "limit_threshold_reached"]
+        assert sorted((e["threshold"], e["used"]) for e in reached) == [(0.5, 2), (1.0, 4)]
         assert {e["limit"] for e in hook.events} == {"requests per day (RPD)"}
         assert hook.events[0]["amount"] == 4
+        # Refused on both nodes: one event, with the real figures.
+        refused = [e for e in hook.events if e["event"] == "limit_refused"]
+        assert [(e["used"], e["requested"]) for e in refused] == [(4, 1)] and len(hook.events) == 3
     finally:
         receiver.stop()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -86,7 +88,8 @@ def test_keys_create_refuses_unknown_tier_and_model(config_file: Path) -> None:
         ["keys", "create", "--user", "x", "--tier", "free", "--expires", "tomorrow", "-c", str(config_file)],
     )
     assert bad_date.exit_code == 1 and "--expires" in bad_date.output
-    assert json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output) == []
+    # Nothing was stored: not even the database was made.
+    assert not (config_file.parent / "keys.db").exists()
 
 
 def test_config_check(config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,3 +192,153 @@ def test_usage_report_from_the_ledger(config_file: Path) -> None:
     )
     assert report["totals"]["requests"] == 3 and report["data"][0]["day"] == "2026-11-19"
     assert runner.invoke(app, ["usage", "--by", "colour", "-c", str(config_file)]).exit_code == 1
+
+
+def seed_usage(config_file: Path, rows: list[tuple[str, float, str, float]]) -> None:
+    """Ledger rows (request id, epoch seconds, user, cost in USD) in the configured database."""
+    import asyncio
+
+    from quotagate.accounting import SqlWriter, UsageRow
+    from quotagate.config import load_config
+    from quotagate.keys import KeyStore
+
+    async def seed() -> None:
+        store = KeyStore.from_url(load_config(config_file).database)
+        await store.create_schema()
+        await SqlWriter(store.database).write(
+            [
+                UsageRow(
+                    request_id,
+                    ts,
+                    datetime.fromtimestamp(ts, UTC).date().isoformat(),
+                    "key_a",
+                    user,
+                    "free",
+                    "gpt-4o-mini",
+                    "gpt-4o-mini",
+                    "openai/gpt-4o-mini#0",
+                    1,
+                    1,
+                    0,
+                    cost,
+                    1.0,
+                    1.0,
+                    0.1,
+                    200,
+                    None,
+                    False,
+                )
+                for request_id, ts, user, cost in rows
+            ]
+        )
+        await store.close()
+
+    asyncio.run(seed())
+
+
+def test_reading_commands_create_no_database(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys list`, `usage` and the key changes, run where there is no database, say so and create none."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("QUOTAGATE_CONFIG", raising=False)
+    for command in (
+        ["keys", "list"],
+        ["usage"],
+        ["keys", "disable", "key_x"],
+        ["keys", "update", "key_x", "--tier", "free"],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, command
+        assert result.output.startswith(f"error: no database at {elsewhere / 'quotagate.db'} ("), result.output
+        assert "--config" in result.output and "Traceback" not in result.output
+        configured = runner.invoke(app, [*command, "-c", str(config_file)])
+        assert configured.exit_code == 1 and f"no database at {tmp_path / 'keys.db'}" in configured.output
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "keys.db").exists()
+
+
+def test_usage_time_options_name_themselves_and_know_today_and_yesterday(config_file: Path) -> None:
+    """A bad --since or --until is reported under its own name; `today` and `yesterday` are days
+    that begin at midnight in the configured timezone; ISO dates keep working."""
+    now = time.time()
+    seed_usage(config_file, [("recent", now, "ann", 0.5), ("old", now - 3 * 86400, "bob", 0.25)])
+
+    def users(*options: str) -> list[str]:
+        result = runner.invoke(app, ["usage", "--by", "user", "--format", "json", *options, "-c", str(config_file)])
+        assert result.exit_code == 0, result.output
+        return [row["user"] for row in json.loads(result.output)["data"]]
+
+    assert users("--since", "yesterday") == ["ann"]
+    assert users("--since", "today") == ["ann"]
+    assert users("--until", "today") == ["bob"]
+    assert users("--since", "2000-01-01", "--until", "2999-01-01T00:00:00Z") == ["ann", "bob"]
+    for option in ("--since", "--until"):
+        bad = runner.invoke(app, ["usage", option, "soon", "-c", str(config_file)])
+        assert bad.exit_code == 1
+        assert bad.output.startswith(f"error: {option}: 'soon' is not a date"), bad.output
+        assert "--expires" not in bad.output
+
+
+def test_usage_costs_are_plain_decimals(config_file: Path) -> None:
+    """Costs of a few tokens print as 0.000054, never 5.4e-05, in the table, CSV and JSON."""
+    seed_usage(config_file, [("r1", 1_795_000_000.0, "ann", 0.000054), ("r2", 1_795_000_001.0, "bob", 1.5e-7)])
+    table = runner.invoke(app, ["usage", "--by", "user", "-c", str(config_file)], terminal_width=200).output
+    csv_out = runner.invoke(app, ["usage", "--by", "user", "--format", "csv", "-c", str(config_file)]).output
+    json_out = runner.invoke(app, ["usage", "--by", "user", "--format", "json", "-c", str(config_file)]).output
+    for output in (table, csv_out, json_out):
+        assert "e-0" not in output and "e-7" not in output, output
+    assert "0.000054" in table and "0.00000015" in table and "0.0000541500" not in table
+    assert csv_out.strip().splitlines()[1:] == [
+        "ann,1,0,1,1,0,0.000054",
+        "bob,1,0,1,1,0,0.00000015",
+        "TOTAL,2,0,2,2,0,0.00005415",
+    ]
+    assert '"cost_usd": 0.00000015' in json_out
+    report = json.loads(json_out)
+    assert [row["cost_usd"] for row in report["data"]] == [0.000054, 1.5e-7]
+    assert report["totals"]["cost_usd"] == 0.00005415
+
+
+def test_keys_create_refuses_an_expiry_in_the_past(config_file: Path) -> None:
+    """A key that would be expired from the start is refused with one line, and not stored."""
+    result = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "free", "--expires", "2020-01-01", "-c", str(config_file)]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: --expires 2020-01-01: 2020-01-01T00:00:00+00:00 is in the past; a new key must expire in the future\n"
+    )
+    assert not (config_file.parent / "keys.db").exists()
+    later = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "free", "--expires", "2999-01-01", "-c", str(config_file)]
+    )
+    assert later.exit_code == 0, later.output
+
+
+def test_keys_update_limit_merges_and_removes(config_file: Path) -> None:
+    """--limit sets one override and keeps the others, NAME=none removes one, --clear-limits removes
+    all (with --limit: those become the only ones)."""
+    created = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "free", "--limit", "rpm=100", "-c", str(config_file)]
+    )
+    key_id = created.output.split()[2]
+
+    def update(*options: str) -> dict[str, float] | None:
+        result = runner.invoke(app, ["keys", "update", key_id, *options, "-c", str(config_file)])
+        assert result.exit_code == 0, result.output
+        listed = json.loads(runner.invoke(app, ["keys", "list", "--json", "-c", str(config_file)]).output)
+        limits: dict[str, float] | None = listed[0]["limits"]
+        return limits
+
+    assert update("--limit", "tpm=5000") == {"rpm": 100, "tpm": 5000}
+    assert update("--limit", "rpm=none", "--limit", "tpd=9000") == {"tpm": 5000, "tpd": 9000}
+    assert update("--clear-limits", "--limit", "rph=7") == {"rph": 7}
+    assert update("--clear-limits") is None
+    typo = runner.invoke(app, ["keys", "update", key_id, "--limit", "rpx=none", "-c", str(config_file)])
+    assert typo.exit_code == 1 and "rpx" in typo.output
+    on_create = runner.invoke(
+        app, ["keys", "create", "--user", "x", "--tier", "free", "--limit", "rpm=none", "-c", str(config_file)]
+    )
+    assert on_create.exit_code == 1 and "--limit 'rpm=none'" in on_create.output

@@ -37,6 +37,21 @@ async def test_async_and_sync_forms_share_the_limit() -> None:
     assert [(r.name, r.limit, r.used, r.remaining) for r in remaining] == [("RPM", 3, 3, 0)]
 
 
+async def test_remaining_reports_the_configured_limit_and_its_burst() -> None:
+    """rpm=500 reports a limit of 500 (not 1) and lets one second's share, 9, start at once."""
+    limiter = RateLimiter(rpm=500, max_wait=0)
+    [idle] = await limiter.aremaining()
+    assert (idle.limit, idle.burst, idle.used, idle.remaining) == (500, 9, 0, 9)
+    for _ in range(9):
+        async with limiter.acquire():
+            pass
+    with pytest.raises(RateLimitTimeout):
+        async with limiter.acquire():
+            pass
+    [busy] = await limiter.aremaining()
+    assert (busy.limit, busy.used, busy.remaining) == (500, 9, 0)
+
+
 def test_sync_decorator_tokens_and_settle() -> None:
     """A sync function limited by tokens; settle corrects the estimate; too big never fits."""
     limiter = RateLimiter(tpm=1000, max_wait=0)

@@ -95,6 +95,16 @@ def test_provider_default_base_url() -> None:
             },
             "model 'm' is defined twice",
         ),
+        # Accepted once and used for nothing: a setting that does nothing is an error now.
+        (
+            {"models": [{"name": "m", "deployments": [{"base_url": "http://x", "region": "eu"}]}]},
+            "models[m].deployments[0].region: Extra inputs are not permitted",
+        ),
+        (
+            {"models": [{"name": "m", "deployments": [{"base_url": "http://x", "rpm": 10, "burst": 11}]}]},
+            "burst (11) cannot exceed rpm (10)",
+        ),
+        ({"router": {"max_queue_wait": -1}}, "router.max_queue_wait: Input should be greater than or equal to 0"),
     ],
 )
 def test_invalid_config_names_field_and_problem(data: dict[str, object], expected: str) -> None:

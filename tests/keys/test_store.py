@@ -110,3 +110,19 @@ async def test_concurrent_lookups_share_one_query(sqlite_url: str) -> None:
     await asyncio.gather(*(auth.authenticate(key) for _ in range(64)))
     assert queries == 2
     await store.close()
+
+
+async def test_limit_overrides_are_merged(store: KeyStore) -> None:
+    """update(limits=...) merges: a value sets one override, None removes one, limits=None removes
+    all; two patches made at once both take effect."""
+    record, _ = await store.create(user="alice", tier="free", limits={"rpm": 100})
+    changed = await store.update(record.id, limits={"tpm": 5000})
+    assert changed is not None and dict(changed.limits or ()) == {"rpm": 100, "tpm": 5000}
+    changed = await store.update(record.id, limits={"rpm": None})
+    assert changed is not None and changed.limits == (("tpm", 5000),)
+    await asyncio.gather(store.update(record.id, limits={"rpd": 7}), store.update(record.id, limits={"tpd": 9}))
+    changed = await store.get(record.id)
+    assert changed is not None and dict(changed.limits or ()) == {"tpm": 5000, "rpd": 7, "tpd": 9}
+    changed = await store.update(record.id, limits=None)
+    assert changed is not None and changed.limits is None
+    assert await store.update("key_missing", limits={"rpm": 1}) is None

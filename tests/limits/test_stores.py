@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from datetime import UTC, datetime
 
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 
 from quotagate.limits import Algorithm, Calendar, Limit, RedisConnection, RedisStore, Unit
 
-from .conftest import FakeClock, StoreFactory
+from .conftest import T0, FakeClock, StoreFactory
 
 
 def rpm(amount: int, key: str = "{k:a}:rpm", **kw: object) -> Limit:
@@ -216,3 +217,32 @@ async def test_split_by_slot_refunds_earlier_groups(redis_client: Redis, clock: 
     refused = await store.acquire([shared, mine], [1, 1])
     assert not refused.allowed and refused.denied_by.limit is mine  # type: ignore[union-attr]
     assert (await store.status([shared]))[0].remaining == 99
+
+
+async def test_exact_period_never_holds_more_than_the_amount_in_any_window(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """A paced RPM (600, burst 10, exact_period) under constant pressure: at most 10 at once, 600 in any 60 s."""
+    store = make_store(clock)
+    limit = rpm(600, burst=10, exact_period=True)
+    admitted: list[float] = []
+    for _ in range(3 * 60 * 100):  # three minutes, asking every 10 ms
+        while (await store.acquire([limit], [1])).allowed:
+            admitted.append(clock.now)
+        clock.advance(0.01)
+    assert admitted.count(T0) == 10  # one second's share at once
+    times = sorted(admitted)
+    for window, most in ((60.0, 600), (1.0, 10 + 10)):
+        assert max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)) <= most
+    assert len(admitted) >= 3 * 600 - 30  # and it still serves (nearly) its whole rate
+
+
+@pytest.mark.parametrize("amount", [60_001, 1_000_000, 10_000_000])
+async def test_rates_above_one_per_millisecond_admit(make_store: StoreFactory, clock: FakeClock, amount: int) -> None:
+    """A GCRA whose interval is below a millisecond, burst 1, admits a request on an epoch-ms clock."""
+    store = make_store(clock)
+    clock.now = 1_795_000_000.123457  # epoch ms of this size hold floats spaced 2.4e-4 ms apart
+    limit = rpm(amount, burst=1)
+    assert (await store.acquire([limit], [1])).allowed
+    clock.advance(60.0 / amount)
+    assert (await store.acquire([limit], [1])).allowed

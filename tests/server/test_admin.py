@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,3 +118,54 @@ def test_bad_admin_payloads_get_400(gateway: RunningGateway) -> None:
             "priority": 0,
         }
         assert tiers["paid"]["rpm"] == 600
+
+
+def test_a_key_cannot_be_created_already_expired(gateway: RunningGateway) -> None:
+    """POST /admin/keys with an expiry in the past is a 400 naming expires_at; a future one is fine."""
+    with gateway.admin() as admin:
+        error = assert_openai_error(
+            admin.post("/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2020-01-01T00:00:00Z"}),
+            400,
+            "invalid_value",
+            "expires_at",
+        )
+        assert error["message"] == (
+            "Invalid 'expires_at': 2020-01-01T00:00:00+00:00 is in the past; a new key must expire in the future."
+        )
+        assert admin.get("/admin/keys").json()["data"] == []
+        assert (
+            admin.post(
+                "/admin/keys", json={"user": "x", "tier": "free", "expires_at": "2999-01-01T00:00:00Z"}
+            ).status_code
+            == 201
+        )
+
+
+def test_patch_limits_merges_as_the_cli_does(gateway: RunningGateway, sqlite_url: str, tmp_path: Path) -> None:
+    """PATCH {"limits": ...} is a merge patch (a value sets, null removes one, "limits": null removes
+    all), and `keys update --limit` gives the same overrides step by step."""
+    from typer.testing import CliRunner
+
+    from quotagate.cli import app
+
+    config = tmp_path / "cli.yaml"
+    config.write_text(f"database: {sqlite_url}\ntiers: {{free: {{}}, paid: {{}}}}\nmodels: []\n")
+    by_http, by_cli = gateway.create_key(limits={"rpm": 100}), gateway.create_key(limits={"rpm": 100})
+    steps: list[tuple[dict[str, Any] | None, list[str]]] = [
+        ({"tpm": 5000}, ["--limit", "tpm=5000"]),
+        ({"rpm": None, "tpd": 9000}, ["--limit", "rpm=none", "--limit", "tpd=9000"]),
+        ({}, []),
+        (None, ["--clear-limits"]),
+    ]
+    expected = [{"rpm": 100, "tpm": 5000}, {"tpm": 5000, "tpd": 9000}, {"tpm": 5000, "tpd": 9000}, None]
+    with gateway.admin() as admin:
+        for (patch, options), limits in zip(steps, expected, strict=True):
+            patched = admin.patch(f"/admin/keys/{by_http['id']}", json={"limits": patch})
+            assert patched.status_code == 200 and patched.json()["limits"] == limits
+            if options:
+                result = CliRunner().invoke(app, ["keys", "update", by_cli["id"], *options, "-c", str(config)])
+                assert result.exit_code == 0, result.output
+            assert admin.get(f"/admin/keys/{by_cli['id']}").json()["limits"] == limits
+        assert_openai_error(
+            admin.patch(f"/admin/keys/{by_http['id']}", json={"limits": {"rpx": None}}), 400, param="limits.rpx"
+        )

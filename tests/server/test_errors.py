@@ -128,8 +128,11 @@ def test_disabled_and_expired_keys_get_401(gateway: RunningGateway) -> None:
         assert admin.post(f"/admin/keys/{created['id']}/enable").status_code == 200
     assert post(gateway, created["key"], CHAT).status_code == 200
 
+    # A key cannot be created expired; one that has expired since is refused.
+    expired = gateway.create_key()
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    expired = gateway.create_key(expires_at=past)
+    with gateway.admin() as admin:
+        assert admin.patch(f"/admin/keys/{expired['id']}", json={"expires_at": past}).status_code == 200
     assert_openai_error(post(gateway, expired["key"], CHAT), 401, "key_expired")
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert post(gateway, gateway.create_key(expires_at=future)["key"], CHAT).status_code == 200

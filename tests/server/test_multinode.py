@@ -89,8 +89,9 @@ def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: 
         f"redis: {REDIS_URL}\n"
         "tiers: {free: {max_wait: 15}}\n"
         "models:\n  - name: gpt-4o-mini\n"
-        # 540 per minute, paced: 9 a second, shared by the three nodes through Redis.
-        f"    deployments: [{{provider: openai-compatible, base_url: '{provider.url}/v1', rpm: 540}}]\n"
+        # 540 per minute, strictly paced (burst 1, for a provider that counts a rolling second):
+        # one every 1/9 s, shared by the three nodes through Redis.
+        f"    deployments: [{{provider: openai-compatible, base_url: '{provider.url}/v1', rpm: 540, burst: 1}}]\n"
     )
     key = (
         subprocess.run(

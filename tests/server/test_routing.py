@@ -66,11 +66,11 @@ def test_failing_deployment_is_routed_around(
     )
     served = [post(gw, key) for _ in range(12)]
     assert all(r.status_code == 200 for r in served)
-    assert {r.headers["x-quotagate-deployment"] for r in served} == {"openai-compatible/gpt-4o-mini#1"}
+    assert {r.headers["x-quotagate-deployment"] for r in served} == {"gpt-4o-mini#1 (openai-compatible/gpt-4o-mini)"}
     state = deployments(gw)
-    assert state["openai-compatible/gpt-4o-mini#0"]["breaker"] == "open"
-    assert state["openai-compatible/gpt-4o-mini#0"]["failures"] == 3  # then it was left alone
-    assert state["openai-compatible/gpt-4o-mini#1"]["breaker"] == "closed"
+    assert state["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]["breaker"] == "open"
+    assert state["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]["failures"] == 3  # then it was left alone
+    assert state["gpt-4o-mini#1 (openai-compatible/gpt-4o-mini)"]["breaker"] == "closed"
     assert bad.app.state.requests_served == 3
 
 
@@ -85,10 +85,10 @@ def test_provider_429_puts_the_deployment_in_cooldown(
         [{"name": "gpt-4o-mini", "deployments": [dep(limited, priority=0), dep(spare, priority=1)]}],
     )
     first = post(gw, key)
-    assert first.status_code == 200 and first.headers["x-quotagate-deployment"].endswith("#1")
-    cooling = deployments(gw)["openai-compatible/gpt-4o-mini#0"]
+    assert first.status_code == 200 and first.headers["x-quotagate-deployment"].startswith("gpt-4o-mini#1 ")
+    cooling = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
     assert 6.0 < cooling["cooldown_seconds_left"] <= 7.0
-    assert all(post(gw, key).headers["x-quotagate-deployment"].endswith("#1") for _ in range(5))
+    assert all(post(gw, key).headers["x-quotagate-deployment"].startswith("gpt-4o-mini#1 ") for _ in range(5))
     assert limited.app.state.requests_served == 1  # not asked again while cooling down
 
 
@@ -131,7 +131,7 @@ def test_model_fallback_chain(
     response = post(gw, key)
     assert response.status_code == 200
     assert response.json()["model"] == "gpt-4.1"
-    assert response.headers["x-quotagate-deployment"] == "openai-compatible/gpt-4.1#0"
+    assert response.headers["x-quotagate-deployment"] == "backup-model#0 (openai-compatible/gpt-4.1)"
 
 
 def test_context_window_fallback(
@@ -152,7 +152,7 @@ def test_context_window_fallback(
             {"name": "long-context", "deployments": [dep(long_, model="gemini-2.5-flash")]},
         ],
     )
-    assert post(gw, key).headers["x-quotagate-deployment"].endswith("gpt-4o-mini#0")
+    assert post(gw, key).headers["x-quotagate-deployment"].startswith("gpt-4o-mini#0 ")
     long_body = {**CHAT, "messages": [{"role": "user", "content": "word " * 400}]}
     response = post(gw, key, long_body)
     assert response.status_code == 200 and response.json()["model"] == "gemini-2.5-flash"
@@ -194,7 +194,7 @@ def test_hanging_deployment_times_out_and_fails_over(
     )
     started = time.monotonic()
     response = post(gw, key)
-    assert response.status_code == 200 and response.headers["x-quotagate-deployment"].endswith("#1")
+    assert response.status_code == 200 and response.headers["x-quotagate-deployment"].startswith("gpt-4o-mini#1 ")
     assert time.monotonic() - started < 2.0
 
 
@@ -214,11 +214,14 @@ def test_retries_back_off_and_honour_retry_after(
 def test_gateway_429_instead_of_the_providers(
     start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
 ) -> None:
-    """Past a deployment's RPM the gateway answers its own 429; the provider never sees the excess."""
+    """Past a deployment's RPM and the router's wait the gateway answers its own 429; the provider never sees the excess."""
     mock = start_mock(rpm=10, rate_window=1.0)
     gw, key = start(
-        start_gateway, sqlite_url, [{"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=60)]}]
-    )  # paced: 1/s
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=60)]}],  # paced: 1/s
+        router={"max_queue_wait": 0},
+    )
     statuses = [post(gw, key).status_code for _ in range(3)]
     assert statuses == [200, 429, 429]
     refused = post(gw, key)
@@ -230,8 +233,9 @@ def test_offered_3x_a_deployments_rpm_causes_no_provider_429(
     start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
 ) -> None:
     """Offered three times what a deployment takes, with waiting allowed, the provider sees no excess."""
-    mock = start_mock(rpm=10, rate_window=1.0)  # the provider allows 10 in any second
-    config = {"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=540)]}  # the gateway sends 9/s
+    mock = start_mock(rpm=10, rate_window=1.0)  # the provider allows 10 in any rolling second
+    # A provider that strict is what burst 1 is for: the gateway sends one every 1/9 s.
+    config = {"name": "gpt-4o-mini", "deployments": [dep(mock, rpm=540, burst=1)]}
     gw, key = start(start_gateway, sqlite_url, [config], tiers={"free": {"max_wait": 10}})
 
     async def offer() -> list[int]:
@@ -316,6 +320,6 @@ def test_clients_hanging_up_do_not_open_the_breaker(
             assert next(lines).startswith("data: ")
         # leaving the block hangs up mid-stream
     time.sleep(0.5)
-    state = deployments(gw)["openai-compatible/gpt-4o-mini#0"]
+    state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
     assert state["breaker"] == "closed" and state["failures"] == 0 and state["in_flight"] == 0
     assert post(gw, key).status_code == 200

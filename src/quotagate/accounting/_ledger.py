@@ -2,7 +2,8 @@
 
 Embedded (no Redis): rows wait in memory and are written to SQL in batches (every
 ``flush_seconds`` or ``batch_size`` rows). A process killed outright loses the rows of its
-last batch; that is the single-node default's trade-off.
+last batch; that is the single-node default's trade-off. The calendar quotas' state goes in the
+same transactions (see _quotas), so it survives a restart exactly as far as the ledger does.
 
 Distributed (Redis): before a request's response completes, its row is appended to a Redis
 stream (``XADD``). Rows produced in the same turn of the event loop go in one stream entry, one
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 from ..keys import Database
 from ..keys._store import metadata
 from ..limits import RedisConnection, RedisReplyError
+from ._quotas import DurableQuotas, QuotaChanges
 
 logger = logging.getLogger("quotagate.ledger")
 
@@ -241,14 +243,18 @@ class SqlWriter:
     kept for the next flush. The WAL checkpoints, which sync the file to disk, are taken off it:
     automatic checkpoints are off on this connection, and a thread with a connection of its own
     checkpoints every CHECKPOINT_ROWS rows.
+
+    With ``quotas`` (a single node without Redis), each write also stores the calendar quotas
+    changed since the last one, in the same transaction; a write without rows stores only them.
     """
 
     ROWS_PER_STATEMENT = 128
     CHECKPOINT_ROWS = 4096
     LOCK_WAIT_SECONDS = 2.0  # then the batch is kept and written with the next flush
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, quotas: DurableQuotas | None = None) -> None:
         self.database = database
+        self.quotas = quotas
         self._sql = _insert_sql(database.dialect)
         self._sqlite_path = database.sqlite_file
         self._sqlite: sqlite3.Connection | None = None
@@ -262,17 +268,23 @@ class SqlWriter:
     async def write(self, rows: list[UsageRow]) -> None:
         """Rows as the gateway made them. A SQLite file takes their values as they are; they go
         through JSON only on their way through a Redis stream or to PostgreSQL (row_json)."""
-        if not rows:
+        changes = self.quotas.take() if self.quotas is not None else None
+        if not rows and changes is None:
             return
-        if self._sqlite_path is None:
-            await self.write_json(batch_json([row_json(row) for row in rows]))
-            return
-        values: list[list[Any]] = []
-        for row in rows:
-            row_values: list[Any] = list(row)
-            row_values[_TS] = _ts_text(row.ts)
-            values.append(row_values)
-        await self._write_sqlite(values)
+        try:
+            if self._sqlite_path is None:
+                await self._write_sql(batch_json([row_json(row) for row in rows]) if rows else None, changes)
+                return
+            values: list[list[Any]] = []
+            for row in rows:
+                row_values: list[Any] = list(row)
+                row_values[_TS] = _ts_text(row.ts)
+                values.append(row_values)
+            await self._write_sqlite(values, changes)
+        except BaseException:
+            if changes is not None and self.quotas is not None:
+                self.quotas.unwritten(changes)  # stored with the next write
+            raise
 
     async def write_json(self, batch: bytes) -> None:
         """Rows as a JSON array of row_json arrays."""
@@ -281,8 +293,19 @@ class SqlWriter:
         if self._sqlite_path is not None:
             await self._write_sqlite(orjson.loads(batch))
             return
-        text = batch.decode()
-        await self.database.run(lambda conn: conn.exec_driver_sql(self._sql, (text,)))
+        await self._write_sql(batch, None)
+
+    async def _write_sql(self, batch: bytes | None, changes: QuotaChanges | None) -> None:
+        text = batch.decode() if batch is not None else None
+        quotas = self.quotas
+
+        def work(conn: sa.Connection) -> None:
+            if text is not None:
+                conn.exec_driver_sql(self._sql, (text,))
+            if changes is not None and quotas is not None:
+                quotas.write(conn, changes)
+
+        await self.database.run(work)
 
     def _open_sqlite(self) -> sqlite3.Connection:
         assert self._sqlite_path is not None
@@ -312,7 +335,7 @@ class SqlWriter:
             waited += pause
             pause = min(pause * 2, 0.1)
 
-    async def _write_sqlite(self, rows: list[list[Any]]) -> None:
+    async def _write_sqlite(self, rows: list[list[Any]], changes: QuotaChanges | None = None) -> None:
         async with self._sqlite_lock:
             connection = self._sqlite or self._open_sqlite()
             start = 0
@@ -323,6 +346,8 @@ class SqlWriter:
                     start += size
                     if start < len(rows):
                         await asyncio.sleep(0)  # requests go on between two statements
+                if changes is not None and self.quotas is not None:
+                    self.quotas.write_sqlite(connection, changes)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -425,7 +450,8 @@ class Ledger:
         stream of tiny batches, each paying a transaction."""
         async with self._flush_lock:
             pending, self._buffer = self._buffer, []
-            for start in range(0, len(pending), self.batch_size):
+            # Without rows, one empty batch all the same: the writer may have the quotas' changes.
+            for start in range(0, len(pending), self.batch_size) or range(1):
                 batch = pending[start : start + self.batch_size]
                 try:
                     await self.writer.write(batch)
@@ -434,7 +460,12 @@ class Ledger:
                     # Keep the rows and try again with the next flush: the database may be back.
                     self.write_errors += 1
                     self._buffer[:0] = pending[start:]
-                    logger.warning("could not write %d usage rows (%s); will retry", len(pending) - start, exc)
+                    logger.warning(
+                        "could not write %d usage rows%s (%s); will retry",
+                        len(pending) - start,
+                        " and the quotas' state" if self.writer.quotas is not None else "",
+                        exc,
+                    )
                     return
 
     async def aclose(self) -> None:

@@ -107,8 +107,9 @@ class Metrics:
 
     # -- the request path -------------------------------------------------------------------------
 
-    def observe(self, row: UsageRow) -> None:
-        model = row.model_served or row.model_requested or ""
+    def observe(self, row: UsageRow, model: str) -> None:
+        """Count a request's row under ``model``: the configured model it was charged to, or ""
+        for one that named none the gateway serves (labels stay bounded)."""
         if self.per_key:
             key: tuple[str, ...] = (model, row.deployment or "", str(row.status), row.key_id or "")
         else:

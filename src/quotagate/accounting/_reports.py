@@ -1,4 +1,10 @@
-"""Usage reports: totals grouped by key, user, model, deployment or day."""
+"""Usage reports: totals grouped by key, user, model, deployment or day.
+
+Every group has a name. Requests the ledger holds without one (a request refused before any
+deployment served it has no deployment, one that never named a valid model has no model) are
+grouped under ``NO_GROUP`` in every form a report takes (the CLI's table, CSV and JSON, and
+GET /admin/usage), never under a blank, a ``None`` or a ``null``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,15 @@ from ..keys import Database
 from ._ledger import usage_table
 
 GroupBy = Literal["key", "user", "model", "deployment", "day"]
-_COLUMNS = {
-    "key": usage_table.c.key_id,
-    "user": usage_table.c.user_id,
-    "model": usage_table.c.model_served,
-    "deployment": usage_table.c.deployment,
-    "day": usage_table.c.day,
+NO_GROUP = "(none)"
+_COLUMNS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
+    "key": (usage_table.c.key_id,),
+    "user": (usage_table.c.user_id,),
+    # The model that served the request; for one that none served (refused by a limit, failed
+    # upstream, rejected before routing), the model it asked for.
+    "model": (usage_table.c.model_served, usage_table.c.model_requested),
+    "deployment": (usage_table.c.deployment,),
+    "day": (usage_table.c.day,),
 }
 FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 
@@ -50,7 +59,9 @@ async def usage_report(
     rate: float = 1.0,
 ) -> Report:
     """Sums per group over [since, until); costs also in the display currency."""
-    group = _COLUMNS[by]
+    # The name as SQL text, not a bound parameter: PostgreSQL does not see two parameters (the
+    # SELECT's and the GROUP BY's) as the same expression.
+    group = sa.func.coalesce(*_COLUMNS[by], sa.literal_column(f"'{NO_GROUP}'"))
     table = usage_table.c
     query = (
         sa.select(

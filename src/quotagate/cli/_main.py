@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import os
-from datetime import UTC, datetime
+import shlex
+import sys
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
-from ..config import Config, ConfigError, default_config, load_config, missing_secrets
+from ..config import Config, ConfigError, LimitValues, default_config, load_config, missing_secrets
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from ..keys import KeyStore
 
 app = typer.Typer(
     name="quotagate",
@@ -118,12 +123,20 @@ def serve(
     With no configuration it runs on the embedded defaults: SQLite, the in-process limit store,
     and a demo model served by a mock upstream it starts itself (or by OpenAI when
     OPENAI_API_KEY is set). It then prints a demo key and a curl line.
+
+    SIGHUP (or POST /admin/reload with the master key) reloads the configuration file: tiers,
+    limits, models, deployments, pricing, router, alerts and logging, without dropping requests
+    in flight, and limits whose definition did not change keep their counts. A file that fails
+    its checks is logged and the running configuration goes on serving. server.host, port and
+    workers, database, redis, ledger, metrics_per_key and the limiter's on_store_failure,
+    fallback_share, timeout_ms and max_queue take effect only at restart. With --workers, the
+    workers are replaced one by one.
     """
     # The modules imported from here are long-lived objects: the ~200 collections that ran while
     # they loaded freed under 2,000 objects and cost ~3 % of start-up. The gateway collects once,
     # then freezes what is alive, when it starts serving (Gateway.startup turns collection on).
     gc.disable()
-    from ..server._run import run, serve_demo, serve_workers
+    from ..server._run import ListenError, run, serve_demo, serve_workers
     from ..server._run import serve as run_gateway
 
     loaded = _config(config)
@@ -147,8 +160,8 @@ def serve(
                 )
             )
         else:
-            run(run_gateway(loaded, host, port))
-    except ConfigError as exc:
+            run(run_gateway(loaded, host, port, _config_path(config)))
+    except (ConfigError, ListenError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
@@ -165,8 +178,9 @@ def _announce_demo(info: Any) -> None:
         "-H 'Content-Type: application/json' "
         f'-d \'{{"model": "{info.model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''
     )
+    python = _python_command()
     sdk = (
-        f'python -c "from openai import OpenAI; '
+        f'{python} -c "from openai import OpenAI; '
         f"c = OpenAI(base_url='{info.url}', api_key='{info.key}'); "
         f"r = c.chat.completions.create(model='{info.model}', "
         "messages=[{'role': 'user', 'content': 'Hello!'}]); "
@@ -175,9 +189,25 @@ def _announce_demo(info: Any) -> None:
     # markup=False: the JSON's brackets are text, not rich markup.
     out.print(curl, markup=False)
     out.print()
+    if importlib.util.find_spec("openai") is None:
+        # `pip install -e .` does not bring the OpenAI SDK (it is the `client` extra), and the
+        # Python line is among the first things a newcomer pastes.
+        out.print(f"{python} -m pip install openai  # the OpenAI SDK, which the next line uses", markup=False)
     out.print(sdk, markup=False)
     out.print("\nPress Ctrl+C to stop.\nDemo key:")
     out.print(info.key, soft_wrap=True)
+
+
+def _python_command() -> str:
+    """This interpreter as a shell command: the printed Python line must run where quotagate is
+    installed, and a bare `python` may be another interpreter, or none at all."""
+    if not sys.executable:
+        return "python3"
+    path = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    text = str(path)
+    return shlex.quote(text if "/" in text else "./" + text)
 
 
 # -- mock-upstream ----------------------------------------------------------------------------
@@ -282,16 +312,41 @@ def _key_config(path: Path | None) -> Config:
 
 
 def _run(coro: Any) -> Any:
+    from sqlalchemy.exc import DBAPIError
+
     try:
         return asyncio.run(coro)
     except OSError as exc:
         raise _fail(f"cannot reach the database: {exc}") from None
+    except DBAPIError as exc:
+        # e.g. a PostgreSQL database that does not exist: the driver's own sentence is the news.
+        raise _fail(f"database: {exc.orig or exc}") from None
 
 
-async def _with_store(config: Config, action: Any) -> Any:
+def _open_store(config: Config, path: Path | None, *, create: bool = False) -> KeyStore:
+    """The configured key store. Only a command that stores something may create the database:
+    one that reads, run in the wrong folder, would leave an empty ./quotagate.db behind and
+    answer as if the gateway had no keys and no usage."""
     from ..keys import KeyStore
 
     store = KeyStore.from_url(config.database)
+    file = store.database.sqlite_file
+    if not create and file is not None and not Path(file).exists():
+        chosen = _config_path(path)
+        if chosen is None:
+            raise _fail(
+                f"no database at {Path(file).resolve()} (without a configuration, the gateway keeps its "
+                "database in ./quotagate.db of the folder it runs in): run this there, or point at the "
+                "gateway's configuration with --config FILE"
+            )
+        raise _fail(
+            f"no database at {Path(file).resolve()} (the `database` of {chosen}): nothing has been stored "
+            "there yet; is this the gateway's configuration?"
+        )
+    return store
+
+
+async def _with_store(store: KeyStore, action: Any) -> Any:
     try:
         await store.create_schema()
         return await action(store)
@@ -299,46 +354,75 @@ async def _with_store(config: Config, action: Any) -> Any:
         await store.close()
 
 
+_LIMIT_NAMES = (
+    "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency, "
+    "usd_per_day, usd_per_month"
+)
 LimitOption = Annotated[
     list[str] | None,
     typer.Option(
         "--limit",
-        help="Override one of the tier's limits for this key, as NAME=VALUE (repeatable): "
-        "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency, "
-        "usd_per_day, usd_per_month.",
+        help=f"Override one of the tier's limits for this key, as NAME=VALUE (repeatable): {_LIMIT_NAMES}.",
+        show_default=False,
+    ),
+]
+UpdateLimitOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--limit",
+        help="Set one of the key's limit overrides, as NAME=VALUE, keeping its others; NAME=none removes "
+        f"one, so the tier's applies again (repeatable): {_LIMIT_NAMES}.",
         show_default=False,
     ),
 ]
 
 
-def _parse_limits(values: list[str] | None) -> dict[str, float] | None:
+def _parse_limits(values: list[str] | None, *, removable: bool = False) -> dict[str, float | None] | None:
+    """--limit NAME=VALUE options, checked; with ``removable``, NAME=none is None (remove it)."""
     from pydantic import ValidationError
 
     from ..policy import check_overrides
 
     if not values:
         return None
-    parsed: dict[str, float] = {}
+    parsed: dict[str, float | None] = {}
     for item in values:
         name, _, amount = item.partition("=")
+        if removable and amount.strip().lower() == "none":
+            parsed[name.strip()] = None
+            continue
         try:
             parsed[name.strip()] = float(amount) if "." in amount else int(amount)
         except ValueError:
-            raise _fail(f"--limit {item!r}: expected NAME=NUMBER, e.g. rpm=100 or usd_per_day=5.50") from None
+            example = ", or NAME=none to remove one" if removable else ""
+            raise _fail(f"--limit {item!r}: expected NAME=NUMBER, e.g. rpm=100 or usd_per_day=5.50{example}") from None
     try:
-        return check_overrides(parsed)
+        # The names of removals are checked too: a typo must not pass as a no-op.
+        checked = check_overrides(parsed)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise _fail(f"--limit: {problems}") from None
+    return {name: checked.get(name) for name in parsed}
 
 
-def _parse_expiry(value: str | None) -> datetime | None:
+def _parse_time(value: str | None, option: str, timezone: str | None = None) -> datetime | None:
+    """The date or time given to ``option``: YYYY-MM-DD (midnight UTC) or ISO 8601; with
+    ``timezone``, also ``today`` and ``yesterday``, whose days begin at midnight there (as the
+    ledger's days and the calendar quotas do)."""
     if value is None:
         return None
+    word = value.strip().lower()
+    if timezone is not None and word in ("today", "yesterday"):
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(timezone)
+        day = datetime.now(zone).date() - timedelta(days=1 if word == "yesterday" else 0)
+        return datetime.combine(day, time(), zone)
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise _fail(f"--expires: {value!r} is not a date (YYYY-MM-DD) or ISO 8601 time") from None
+        words = ", today or yesterday" if timezone is not None else ""
+        raise _fail(f"{option}: {value!r} is not a date (YYYY-MM-DD), an ISO 8601 time{words}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -347,13 +431,15 @@ def keys_create(
     user: Annotated[str, typer.Option(help="The user the key belongs to.")],
     tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
     models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use (default: all).")] = None,
-    expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry, in the future: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     limit: LimitOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key. The key is printed once, as the last line; it is stored only hashed."""
-    from ..server._admin import check_key_fields
+    from ..server._admin import check_key_fields, expiry_problem
 
     cfg = _key_config(config)
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -361,11 +447,14 @@ def keys_create(
         check_key_fields(cfg, tier, model_list)
     except Exception as exc:
         raise _fail(str(exc)) from None
-    expires_at = _parse_expiry(expires)
+    expires_at = _parse_time(expires, "--expires")
+    problem = expiry_problem(expires_at, datetime.now(UTC))
+    if problem is not None:
+        raise _fail(f"--expires {expires}: {problem}")
     overrides = _parse_limits(limit)
     record, key = _run(
         _with_store(
-            cfg,
+            _open_store(cfg, config, create=True),
             lambda s: s.create(
                 user=user, tier=tier, models=model_list, expires_at=expires_at, name=name, limits=overrides
             ),
@@ -390,7 +479,7 @@ def keys_list(
     config: ConfigOption = None,
 ) -> None:
     """List keys (their ids and hints, never the keys)."""
-    records = _run(_with_store(_key_config(config), lambda s: s.list(user=user)))
+    records = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.list(user=user)))
     if json:
         print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
         return
@@ -420,10 +509,13 @@ def keys_list(
 
 
 def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None:
-    record = _run(_with_store(_key_config(config), lambda s: s.update(key_id, **changes)))
+    record = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.update(key_id, **changes)))
     if record is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"{verb} key {key_id} (running gateways notice within their auth cache time)")
+    if "limits" in changes:
+        overrides = ", ".join(f"{k}={v}" for k, v in record.limits or ())
+        out.print(f"limits: {overrides or 'none of its own (the tier applies)'}")
 
 
 @keys_app.command("update")
@@ -432,14 +524,23 @@ def keys_update(
     tier: Annotated[str | None, typer.Option(help="Move the key to this tier.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated allowed models; 'all' for every model.")] = None,
     expires: Annotated[str | None, typer.Option(help="New expiry (YYYY-MM-DD or ISO 8601); 'never' to clear.")] = None,
-    limit: LimitOption = None,
+    limit: UpdateLimitOption = None,
     clear_limits: Annotated[
-        bool, typer.Option("--clear-limits", help="Drop the key's overrides: the tier's limits apply.")
+        bool,
+        typer.Option(
+            "--clear-limits",
+            help="Drop all the key's overrides, so the tier's limits apply; with --limit, those become its only ones.",
+        ),
     ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Change a key's tier, models, expiry or limit overrides (running gateways notice within
-    their auth cache time)."""
+    their auth cache time).
+
+    Limits merge into the key's overrides, as the admin API's PATCH
+    does: --limit tpm=5000 sets TPM and keeps the others, --limit
+    tpm=none removes TPM's, --clear-limits removes them all.
+    """
     from ..server._admin import check_key_fields
 
     cfg = _key_config(config)
@@ -449,14 +550,16 @@ def keys_update(
     if models is not None:
         changes["models"] = None if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
     if expires is not None:
-        changes["expires_at"] = None if expires == "never" else _parse_expiry(expires)
-    if clear_limits:
+        changes["expires_at"] = None if expires == "never" else _parse_time(expires, "--expires")
+    patch = _parse_limits(limit, removable=True)
+    if clear_limits and patch:
+        # One merge patch that removes every override but the ones given: the store applies it
+        # in one transaction, so there is no moment with neither the old nor the new ones.
+        changes["limits"] = dict.fromkeys(LimitValues.model_fields) | patch
+    elif clear_limits:
         changes["limits"] = None
-    elif limit:
-        existing = _run(_with_store(cfg, lambda s: s.get(key_id)))
-        merged = dict(existing.limits or ()) if existing is not None else {}
-        merged.update(_parse_limits(limit) or {})
-        changes["limits"] = merged
+    elif patch:
+        changes["limits"] = patch
     if not changes:
         raise _fail("nothing to change: give --tier, --models, --expires, --limit or --clear-limits")
     try:
@@ -487,7 +590,7 @@ def keys_delete(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
 ) -> None:
     """Delete a key for good."""
-    record = _run(_with_store(_key_config(config), lambda s: s.delete(key_id)))
+    record = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.delete(key_id)))
     if record is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"deleted key {key_id}")
@@ -496,14 +599,21 @@ def keys_delete(
 @app.command()
 def usage(
     by: Annotated[str, typer.Option(help="Group by key, user, model, deployment or day.")] = "key",
-    since: Annotated[str | None, typer.Option(help="From this date or time (inclusive).")] = None,
-    until: Annotated[str | None, typer.Option(help="Until this date or time (exclusive).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this date or time (inclusive): YYYY-MM-DD (midnight UTC), an ISO 8601 time, or today or "
+            "yesterday (midnight in the configured timezone)."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Until this date or time (exclusive); the same forms as --since.")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     config: ConfigOption = None,
 ) -> None:
     """Usage and cost from the ledger, grouped, with totals (costs also in the display currency)."""
     import csv
-    import sys
 
     from ..accounting import usage_report
 
@@ -512,20 +622,29 @@ def usage(
     if format not in ("table", "csv", "json"):
         raise _fail("--format must be table, csv or json")
     cfg = _key_config(config)
-    start, end = _parse_expiry(since), _parse_expiry(until)
+    start, end = _parse_time(since, "--since", cfg.timezone), _parse_time(until, "--until", cfg.timezone)
     currency = cfg.currency
 
     async def build(store: Any) -> Any:
         return await usage_report(store.database, by, start, end, currency.display, currency.rate)  # type: ignore[arg-type]
 
-    report = _run(_with_store(cfg, build))
+    report = _run(_with_store(_open_store(cfg, config), build))
     if format == "json":
-        print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        document = report.to_dict()
+        for row in [*document["data"], document["totals"]]:
+            for column, value in row.items():
+                if column.startswith("cost_"):
+                    # A raw number: orjson, like repr, writes 1.5e-7 below a millionth.
+                    row[column] = orjson.Fragment(_decimal(value))
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     columns = [by, "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"]
     if currency.display != "USD":
         columns.append(f"cost_{currency.display.lower()}")
-    rows = [*report.rows, {by: "TOTAL", **report.totals}]
+    rows = [
+        {column: _decimal(value) if column.startswith("cost_") else value for column, value in row.items()}
+        for row in [*report.rows, {by: "TOTAL", **report.totals}]
+    ]
     if format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -539,6 +658,13 @@ def usage(
     for row in rows:
         table.add_row(*(escape(str(row.get(c, ""))) for c in columns))
     _print_table(table)
+
+
+def _decimal(amount: float) -> str:
+    """A cost as a plain decimal: requests cost millionths of a dollar, which str(), the csv module
+    and JSON encoders write as 5.4e-05. Reports round costs to 10 places, so 10 lose nothing."""
+    text = f"{amount:.10f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def main() -> None:

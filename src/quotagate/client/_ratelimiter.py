@@ -15,10 +15,11 @@
 
     limiter.remaining()                                    # used / remaining / reset per limit
 
-Request rates (rps, rpm, rph) are paced by default (``burst=1``): in no window of the period do
-more requests start than the limit allows, which is what keeps a program clear of a provider's
-429s. Token rates (tpm, tph) allow a burst of their whole amount, so that one large request can
-pass. Per day limits (rpd, tpd) are calendar quotas (midnight in ``timezone``).
+Request rates (rps, rpm, rph) are paced: up to one second's share may start at once (rpm=600:
+10; a rate per second: one at a time), unless ``burst`` says otherwise, and in no window of the
+period do more requests start than the limit allows, which is what keeps a program clear of a
+provider's 429s. Token rates (tpm, tph) allow a burst of their whole amount, so that one large
+request can pass. Per day limits (rpd, tpd) are calendar quotas (midnight in ``timezone``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,18 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from ..limits import Algorithm, Calendar, Decision, InProcessStore, Limit, Limiter, RedisStore, Store, Unit
+from ..limits import (
+    Algorithm,
+    Calendar,
+    Decision,
+    InProcessStore,
+    Limit,
+    Limiter,
+    RedisStore,
+    Store,
+    Unit,
+    one_second_burst,
+)
 from ._portal import run_sync
 
 P = ParamSpec("P")
@@ -55,10 +67,11 @@ class RequestTooLarge(RateLimitTimeout):
 @dataclass(frozen=True)
 class Remaining:
     name: str
-    limit: int
+    limit: int  # as configured: rpm=500 is 500
     used: int
-    remaining: int
+    remaining: int  # what may start now: a paced rate holds at most `burst` at once
     reset_in: float  # seconds until the limit is whole again (quotas: until the window ends)
+    burst: int  # the most that may start at once
 
 
 _REQUEST_UNITS = (Unit.REQUESTS,)
@@ -96,8 +109,9 @@ class RateLimiter:
                         amount,
                         Algorithm.GCRA,
                         period,
-                        burst=burst or 1,
+                        burst=min(amount, burst or one_second_burst(amount, period)),
                         label=label.upper(),
+                        exact_period=True,
                     )
                 )
         for label, amount, period in (("tpm", tpm, 60.0), ("tph", tph, 3600.0)):
@@ -226,7 +240,10 @@ class RateLimiter:
 
     async def aremaining(self) -> list[Remaining]:
         statuses = await self._limiter().status(self.limits)
-        return [Remaining(s.limit.label, s.limit.capacity, s.used, s.remaining, s.reset_after) for s in statuses]
+        return [
+            Remaining(s.limit.label, s.limit.amount, s.used, s.remaining, s.reset_after, s.limit.capacity)
+            for s in statuses
+        ]
 
     def remaining(self) -> list[Remaining]:
         """Used / remaining / reset per limit (from sync code; ``aremaining`` from async code)."""

@@ -61,6 +61,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"configuration file not found: {file}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
+    return parse_config_text(text, file)
+
+
+def parse_config_text(text: str, file: str | os.PathLike[str]) -> Config:
+    """The configuration in ``text``, read from ``file`` (which errors name)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -172,6 +172,21 @@ class LedgerSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """Who may read GET /metrics. Open by default, as Prometheus scrapers expect; a gateway whose
+    listener is public can require a bearer token or switch the endpoint off."""
+
+    enabled: bool = Field(default=True, description="false: /metrics answers 404")
+    token: str | None = Field(
+        default=None, description="env:NAME of a token scrapers send as 'Authorization: Bearer ...'"
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        return _check_secret_ref(value)
+
+
 class LoggingSettings(_Strict):
     format: Literal["json", "text"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -203,11 +218,10 @@ class Deployment(_Strict):
     tpm: PositiveInt | None = None
     weight: float = Field(default=1.0, gt=0)
     priority: int = Field(default=0, ge=0)
-    region: str | None = None
     burst: PositiveInt | None = Field(
         default=None,
-        description="requests the gateway may send at once within the rpm (default 1: paced, so no "
-        "window of a minute ever holds more than rpm)",
+        description="requests the gateway may send at once within the rpm (default: one second's "
+        "share, rpm/60 rounded up; 1 paces strictly); no 60 s window ever holds more than rpm",
     )
     timeout: float = Field(
         default=600.0, gt=0, description="Default for first_byte_timeout and chunk_timeout, in seconds."
@@ -235,6 +249,12 @@ class Deployment(_Strict):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
         object.__setattr__(self, "base_url", url.rstrip("/"))
+        return self
+
+    @model_validator(mode="after")
+    def _check_burst(self) -> Deployment:
+        if self.burst is not None and self.rpm is not None and self.burst > self.rpm:
+            raise ValueError(f"burst ({self.burst}) cannot exceed rpm ({self.rpm})")
         return self
 
     @property
@@ -272,6 +292,13 @@ class RouterSettings(_Strict):
     default_cooldown_seconds: float = Field(
         default=5.0, gt=0, description="cooldown after a provider 429 that names no Retry-After"
     )
+    max_queue_wait: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="seconds a request the tenant's limits admitted may wait for a deployment's "
+        "provider limits (its tier's max_wait, if longer, instead; never past deadline_seconds)",
+    )
     breaker: BreakerSettings = BreakerSettings()
 
 
@@ -290,6 +317,7 @@ class Config(_Strict):
     alerts: AlertSettings = AlertSettings()
     ledger: LedgerSettings = LedgerSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     metrics_per_key: bool = Field(default=False, description="key labels on metrics (unbounded cardinality)")
     timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(

@@ -23,7 +23,7 @@ def resolve_secret(ref: str | None, where: str, environ: Mapping[str, str] | Non
 def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every secret reference the environment cannot satisfy, as 'field: problem' lines."""
     problems: list[str] = []
-    refs: list[tuple[str, str | None]] = [("master_key", config.master_key)]
+    refs: list[tuple[str, str | None]] = [("master_key", config.master_key), ("metrics.token", config.metrics.token)]
     for model in config.models:
         for index, deployment in enumerate(model.deployments):
             refs.append((f"models[{model.name}].deployments[{index}].api_key", deployment.api_key))

@@ -6,7 +6,7 @@ dataclasses that are cheap to cache on the request path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -113,6 +113,12 @@ def _upgrade(sync_conn: sa.Connection) -> None:
             sync_conn.execute(sa.text(f"DROP INDEX {name}"))
 
 
+def merge_limits(current: Mapping[str, float] | None, patch: Mapping[str, float | None]) -> dict[str, float] | None:
+    """A key's limit overrides after a merge patch: values set, None removes; None if none remain."""
+    merged = {**(current or {}), **patch}
+    return {name: value for name, value in merged.items() if value is not None} or None
+
+
 class KeyStore:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -183,7 +189,13 @@ class KeyStore:
         return [_record(row) for row in rows]
 
     async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
-        """Change a key's user, tier, models, expiry, name or disabled flag."""
+        """Change a key's user, tier, models, expiry, name, disabled flag or limit overrides.
+
+        ``limits`` is merged into the key's overrides, as a JSON merge patch (RFC 7396) is:
+        ``{"tpm": 5000}`` sets TPM and keeps the others, ``{"tpm": None}`` removes TPM's (the
+        tier's applies again), ``limits=None`` removes them all. The command line's
+        ``keys update --limit`` and the admin API's PATCH both come here, so they cannot differ.
+        """
         allowed = {"user", "tier", "models", "expires_at", "name", "disabled", "limits"}
         unknown = set(changes) - allowed
         if unknown:
@@ -193,11 +205,25 @@ class KeyStore:
             values["models"] = list(values["models"])
         if values.get("expires_at") is not None:
             values["expires_at"] = values["expires_at"].astimezone(UTC)
-        if values:
-            statement = api_keys.update().where(api_keys.c.id == key_id).values(**values)
-            updated = await self.database.run(lambda conn: conn.execute(statement).rowcount)
-            if updated == 0:
-                return None
+        patch: Mapping[str, float | None] | None = values.pop("limits", None)
+        if "limits" in changes and patch is None:
+            values["limits"] = None
+
+        def change(conn: sa.Connection) -> bool:
+            where = api_keys.c.id == key_id
+            if patch is not None:
+                # Read and write in one transaction (the row locked on PostgreSQL), so that two
+                # patches of different limits made at once both take effect.
+                row = conn.execute(sa.select(api_keys.c.limits).where(where).with_for_update()).first()
+                if row is None:
+                    return False
+                values["limits"] = merge_limits(row.limits, patch)
+            if not values:
+                return conn.execute(sa.select(api_keys.c.id).where(where)).first() is not None
+            return bool(conn.execute(api_keys.update().where(where).values(**values)).rowcount)
+
+        if not await self.database.run(change):
+            return None
         return await self.get(key_id)
 
     async def delete(self, key_id: str) -> KeyRecord | None:

@@ -16,7 +16,7 @@ Usable on its own::
 from ._connection import RedisConnection, RedisReplyError
 from ._limiter import Limiter, StoreUnavailableError
 from ._memory import InProcessStore
-from ._model import Algorithm, Calendar, Decision, Limit, LimitStatus, Unit
+from ._model import Algorithm, Calendar, Decision, Limit, LimitStatus, Unit, one_second_burst
 from ._redis import RedisStore
 from ._store import Store
 
@@ -34,4 +34,5 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "Unit",
+    "one_second_burst",
 ]

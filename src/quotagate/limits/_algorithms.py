@@ -17,6 +17,13 @@ from __future__ import annotations
 import math
 
 EPS = 1e-6
+# Comparisons of times: "now" is epoch milliseconds (~1.7e12), where floats are 2.4e-4 ms apart,
+# so EPS is lost in the rounding and a bucket that exactly fits would refuse (every request of an
+# rpm above 60,000 with burst 1 was: its interval is below 1 ms). A GCRA allows one microsecond,
+# plus one float spacing per unit in its bucket: a full bucket added up one unit at a time can be
+# that far from burst x interval (the 10th of a burst of 10 was refused).
+TIME_EPS = 1e-3
+SPACING = 2.3e-16  # a float's relative spacing, rounded up (2**-52)
 NEVER = math.inf
 # A denied concurrent request cannot know when a slot frees; it looks again within this time.
 CONCURRENCY_RETRY_MS = 250.0
@@ -36,13 +43,14 @@ def gcra(tat: float | None, now: float, cost: float, interval: float, tolerance:
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
     capacity = math.floor(tolerance / interval + 0.5)
-    if cost * interval > tolerance + EPS:
+    slack = TIME_EPS + capacity * now * SPACING
+    if cost * interval > tolerance + slack:
         ok, retry, after = False, NEVER, base
-    elif new_tat - now <= tolerance + EPS:
+    elif new_tat - now <= tolerance + slack:
         ok, retry, after = True, 0.0, new_tat
     else:
         ok, retry, after = False, new_tat - tolerance - now, base
-    remaining = math.floor((tolerance - (after - now)) / interval + EPS)
+    remaining = math.floor((tolerance - (after - now) + slack) / interval)
     if remaining < 0:
         remaining = 0
     elif remaining > capacity:

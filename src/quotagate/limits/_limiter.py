@@ -16,19 +16,18 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
 from ._connection import RedisReplyError
 from ._memory import InProcessStore
 from ._model import Algorithm, Decision, Limit, LimitStatus
+from ._queue import WaitQueue
 from ._store import Store
 
 logger = logging.getLogger("quotagate.limits")
@@ -46,12 +45,6 @@ def _is_store_failure(exc: Exception) -> bool:
         return True
     # redis-py's errors (ConnectionError, BusyLoadingError, ...) have their own hierarchy.
     return type(exc).__module__.startswith("redis")
-
-
-@dataclass(order=True)
-class _Waiter:
-    sort_key: tuple[int, int]
-    wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
 
 
 @dataclass
@@ -86,7 +79,7 @@ class Limiter:
         self.retry_interval = retry_interval
         self.failures_to_trip = failures_to_trip
         self._consecutive_failures = 0
-        self.max_queue = max_queue
+        self.queue = WaitQueue(max_queue, clock)
         self.stats = LimiterStats()
         self._clock = clock
         self._sleep = sleep
@@ -100,10 +93,6 @@ class Limiter:
         self._store_bounded = store_timeout is not None and store_timeout <= timeout
         self._scaled: dict[Limit, Limit] = {}
         self._down_until = 0.0
-        # A line per limit key: a heap of waiters, highest priority, then earliest, first.
-        self._lines: dict[str, list[_Waiter]] = {}
-        self._waiting = 0
-        self._seq = itertools.count()
         self._leases: dict[str, tuple[Sequence[Limit], bool]] = {}
         self._renewer: asyncio.Task[None] | None = None
 
@@ -221,10 +210,10 @@ class Limiter:
                 lease = os.urandom(8).hex()
                 break
         queued_behind = None
-        if max_wait > 0 and self._lines:
+        if max_wait > 0:
             # Others are already waiting for one of these limits: queue behind them rather than
             # take the capacity that is coming back for them.
-            queued_behind = next((limit.key for limit in limits if limit.key in self._lines), None)
+            queued_behind = self.queue.any_line([limit.key for limit in limits])
         if queued_behind is not None:
             decision = await self._wait(limits, costs, lease, None, queued_behind, max_wait, priority)
         else:
@@ -253,27 +242,18 @@ class Limiter:
         deadline = self._clock() + max_wait
         if decision is not None and decision.retry_after > max_wait:
             return decision
-        if self._waiting >= self.max_queue:
+        queue = self.queue
+        if queue.full:
             self.stats.queue_full += 1
             return decision if decision is not None else await self._try(limits, costs, lease)
-        self._waiting += 1
         self.stats.waited += 1
-        me = _Waiter((-priority, next(self._seq)))
-        self._join(line_key, me)
+        me = queue.join(line_key, priority)
         try:
             while True:
                 # Wait for our turn at the head of the line...
-                while self._lines[line_key][0] is not me:
-                    left = deadline - self._clock()
-                    if left <= 0:
-                        self.stats.wait_timeouts += 1
-                        return decision if decision is not None else await self._try(limits, costs, lease)
-                    me.wake.clear()
-                    try:
-                        async with asyncio.timeout(left):
-                            await me.wake.wait()
-                    except TimeoutError:
-                        continue
+                if not await queue.wait_turn(line_key, me, deadline):
+                    self.stats.wait_timeouts += 1
+                    return decision if decision is not None else await self._try(limits, costs, lease)
                 # ...then for the capacity the store said would return.
                 pause = decision.retry_after if decision is not None else 0.0
                 if self._clock() + pause > deadline:
@@ -282,7 +262,7 @@ class Limiter:
                     return decision
                 if pause > 0:
                     await self._sleep(pause)
-                    if self._lines[line_key][0] is not me:
+                    if not queue.is_head(line_key, me):
                         continue  # someone of higher priority arrived meanwhile: after them
                 decision = await self._try(limits, costs, lease)
                 if decision.allowed or decision.never_fits:
@@ -290,28 +270,10 @@ class Limiter:
                 assert decision.denied_by is not None
                 if decision.denied_by.limit.key != line_key:
                     # Another of our limits is the bottleneck now: move to its line.
-                    self._leave(line_key, me)
+                    queue.move(line_key, decision.denied_by.limit.key, me)
                     line_key = decision.denied_by.limit.key
-                    self._join(line_key, me)
         finally:
-            self._leave(line_key, me)
-            self._waiting -= 1
-
-    def _join(self, line_key: str, waiter: _Waiter) -> None:
-        heapq.heappush(self._lines.setdefault(line_key, []), waiter)
-
-    def _leave(self, line_key: str, waiter: _Waiter) -> None:
-        line = self._lines.get(line_key)
-        if line is None:
-            return
-        was_head = bool(line) and line[0] is waiter
-        if waiter in line:
-            line.remove(waiter)
-            heapq.heapify(line)
-        if not line:
-            del self._lines[line_key]
-        elif was_head:
-            line[0].wake.set()
+            queue.leave(line_key, me)
 
     # -- after the call --------------------------------------------------------------------------
 

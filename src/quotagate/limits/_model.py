@@ -21,6 +21,18 @@ class Unit(StrEnum):
     SPEND = "spend"  # micro-dollars: budgets are limits like any other
 
 
+def one_second_burst(amount: int, period: float) -> int:
+    """The default burst of a paced request rate: one second's share of ``amount`` per ``period``.
+
+    Providers enforce their per-minute limits over sub-minute periods (OpenAI documents 60,000
+    RPM as 1,000 per second), so one second's share may go out at once. A rate per second or
+    shorter has no such share to give: it is paced one at a time.
+    """
+    if period <= 1.0:
+        return 1
+    return max(1, min(amount, math.ceil(amount / period)))
+
+
 class Algorithm(StrEnum):
     GCRA = "gcra"  # token bucket as a generic cell rate algorithm
     SLIDING_WINDOW = "sliding-window"  # two-counter sliding window
@@ -40,6 +52,11 @@ class Limit:
     ``amount`` per ``period`` seconds (rates), per ``calendar`` window (quotas), or in flight at
     once (concurrency). ``burst`` is GCRA's bucket size (default: ``amount``). ``label`` names the
     limit to people ("requests per minute (RPM)").
+
+    A GCRA admits at most ``burst`` plus its rate times a window in any window, so a bucket that
+    refills at ``amount`` per ``period`` can admit ``amount + burst - 1`` in one period. With
+    ``exact_period`` its rate is lowered to ``amount - burst + 1`` per period instead: no window of
+    ``period`` ever holds more than ``amount``, bursts included (a provider's RPM, paced).
     """
 
     key: str
@@ -53,6 +70,7 @@ class Limit:
     lease_seconds: float = 60.0
     label: str = ""
     scope: str = ""
+    exact_period: bool = False
     # The numbers the stores compute with (see _params.params), worked out once per limit
     # rather than on every decision; None for calendar quotas, whose window moves.
     static_params: tuple[str, float, float, float, float] | None = field(
@@ -71,10 +89,14 @@ class Limit:
             raise ValueError(f"limit {self.key}: a calendar quota needs calendar=day or month")
         if self.burst is not None and self.burst <= 0:
             raise ValueError(f"limit {self.key}: burst must be positive")
+        burst = self.burst or self.amount
+        if self.exact_period and burst > self.amount:
+            raise ValueError(f"limit {self.key}: a burst above the amount cannot hold to the period")
         static: tuple[str, float, float, float, float] | None = None
         if self.algorithm is Algorithm.GCRA:
-            interval = self.period * 1000.0 / self.amount
-            static = ("g", interval, interval * (self.burst or self.amount), 0.0, 0.0)
+            per_period = self.amount - burst + 1 if self.exact_period else self.amount
+            interval = self.period * 1000.0 / per_period
+            static = ("g", interval, interval * burst, 0.0, 0.0)
         elif self.algorithm is Algorithm.SLIDING_WINDOW:
             static = ("s", self.period * 1000.0, float(self.amount), 0.0, 0.0)
         elif self.algorithm is Algorithm.CONCURRENCY:

@@ -105,6 +105,8 @@ class MockState:
     requests_served: int = 0
     rate_limited: int = 0  # 429s sent because the RPM was exceeded (the gateway's fault)
     started: deque[float] = field(default_factory=deque)  # start times within the last minute
+    # When each request arrived (time.monotonic()): what a test measures a gateway's pacing by.
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     recorded: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=200))
 
 
@@ -189,6 +191,7 @@ class MockUpstream:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             self.state.recorded.append(RecordedRequest(scope["path"], headers, body))
         self.state.requests_served += 1
+        self.state.arrivals.append(time.monotonic())
 
         if self.options.rpm is not None:
             now = time.monotonic()

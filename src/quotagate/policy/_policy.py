@@ -8,6 +8,7 @@ carry their own tags (``{u:...}``, ``{t:...}``, ``{m:...}``, ``{g}``), see limit
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from ..accounting._pricing import micro_usd
@@ -90,9 +91,41 @@ def _shorthand_limit(
     )
 
 
-def _scoped_limit(
-    index: int, spec: ScopedLimit, principal: Principal, model: str | None, timezone: str
-) -> Limit | None:
+def _scoped_algorithm(spec: ScopedLimit) -> str:
+    if spec.unit == "concurrent":
+        return "concurrency"
+    return spec.algorithm or ("calendar" if spec.per in ("day", "month") else "gcra")
+
+
+def _scoped_names(specs: list[ScopedLimit]) -> list[str]:
+    """The name in the storage key of each scoped limit: its own ``name``, else one made of what
+    defines it (scope, unit, period, algorithm, match), never of its place in the list, so that
+    adding, removing or moving another limit (a reload) leaves its key, and so its count, alone.
+    Not of its amount: a count stays right under a new amount, and a GCRA's key names its rate
+    (see _rate_key). Limits alike in all of that are told apart by their order among themselves.
+    """
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        if spec.name:
+            names.append(spec.name)
+            continue
+        identity = repr(
+            (
+                spec.scope,
+                spec.unit,
+                spec.per,
+                _scoped_algorithm(spec),
+                sorted((k, sorted(v)) for k, v in spec.match.items()),
+            )
+        )
+        name = f"{spec.unit}-per-{spec.per}-{hashlib.blake2b(identity.encode(), digest_size=4).hexdigest()}"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return names
+
+
+def _scoped_limit(name: str, spec: ScopedLimit, principal: Principal, model: str | None, timezone: str) -> Limit | None:
     if "tier" in spec.match and principal.tier not in spec.match["tier"]:
         return None
     if "user" in spec.match and principal.user not in spec.match["user"]:
@@ -101,7 +134,6 @@ def _scoped_limit(
         return None
     if spec.scope in ("model", "key+model") and model is None:
         return None
-    name = spec.name or f"{index}-{spec.unit}-per-{spec.per}"
     owner, tag = {
         "key": ("", f"{{k:{_tag(principal.key_id)}}}"),
         "user": (f" for user {principal.user}", f"{{u:{_tag(principal.user)}}}"),
@@ -119,7 +151,7 @@ def _scoped_limit(
     amount = micro_usd(spec.amount) if unit is Unit.SPEND else int(spec.amount)
     if unit is Unit.CONCURRENT:
         return Limit(key, unit, amount, Algorithm.CONCURRENCY, label=label, scope=spec.scope)
-    algorithm = spec.algorithm or ("calendar" if spec.per in ("day", "month") else "gcra")
+    algorithm = _scoped_algorithm(spec)
     if algorithm == "calendar":
         calendar = Calendar.MONTH if spec.per == "month" else Calendar.DAY
         return Limit(
@@ -148,6 +180,7 @@ class Policy:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._cache: dict[tuple[Principal, str | None], AppliedLimits] = {}
+        self._scoped_names = _scoped_names(config.limits)
         self.enabled = bool(config.limits) or any(
             tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values()
         )
@@ -189,8 +222,8 @@ class Policy:
             _shorthand_limit(name, amount, f"{key_tag}:{name}", algorithm, config.timezone, "key", "")
             for name, amount in values.items()
         ]
-        for index, spec in enumerate(config.limits):
-            scoped = _scoped_limit(index, spec, principal, model, config.timezone)
+        for name, spec in zip(self._scoped_names, config.limits, strict=True):
+            scoped = _scoped_limit(name, spec, principal, model, config.timezone)
             if scoped is not None:
                 limits.append(scoped)
         return AppliedLimits(

@@ -4,8 +4,9 @@ For each attempt the router takes the best priority group that has a usable depl
 (breaker not open, not cooling down after a provider 429, not failed already in this request),
 orders it by the model's strategy, and sends the request to the first deployment whose own
 provider limits (RPM/TPM, in the limit engine) admit it. So the gateway never sends a provider
-more than its limits allow: when no deployment admits, the request waits (within the tier's
-max_wait) or gets the gateway's own 429.
+more than its limits allow: when no deployment admits, the request waits in line for whichever
+frees up first (up to ``router.max_queue_wait``, or its tier's ``max_wait`` if longer) and only
+then gets the gateway's own 429.
 
 Failures that retrying can fix (429, 5xx, connection errors, timeouts, a stream that breaks
 before its first byte) move the request to another deployment at once when one is usable, and
@@ -157,6 +158,7 @@ class Router:
         self._sleep = sleep
         self._secrets = secrets
         self._needs_estimate: dict[str, bool] = {}
+        self._credit: dict[str, float] = {}  # smooth weighted round-robin's running credit per deployment
         # The chain of a model without a context-window fallback never depends on the request.
         self._fixed_chains: dict[str, list[str]] = {
             model: self._chain_from(model)
@@ -209,35 +211,39 @@ class Router:
             return sorted(candidates, key=lambda t: (-self.stats[t.id].remaining_fraction, self._rng.random()))
         if strategy == "latency-based":
             return sorted(candidates, key=lambda t: (self.stats[t.id].latency_ms or 0.0, self._rng.random()))
-        # weighted: a weighted random order (each pick proportional to weight among those left)
-        pool, ordered = list(candidates), []
-        while pool:
-            point = self._rng.random() * sum(t.weight for t in pool)
-            for index, target in enumerate(pool):
-                point -= target.weight
-                if point < 0 or index == len(pool) - 1:
-                    ordered.append(pool.pop(index))
-                    break
-        return ordered
+        # weighted: smooth weighted round-robin (nginx's). Over any run of requests each deployment
+        # gets its share to within one request, where a weighted random pick drifts by the square
+        # root of the count: with two deployments at the same provider limits, a random split
+        # left one at its limit (requests waiting) while the other had room.
+        credit = self._credit
+        total = 0.0
+        for target in candidates:
+            credit[target.id] = credit.get(target.id, 0.0) + target.weight
+            total += target.weight
+        # The one that serves pays the group's total (see _chosen): not the first in the order
+        # when its provider limits refuse the request.
+        return sorted(candidates, key=lambda t: -credit[t.id])
+
+    def _chosen(self, model: str, group: list[DeploymentTarget], target: DeploymentTarget) -> None:
+        if len(group) > 1 and self.routes.models[model].routing == "weighted":
+            self._credit[target.id] -= sum(t.weight for t in group)
 
     def _costs(self, target: DeploymentTarget, estimate: Estimate) -> list[int]:
         return [1 if limit.unit is _REQUESTS else estimate.total for limit in target.limits]
 
     async def _pick(
         self, model: str, request: RouteRequest, failed: set[str]
-    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None, DeploymentTarget | None]:
-        """A deployment that admits the request now; else (None, ..., seconds until one may, and
-        the deployment whose own limits free up first, to wait in line for)."""
+    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None]:
+        """A deployment that admits the request now; else (None, None, [], seconds until one may,
+        or None when none of the model's deployments is usable or ever could take the request)."""
         states = self.states
         targets = self.routes.deployments(model)
         if len(targets) == 1 and not failed:
             # One deployment, nothing tried yet: the common case, without the ordering below.
             target = targets[0]
             if not target.limits and states.usable_now(target.id):
-                return target, None, [], None, None
+                return target, None, [], None
         soonest: float | None = None
-        line: DeploymentTarget | None = None
-        line_wait = math.inf
         by_priority: dict[int, list[DeploymentTarget]] = {}
         for target in targets:
             if target.id in failed:
@@ -254,19 +260,55 @@ class Router:
                 continue
             by_priority.setdefault(target.priority, []).append(target)
         for priority in sorted(by_priority):
-            for target in self._ordered(model, by_priority[priority]):
+            group = by_priority[priority]
+            for target in self._ordered(model, group):
                 costs = self._costs(target, request.estimate)
                 if not target.limits:
-                    return target, None, costs, None, None
+                    self._chosen(model, group, target)
+                    return target, None, costs, None
                 decision = await self.limiter.acquire(target.limits, costs)
                 if decision.allowed:
+                    self._chosen(model, group, target)
                     self._note_remaining(target, decision)
-                    return target, decision, costs, None, None
+                    return target, decision, costs, None
                 if not decision.never_fits:
                     soonest = decision.retry_after if soonest is None else min(soonest, decision.retry_after)
-                    if decision.retry_after < line_wait:
-                        line, line_wait = target, decision.retry_after
-        return None, None, [], soonest, line
+        return None, None, [], soonest
+
+    async def _reserve(
+        self, model: str, request: RouteRequest, failed: set[str], until: float
+    ) -> tuple[DeploymentTarget | None, Decision | None, list[int], float | None]:
+        """A deployment with room for the request: at once, or after waiting in line for whichever
+        of the model's deployments frees up first, until ``until``. Else (None, ..., seconds until
+        one may, or None when none is usable).
+
+        A provider's limits are the gateway's business: the tenant's limits admitted this request
+        already, so it waits for a deployment rather than being refused. Requests waiting for a
+        model on this node form one line (higher tiers first, then first come first served); its
+        head looks at every usable deployment whenever the soonest of them said it would have
+        room, and wakes the next one when it leaves. A request that arrives while others wait
+        goes behind them rather than take the capacity that is coming back for them.
+        """
+        queue = self.limiter.queue
+        line = "deployments of " + model  # limit keys begin with "{": no line is shared with them
+        soonest: float | None = None
+        if not queue.has_line(line):
+            picked = await self._pick(model, request, failed)
+            soonest = picked[3]
+            if picked[0] is not None or soonest is None or time.monotonic() + soonest > until:
+                return picked
+        if queue.full:
+            return None, None, [], soonest
+        me = queue.join(line, request.priority)
+        try:
+            while await queue.wait_turn(line, me, until):
+                target, decision, costs, soonest = await self._pick(model, request, failed)
+                if target is not None or soonest is None or time.monotonic() + soonest > until:
+                    return target, decision, costs, soonest
+                await self._sleep(soonest)
+            return None, None, [], soonest
+        finally:
+            queue.leave(line, me)
 
     def _note_remaining(self, target: DeploymentTarget, decision: Decision) -> None:
         fractions = [s.remaining / s.limit.capacity for s in decision.statuses if s.limit.capacity]
@@ -278,7 +320,7 @@ class Router:
     async def exchange(self, model: str, request: RouteRequest) -> Exchange:
         settings = self.settings
         deadline = time.monotonic() + settings.deadline_seconds
-        wait_until = time.monotonic() + request.max_wait
+        wait_until = min(deadline, time.monotonic() + max(settings.max_queue_wait, request.max_wait))
         attempts = 0
         tried: list[str] = []
         last_error: GatewayError | None = None
@@ -291,27 +333,11 @@ class Router:
                 continue
             failed: set[str] = set()
             while attempts < settings.max_attempts and time.monotonic() < deadline:
-                target, decision, costs, soonest, line = await self._pick(model_name, request, failed)
+                target, decision, costs, soonest = await self._reserve(model_name, request, failed, wait_until)
                 if target is None:
-                    if soonest is None:
-                        break  # nothing left in this model: fall back
-                    capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
-                    budget = min(wait_until, deadline) - time.monotonic()
-                    if soonest > budget:
-                        break
-                    if line is None:
-                        await self._sleep(soonest)  # cooling down: wait for it to end
-                        continue
-                    # Wait in line (first come, first served; higher tiers first) for the
-                    # deployment whose limits free up first.
-                    costs = self._costs(line, request.estimate)
-                    decision = await self.limiter.acquire(
-                        line.limits, costs, max_wait=budget, priority=request.priority
-                    )
-                    if not decision.allowed:
-                        break  # the wait ran out, or the queue is full: this model cannot take it
-                    target = line
-                    self._note_remaining(target, decision)
+                    if soonest is not None:
+                        capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
+                    break  # nothing left in this model within the wait: fall back
                 attempts += 1
                 tried.append(target.id)
                 outcome = await self._attempt(target, decision, costs, request)

@@ -3,11 +3,14 @@
 GET    /admin/keys[?user=U]        list keys (never the keys themselves)
 POST   /admin/keys                 create; the response holds the key, the only time it is shown
 GET    /admin/keys/{id}
-PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled
+PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled, limits
+                                   (limits merge: {"tpm": 5000} sets one, {"tpm": null} removes
+                                   one, "limits": null removes all)
 POST   /admin/keys/{id}/disable
 POST   /admin/keys/{id}/enable
 DELETE /admin/keys/{id}
 GET    /admin/tiers                the configured tiers and their limits
+POST   /admin/reload               serve the configuration file as it is now (as SIGHUP does)
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ def check_key_fields(config: Config, tier: str | None, models: list[str] | None)
             )
 
 
+def expiry_problem(expires_at: datetime | None, now: datetime) -> str | None:
+    """Why a new key may not have this expiry, or None. A key made already expired would be
+    refused from its first request with nothing at creation to say why."""
+    if expires_at is not None and expires_at <= now:
+        return f"{expires_at.isoformat()} is in the past; a new key must expire in the future"
+    return None
+
+
 def _parse_day(value: str | None, param: str) -> datetime | None:
     if value is None:
         return None
@@ -109,8 +120,10 @@ class AdminAPI:
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
         deployments: Callable[[], Awaitable[list[dict[str, object]]]] | None = None,
         usage: Callable[[str, datetime | None, datetime | None], Awaitable[dict[str, Any]]] | None = None,
+        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.config = config
+        self._reload = reload
         self.store = store
         self.authenticator = authenticator
         self._master_key = master_key
@@ -148,6 +161,10 @@ class AdminAPI:
         if parts == ["deployments"] and self._deployments is not None:
             self._allow(method, "GET")
             await send_json(send, 200, {"object": "list", "data": await self._deployments()})
+            return
+        if parts == ["reload"] and self._reload is not None:
+            self._allow(method, "POST")
+            await send_json(send, 200, await self._reload())
             return
         if parts[:1] != ["keys"] or len(parts) > 3:
             raise NotFoundError(f"Unknown admin route {scope['path']}.")
@@ -233,6 +250,9 @@ class AdminAPI:
         except ValidationError as exc:
             raise _payload_error(exc) from None
         check_key_fields(self.config, payload.tier, payload.models)
+        problem = expiry_problem(payload.expires_at, datetime.now(UTC))
+        if problem is not None:
+            raise InvalidRequestError(f"Invalid 'expires_at': {problem}.", param="expires_at", code="invalid_value")
         record, key = await self.store.create(
             user=payload.user,
             tier=payload.tier,
@@ -252,8 +272,7 @@ class AdminAPI:
         if any(changes.get(f) is None for f in ("user", "tier", "disabled") if f in changes):
             raise InvalidRequestError("user, tier and disabled cannot be null.", code="invalid_value")
         check_key_fields(self.config, changes.get("tier"), changes.get("models"))
-        if "limits" in changes:
-            changes["limits"] = {k: v for k, v in (changes["limits"] or {}).items() if v is not None} or None
+        # "limits" stays a merge patch, nulls included: the store merges it (see KeyStore.update).
         await self._respond_record(send, await self._change(key_id, **changes), key_id)
 
     async def _change(self, key_id: str, **changes: Any) -> KeyRecord | None:

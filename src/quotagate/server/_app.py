@@ -11,19 +11,33 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hmac
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
+from .._logging import configure as configure_logging
 from .._logging import request_id as request_id_var
 from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
+from ..accounting._quotas import DurableQuotas
 from ..accounting._reports import GroupBy
 from ..auth import Authenticator, Principal
-from ..config import Config, resolve_secret
-from ..errors import GatewayError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
+from ..config import Config, ConfigError, resolve_secret
+from ..config._reload import Reload, log_reload_failed, log_reloaded, one_line, prepare_reload
+from ..errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from ..keys import KeyStore
 from ..limits import InProcessStore, Limiter, RedisConnection, RedisStore, Store, StoreUnavailableError, Unit
 from ..policy import Policy
@@ -43,7 +57,7 @@ from ._asgi import (
     send_bytes,
     send_json,
 )
-from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Endpoint, Proxy
+from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Proxy
 
 if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
@@ -57,7 +71,12 @@ Handler = Callable[[Scope, Receive, Send, RequestHeaders, str], Awaitable[None]]
 
 
 class Gateway:
-    """``Gateway(config)`` is an ASGI app; uvicorn (or any ASGI server) runs it."""
+    """``Gateway(config)`` is an ASGI app; uvicorn (or any ASGI server) runs it.
+
+    With ``config_file``, ``reload()`` (SIGHUP, POST /admin/reload) serves that file as it is
+    now. A worker of ``serve_workers`` names its ``supervisor`` (a process id) instead of
+    reloading itself: the supervisor replaces the workers one by one.
+    """
 
     def __init__(
         self,
@@ -65,13 +84,20 @@ class Gateway:
         *,
         store: KeyStore | None = None,
         transport: Transport | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        supervisor: int | None = None,
     ) -> None:
         self.config = config
+        self.config_file = Path(config_file) if config_file is not None else None
+        self._supervisor = supervisor
+        self._reloading = asyncio.Lock()
         self.store = store or KeyStore.from_url(config.database)
         self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
         self.transport: Transport = transport or HttpTransport()
         self.redis: RedisConnection | None = None
+        # Without Redis the quotas live in this process; a copy in the database outlives it.
+        self.quotas: DurableQuotas | None = None
         limit_store: Store
         if config.redis:
             # Every request's limit decision, the deployments' breakers and the alerts go over one
@@ -82,7 +108,9 @@ class Gateway:
             self.redis = RedisConnection(config.redis, timeout=timeout, connect_timeout=timeout)
             limit_store = RedisStore(self.redis)
         else:
-            limit_store = InProcessStore()
+            memory = InProcessStore(durable_quotas=True)
+            self.quotas = DurableQuotas(memory)
+            limit_store = memory
         self.policy = Policy(config)
         self.limiter = Limiter(
             limit_store,
@@ -91,23 +119,14 @@ class Gateway:
             fallback_share=config.limiter.fallback_share,
             max_queue=config.limiter.max_queue,
         )
-        upstream_secrets = tuple(
-            str(t.headers.get("Authorization", "")).removeprefix("Bearer ")
-            for name in self.routes.models
-            for t in self.routes.deployments(name)
-        )
         state_store: StateStore = RedisStateStore(self.redis) if self.redis is not None else MemoryStateStore()
-        self.router = Router(
-            config,
-            self.routes,
-            self.transport,
-            self.limiter,
-            DeploymentStates(state_store, config.router.breaker),
-            secrets=tuple(s for s in upstream_secrets if s),
-        )
+        self.router = self._make_router(config, self.routes, DeploymentStates(state_store, config.router.breaker))
         self.metrics = Metrics(per_key=config.metrics_per_key)
-        writer = SqlWriter(self.store.database)
+        resolve_secret(config.metrics.token, "metrics.token")  # a missing variable fails now, not at a scrape
+        writer = SqlWriter(self.store.database, self.quotas)
         self.ledger: Ledger | None = None
+        # What writes the quotas' state when no ledger does: a ledger that is given no rows.
+        self._quota_writer: Ledger | None = None
         if config.ledger.enabled:
             settings = config.ledger
             if config.redis is not None:
@@ -121,9 +140,36 @@ class Gateway:
                 )
             else:
                 self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
+        elif self.quotas is not None:
+            self._quota_writer = Ledger(writer, flush_seconds=config.ledger.flush_seconds)
         self.alerts = Alerts(config.alerts, self.redis)
+        self.books = self._make_books(config)
+        self.metrics.add_gauges(self._gauges)
+        self.proxy = self._make_proxy(config, self.routes, self.authenticator, self.router, self.policy, self.books)
+        self.admin = self._make_admin(config, self.authenticator, self.router)
+        self._started = time.time()
+        self._routes = self._route_table(self.proxy)
+
+    # -- what a configuration makes (at start, and again at each reload) --------------------------
+
+    def _make_router(self, config: Config, routes: ModelRoutes, states: DeploymentStates) -> Router:
+        upstream_secrets = tuple(
+            str(t.headers.get("Authorization", "")).removeprefix("Bearer ")
+            for name in routes.models
+            for t in routes.deployments(name)
+        )
+        return Router(
+            config,
+            routes,
+            self.transport,
+            self.limiter,
+            states,
+            secrets=tuple(s for s in upstream_secrets if s),
+        )
+
+    def _make_books(self, config: Config) -> Books:
         prices = {name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()}
-        self.books = Books(
+        return Books(
             pricing=Pricing(prices),
             ledger=self.ledger,
             metrics=self.metrics,
@@ -131,28 +177,41 @@ class Gateway:
             timezone=config.timezone,
             log_requests=config.logging.requests,
         )
-        self.metrics.add_gauges(self._gauges)
-        self.proxy = Proxy(
-            self.routes,
-            self.authenticator,
-            self.router,
+
+    def _make_proxy(
+        self,
+        config: Config,
+        routes: ModelRoutes,
+        authenticator: Authenticator,
+        router: Router,
+        policy: Policy,
+        books: Books,
+    ) -> Proxy:
+        return Proxy(
+            routes,
+            authenticator,
+            router,
             config.server.max_body_bytes,
-            policy=self.policy,
+            policy=policy,
             limiter=self.limiter,
             expected_output_tokens=config.limiter.expected_output_tokens,
-            books=self.books,
+            books=books,
         )
-        self.admin = AdminAPI(
+
+    def _make_admin(self, config: Config, authenticator: Authenticator, router: Router) -> AdminAPI:
+        return AdminAPI(
             config,
             self.store,
-            self.authenticator,
+            authenticator,
             resolve_secret(config.master_key, "master_key"),
             self.quota,
-            self.router.describe,
+            router.describe,
             self.usage,
+            reload=self._admin_reload,
         )
-        self._started = time.time()
-        self._routes: dict[tuple[str, str], Handler] = {}
+
+    def _route_table(self, proxy: Proxy) -> dict[tuple[str, str], Handler]:
+        routes: dict[tuple[str, str], Handler] = {}
         for prefix in ("/v1", ""):
             # The OpenAI SDK uses /v1/...; some clients are configured without the prefix.
             for path, endpoint in (
@@ -160,12 +219,16 @@ class Gateway:
                 ("/completions", COMPLETIONS),
                 ("/embeddings", EMBEDDINGS),
             ):
-                self._routes[("POST", prefix + path)] = self._proxy_handler(endpoint)
-            self._routes[("GET", prefix + "/models")] = self._list_models
-            self._routes[("GET", prefix + "/quota")] = self._quota
-        self._routes[("GET", "/health")] = self._health
-        self._routes[("GET", "/metrics")] = self._metrics
-        self._routes[("GET", "/ready")] = self._ready
+                # The proxy's own coroutine, bound to the endpoint: no wrapper coroutine per
+                # request. Bound to this proxy: a request keeps it (and its configuration) to the
+                # end, whatever a reload swaps in meanwhile.
+                routes[("POST", prefix + path)] = functools.partial(proxy.handle, endpoint)
+            routes[("GET", prefix + "/models")] = self._list_models
+            routes[("GET", prefix + "/quota")] = self._quota
+        routes[("GET", "/health")] = self._health
+        routes[("GET", "/metrics")] = self._metrics
+        routes[("GET", "/ready")] = self._ready
+        return routes
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -229,12 +292,19 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.store.create_schema()
+        if self.quotas is not None:
+            # Before the first request: the quotas and budgets used so far in their windows.
+            loaded = await self.quotas.load(self.store.database)
+            if loaded:
+                logger.info("loaded the kept state of %d calendar quotas and budgets", loaded)
         # Loading a tokenizer takes ~0.15 s; done now, it does not stall the first requests.
         for model in self.routes.models:
             if self.policy.counts_tokens or self.router.needs_estimate(model):
                 encoding_for_model(model)
         if self.ledger is not None:
             await self.ledger.start()
+        if self._quota_writer is not None:
+            await self._quota_writer.start()
         # Everything alive now (config, modules, pools) lives as long as the process: moving it
         # out of the collector's generations keeps full collections short under load.
         gc.collect()
@@ -249,8 +319,11 @@ class Gateway:
         gc.enable()
 
     async def shutdown(self) -> None:
+        # The ledger's last write stores the quotas' last changes: before the limiter closes.
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self._quota_writer is not None:
+            await self._quota_writer.aclose()
         await self.alerts.aclose()
         await self.limiter.aclose()
         if self.redis is not None:
@@ -258,11 +331,98 @@ class Gateway:
         await self.transport.aclose()
         await self.store.close()
 
-    # -- handlers ---------------------------------------------------------------------------
+    # -- reloading the configuration ----------------------------------------------------------
 
-    def _proxy_handler(self, endpoint: Endpoint) -> Handler:
-        # The proxy's own coroutine, bound to the endpoint: no wrapper coroutine per request.
-        return functools.partial(self.proxy.handle, endpoint)
+    async def reload(self) -> Reload:
+        """Serve the configuration file as it is now (SIGHUP, POST /admin/reload).
+
+        The file is read, validated and its secrets resolved before anything changes: a problem
+        is logged and raised as ConfigError, and the running configuration goes on serving.
+        Requests in flight keep the routes, policy, router and prices they started with (they
+        hold the proxy that took them); new ones get the new set. The limit store, breakers,
+        ledger, metrics and connections stay: a limit whose definition did not change keeps its
+        key, and so its count.
+        """
+        async with self._reloading:
+            try:
+                reload = await self._reload()
+            except ConfigError as exc:
+                log_reload_failed(exc, self.config_file)
+                raise
+            except Exception as exc:
+                # Nothing was swapped yet: the running configuration still serves.
+                error = ConfigError(f"{type(exc).__name__}: {exc}")
+                log_reload_failed(error, self.config_file)
+                raise error from exc
+            if self._supervisor is None and self.config_file is not None:
+                log_reloaded(reload, self.config_file)
+            return reload
+
+    async def _reload(self) -> Reload:
+        if self.config_file is None:
+            raise ConfigError("the gateway was started without a configuration file: there is nothing to reload")
+        reload, _ = await asyncio.to_thread(prepare_reload, self.config_file, self.config)
+        if self._supervisor is not None:
+            self._ask_supervisor()
+            return reload
+        config = reload.config
+        routes = ModelRoutes(config)
+        policy = Policy(config)
+        states = self.router.states
+        router = self._make_router(config, routes, states)
+        for target_id, stats in self.router.stats.items():
+            # What this node has seen of a deployment (in flight, latency) goes on counting while
+            # the deployment is the same one: the old router's requests settle into it too.
+            if routes.by_id.get(target_id) == self.routes.by_id[target_id]:
+                router.stats[target_id] = stats
+        for model in routes.models:
+            if policy.counts_tokens or router.needs_estimate(model):
+                await asyncio.to_thread(encoding_for_model, model)  # ~0.15 s for a new tokenizer
+        authenticator = self.authenticator
+        if config.auth_cache_seconds != self.config.auth_cache_seconds:
+            authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
+        books = self._make_books(config)
+        proxy = self._make_proxy(config, routes, authenticator, router, policy, books)
+        admin = self._make_admin(config, authenticator, router)
+        # From here on no await: a request sees the old set or the new one, never a mix.
+        if (config.logging.format, config.logging.level) != (self.config.logging.format, self.config.logging.level):
+            configure_logging(config.logging.format, config.logging.level)
+        states.settings = config.router.breaker
+        self.alerts.settings = config.alerts
+        self.config, self.routes, self.policy, self.router = config, routes, policy, router
+        self.authenticator, self.books, self.proxy, self.admin = authenticator, books, proxy, admin
+        self._routes = self._route_table(proxy)
+        return reload
+
+    def _ask_supervisor(self) -> None:
+        # A worker's parent is its supervisor, until the supervisor dies; the orphan's new parent
+        # must not get the signal.
+        if self._supervisor is None or os.getppid() != self._supervisor:
+            raise ServiceUnavailableError(
+                "This worker's supervisor is gone: the configuration cannot be reloaded.", code="supervisor_gone"
+            )
+        os.kill(self._supervisor, signal.SIGHUP)
+        logger.info(
+            "configuration file %s checked; the supervisor replaces the workers with it one by one",
+            self.config_file,
+        )
+
+    async def _admin_reload(self) -> dict[str, Any]:
+        try:
+            reload = await self.reload()
+        except ConfigError as exc:
+            raise InvalidRequestError(
+                f"The configuration was not reloaded: {one_line(str(exc))}", code="invalid_configuration"
+            ) from None
+        return {
+            "object": "reload",
+            "file": str(self.config_file),
+            # A worker's supervisor replaces the workers after this answer; this process is one of them.
+            "applied": "replacing workers" if self._supervisor is not None else "applied",
+            **reload.to_dict(),
+        }
+
+    # -- handlers ---------------------------------------------------------------------------
 
     async def _admin(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
@@ -346,6 +506,20 @@ class Gateway:
     async def _metrics(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
     ) -> None:
+        # Read at each scrape (a few a minute), so a reloaded configuration applies at once.
+        settings = self.config.metrics
+        if not settings.enabled:
+            # As any unknown route: a public listener does not say that metrics exist.
+            raise NotFoundError(f"Unknown route: GET {scope['path']}.", code="unknown_url")
+        token = resolve_secret(settings.token, "metrics.token")
+        if token is not None:
+            scheme, _, given = (headers.authorization or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise AuthenticationError(
+                    "GET /metrics needs the metrics token: send 'Authorization: Bearer TOKEN'.",
+                    code="invalid_metrics_token",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         text, content_type = self.metrics.exposition()
         await send_bytes(send, 200, text, [(b"content-type", content_type.encode())])
 
@@ -353,7 +527,7 @@ class Gateway:
         from prometheus_client.core import GaugeMetricFamily  # imported at the first scrape
 
         queue = GaugeMetricFamily("quotagate_queue_depth", "Requests waiting for capacity on this node")
-        queue.add_metric([], self.limiter._waiting)
+        queue.add_metric([], self.limiter.queue.waiting)
         yield queue
         breakers = GaugeMetricFamily(
             "quotagate_breaker_state",

@@ -274,14 +274,14 @@ class _Record:
         request_id: str,
         client_request_id: str | None,
         principal: Principal,
-        model: str,
+        model: str | None,
         stream: bool,
         began: float,
     ) -> None:
         self.request_id = request_id
         self.client_request_id = client_request_id
         self.principal = principal
-        self.model = model
+        self.model = model  # None: the request was refused before it named a model
         self.stream = stream
         self.began = began
         self.estimate = ZERO
@@ -289,7 +289,7 @@ class _Record:
         # The tenant limits the request is charged to: those of the model that serves it.
         self.applied: AppliedLimits | None = None
         self.decision: Decision | None = None
-        self.charged_model = model
+        self.charged_model = model or ""
         # What the request actually used, as learnt from the response (None: nothing yet).
         self.reported: tuple[int, int] | None = None
         self.cached = 0
@@ -319,6 +319,24 @@ class _Record:
                 self.counted_text = self.generated
             return self.estimate.prompt, self.counted
         return 0, 0  # the provider never took the request
+
+
+# qg_usage.model_requested is VARCHAR(200): PostgreSQL refuses a longer value, and with it the
+# whole batch of rows it came in. The name a client asks for is the client's to choose.
+_MODEL_CHARS = 200
+
+
+def _asked_for(raw: bytes) -> tuple[str | None, bool]:
+    """The model and stream flag of a body the endpoint refused, as far as it names them: the
+    refused request's row is then grouped under the model it asked for."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, False
+    if not isinstance(body, dict):
+        return None, False
+    model = body.get("model")
+    return (model if isinstance(model, str) and model else None), body.get("stream") is True
 
 
 def _upstream_body(
@@ -411,14 +429,29 @@ class Proxy:
         # Authenticate before reading the body: an anonymous client cannot make the gateway
         # buffer up to max_body_bytes.
         principal = await self.authenticate(headers)
-        raw = await read_body(receive, headers.content_length, self.max_body_bytes)
-        request = endpoint.parse(raw)
-        self.check_model(principal, request.model)
+        # From here on the request is a tenant's, and every way it ends leaves its ledger row.
+        raw = b""
+        request: ParsedRequest | None = None
+        try:
+            raw = await read_body(receive, headers.content_length, self.max_body_bytes)
+            request = endpoint.parse(raw)
+            self.check_model(principal, request.model)
+        except GatewayError as exc:
+            model, stream = (request.model, request.stream) if request is not None else _asked_for(raw)
+            if model is not None:
+                model = model[:_MODEL_CHARS]
+            refused = _Record(request_id, headers.client_request_id, principal, model, stream, began)
+            await self._account(refused, exc.status, exc.code or exc.type)
+            raise
         record = _Record(request_id, headers.client_request_id, principal, request.model, request.stream, began)
         try:
             await self._handle(endpoint, receive, send, request, raw, principal, record)
         except GatewayError as exc:
             await self._account(record, exc.status, exc.code or exc.type)
+            raise
+        except Exception:
+            # A bug: the client gets a 500 (see _app), and the row says so rather than 499.
+            await self._account(record, 500, "internal_error")
             raise
         finally:
             if not record.done:
@@ -525,6 +558,7 @@ class Proxy:
             record.collect_stream_usage()
             charged, applied = record.decision, record.applied
             if charged is not None and applied is not None and self.limiter is not None:
+                deltas = None
                 if applied.counts_tokens:
                     prompt, completion = record.actual()
                     spent = micro_usd(self._cost(record, prompt, completion)) if reserved else 0
@@ -532,6 +566,10 @@ class Proxy:
                     await self.limiter.settle(charged, applied.limits, deltas)
                 if charged.lease is not None:
                     await self.limiter.release(charged, applied.limits)
+                if books.alerts is not None:
+                    # Quotas and budgets as the request left them, settled: what it used, not
+                    # the most it could have used.
+                    books.alerts.settled(principal, charged, deltas, self.limiter.status)
 
     async def _switch_model(self, record: _Record, model: str, limited: bool) -> bool:
         """Charge the tenant's limits to ``model`` (a fallback the router moves on to) instead of
@@ -560,8 +598,8 @@ class Proxy:
 
     def _note_decision(self, principal: Principal, decision: Decision) -> None:
         self.books.metrics.decision(decision.allowed, decision.denied_by.limit if decision.denied_by else None)
-        if self.books.alerts is not None:
-            self.books.alerts.check(principal, decision)
+        if not decision.allowed and self.books.alerts is not None:
+            self.books.alerts.refused(principal, decision)
 
     def _price(self, model: str) -> Price | None:
         names = [model, *(t.provider_model for t in self.routes.deployments(model))]
@@ -602,7 +640,9 @@ class Proxy:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=record.cached,
-            cost_usd=self._cost(record, prompt, completion),
+            # Nothing used costs nothing: a refused request's model (any name a client sends)
+            # is never looked up in, and so never cached by, the price list.
+            cost_usd=self._cost(record, prompt, completion) if prompt or completion else 0.0,
             latency_ms=latency,
             upstream_ms=upstream,
             overhead_ms=latency - (upstream or 0.0),
@@ -611,7 +651,8 @@ class Proxy:
             stream=record.stream,
             client_request_id=record.client_request_id,
         )
-        books.metrics.observe(row)
+        # A name the gateway does not serve is the client's choice: never a metrics label.
+        books.metrics.observe(row, row.model_served or (model if model in self.routes.models else ""))
         if books.log_requests:
             logger.info(
                 "request",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
 import os
 import secrets
+import shutil
+import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +25,8 @@ from .._logging import configure as configure_logging
 from .._uvicorn import uvicorn_config
 from ..config import DEMO_MODEL, Config, ConfigError, default_config, load_config
 from ..config._defaults import provider_key_configured
+from ..config._loader import parse_config_text
+from ..config._reload import keep_restart_settings, log_reload_failed, log_reloaded, prepare_reload
 from ..keys import KeyStore
 from ..mock import MockOptions, MockUpstream
 from ._app import Gateway
@@ -53,35 +60,138 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
-    """Run the gateway until interrupted."""
+class ListenError(Exception):
+    """The gateway's address cannot be bound (most often: the port is taken)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """``bound_socket``, with the operating system's refusal turned into a ListenError that says
+    what to do about it (a command-line user needs one line, not a traceback)."""
+    try:
+        return bound_socket(host, port)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        hint = (
+            " (is another quotagate running there? stop it, or choose another port with --port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
+
+
+async def serve(
+    config: Config, host: str | None = None, port: int | None = None, config_file: Path | None = None
+) -> None:
+    """Run the gateway until interrupted; SIGHUP reloads ``config_file`` (see Gateway.reload)."""
     configure_logging(config.logging.format, config.logging.level)
-    gateway = Gateway(config)
+    gateway = Gateway(config, config_file=config_file)
     server = uvicorn.Server(
         uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port)
     )
-    await server.serve()
+    with _reload_on_sighup(gateway):
+        await server.serve()
     if not server.started:
         raise SystemExit(1)
 
 
-# The configuration file a worker process loads (serve_workers sets it; spawned workers inherit
-# the environment). A path rather than the parsed configuration: the configuration may hold
-# secrets, and a process's environment is readable by others of its user.
+@contextlib.contextmanager
+def _reload_on_sighup(gateway: Gateway) -> Iterator[None]:
+    """SIGHUP reloads the configuration. uvicorn handles only SIGINT and SIGTERM, and SIGHUP's
+    default action ends the process without a word."""
+    if not hasattr(signal, "SIGHUP"):  # Windows
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged; the running configuration goes on serving
+            await gateway.reload()
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+# The configuration files a worker process loads (serve_workers sets them; spawned workers inherit
+# the environment): the supervisor's copies (see _WorkerConfig), and the operator's file, which
+# POST /admin/reload checks before it asks the supervisor to reload. Paths rather than the parsed
+# configuration: the configuration may hold secrets (a database URL's password), and a process's
+# environment is readable by others of its user.
 WORKER_CONFIG_ENV = "QUOTAGATE_WORKER_CONFIG"
+WORKER_STARTUP_CONFIG_ENV = "QUOTAGATE_WORKER_STARTUP_CONFIG"
+WORKER_SOURCE_ENV = "QUOTAGATE_WORKER_SOURCE"
+WORKER_START_SECONDS = 30
 
 
 def worker_gateway() -> Gateway:
     """The app factory each worker of serve_workers calls in its own process."""
-    config = load_config(os.environ[WORKER_CONFIG_ENV])
+    # A reload replaces this process; SIGHUP is the supervisor's to act on. Sent to the whole
+    # process group (a closing terminal, kill -HUP -PGID) it must not end a worker mid-request.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    startup = load_config(os.environ[WORKER_STARTUP_CONFIG_ENV])
+    config, _ = keep_restart_settings(load_config(os.environ[WORKER_CONFIG_ENV]), startup)
     configure_logging(config.logging.format, config.logging.level)
-    return Gateway(config)
+    return Gateway(config, config_file=os.environ[WORKER_SOURCE_ENV], supervisor=os.getppid())
+
+
+class _WorkerConfig:
+    """The supervisor's copies of the configuration, which its workers load: the file as it was at
+    start (its settings that need a restart hold until then) and as it was at the last reload that
+    passed the checks. Workers never read the operator's file: a worker restarted after a crash
+    must not meet a half-edited or broken one."""
+
+    def __init__(self, source: Path, directory: Path) -> None:
+        self.source = source
+        self.startup = directory / "startup.yaml"
+        self.current = directory / "current.yaml"
+        text = source.read_text(encoding="utf-8")
+        self.running = parse_config_text(text, source)
+        for copy in (self.startup, self.current):
+            copy.write_text(text, encoding="utf-8")
+
+    def reload(self) -> bool:
+        """Check the operator's file; True when the workers are to be replaced with it."""
+        try:
+            reload, text = prepare_reload(self.source, self.running)
+        except ConfigError as exc:
+            log_reload_failed(exc, self.source)
+            return False
+        partial = self.current.with_suffix(".partial")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(self.current)  # a worker starting meanwhile reads one copy or the other, whole
+        if reload.config.logging != self.running.logging:
+            configure_logging(reload.config.logging.format, reload.config.logging.level)
+        self.running = reload.config
+        log_reloaded(reload, self.source)
+        return True
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, which replaces the workers one by one on SIGHUP (each new one ready
+    before an old one is stopped; an old one finishes its requests first), replacing them only
+    with a configuration that passed the checks."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], workers: _WorkerConfig) -> None:
+        super().__init__(config, sockets)
+        self.workers = workers
+
+    def handle_hup(self) -> None:
+        if self.workers.reload():
+            super().handle_hup()
 
 
 def serve_workers(config: Config, config_file: Path, workers: int, host: str | None, port: int | None) -> None:
     """Run ``workers`` gateway processes on one listening socket, under uvicorn's supervisor
-    (it restarts a worker that dies; SIGINT/SIGTERM stop them all gracefully, SIGHUP replaces
-    them one by one).
+    (it restarts a worker that dies; SIGINT/SIGTERM stop them all gracefully, SIGHUP reloads the
+    configuration by replacing them one by one).
 
     Limits, breakers, the ledger and alerts are shared through Redis, as between nodes; in-process
     state would give each worker limits of its own, so Redis is required.
@@ -91,17 +201,28 @@ def serve_workers(config: Config, config_file: Path, workers: int, host: str | N
             f"--workers {workers} needs `redis:` in the configuration: limits are enforced exactly "
             "across processes only through Redis (in-process limits would be per worker)."
         )
+    configure_logging(config.logging.format, config.logging.level)
     # The schema is made once, here: workers starting together would race to create tables.
     run(_create_schema(config))
-    os.environ[WORKER_CONFIG_ENV] = str(config_file.resolve())
-    settings = uvicorn_config(
-        f"{__name__}:worker_gateway",
-        host or config.server.host,
-        port if port is not None else config.server.port,
-        workers=workers,
-    )
-    gc.enable()  # the supervisor serves nothing itself (see `quotagate serve`)
-    Multiprocess(settings, sockets=[settings.bind_socket()]).run()
+    directory = Path(tempfile.mkdtemp(prefix="quotagate-"))  # mode 0700: the copies are the operator's
+    try:
+        copies = _WorkerConfig(config_file.resolve(), directory)
+        os.environ[WORKER_CONFIG_ENV] = str(copies.current)
+        os.environ[WORKER_STARTUP_CONFIG_ENV] = str(copies.startup)
+        os.environ[WORKER_SOURCE_ENV] = str(copies.source)
+        settings = uvicorn_config(
+            f"{__name__}:worker_gateway",
+            host or config.server.host,
+            port if port is not None else config.server.port,
+            workers=workers,
+        )
+        # A worker takes 2-4 s to start on a busy machine (imports, tokenizers, the database);
+        # within uvicorn's default of 5 s a reload would often give up on a replacement.
+        settings.timeout_worker_healthcheck = WORKER_START_SECONDS
+        gc.enable()  # the supervisor serves nothing itself (see `quotagate serve`)
+        _Supervisor(settings, [settings.bind_socket()], copies).run()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _create_schema(config: Config) -> None:
@@ -124,7 +245,12 @@ class DemoInfo:
 async def serve_demo(host: str, port: int, master_key: str | None, announce: Callable[[DemoInfo], None]) -> None:
     """The embedded default: SQLite, in-process limits, and a mock upstream unless a provider
     key is configured. A fresh demo key is made at every start (keys are stored hashed, so an
-    old one cannot be shown again) and the previous demo keys are deleted."""
+    old one cannot be shown again) and the previous demo keys are deleted.
+
+    The port is bound before the keys are touched: a second ``quotagate serve`` on a busy port
+    must fail without deleting the demo key of the gateway that holds the port.
+    """
+    gateway_sock = listening_socket(host, port)
     mock_server: uvicorn.Server | None = None
     mock_sock: socket.socket | None = None
     mock_url: str | None = None
@@ -144,7 +270,6 @@ async def serve_demo(host: str, port: int, master_key: str | None, announce: Cal
     master = master_key or "qg-admin-" + secrets.token_urlsafe(16)
     gateway = Gateway(config)
     gateway.admin._master_key = master
-    gateway_sock = bound_socket(host, port)
     server = uvicorn.Server(uvicorn_config(gateway, host))
     actual_port = gateway_sock.getsockname()[1]
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -162,7 +287,9 @@ async def serve_demo(host: str, port: int, master_key: str | None, announce: Cal
         tasks.append(asyncio.ensure_future(mock_server.serve(sockets=[mock_sock])))
     notifier = asyncio.ensure_future(announce_when_ready())
     try:
-        await server.serve(sockets=[gateway_sock])
+        # The demo has no file to reload: SIGHUP logs so, and the demo goes on serving.
+        with _reload_on_sighup(gateway):
+            await server.serve(sockets=[gateway_sock])
     finally:
         notifier.cancel()
         if mock_server is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..config import Config, Deployment, ModelConfig, resolve_secret
-from ..limits import Algorithm, Limit, Unit
+from ..limits import Algorithm, Limit, Unit, one_second_burst
 
 USER_AGENT = f"quotagate/{__version__}"
 
@@ -43,9 +43,11 @@ def _provider_limits(target_id: str, deployment: Deployment, label: str) -> tupl
     tag = "{d:" + target_id.replace("{", "(").replace("}", ")") + "}"
     limits = []
     if deployment.rpm:
-        burst = deployment.burst or 1
-        # Requests are paced (burst 1 unless configured): the provider never sees more than rpm in
-        # any minute. The rate is in the key so that a changed rpm starts a fresh bucket.
+        burst = deployment.burst or one_second_burst(deployment.rpm, 60.0)
+        # Providers enforce an RPM over sub-minute periods (OpenAI: 60,000 RPM "may be enforced as
+        # 1,000 per second"), so requests go out in bursts of up to one second's share, and the
+        # rate is held so that no 60 s window ever holds more than rpm (exact_period). The rate
+        # and burst are in the key so that a changed configuration starts a fresh bucket.
         limits.append(
             Limit(
                 f"{tag}:rpm:{deployment.rpm}b{burst}",
@@ -56,9 +58,12 @@ def _provider_limits(target_id: str, deployment: Deployment, label: str) -> tupl
                 burst=burst,
                 label=f"requests per minute (RPM) of deployment {label}",
                 scope="deployment",
+                exact_period=True,
             )
         )
     if deployment.tpm:
+        # A token bucket of one minute's tokens, refilling continuously, as providers document
+        # their TPM: a single request may use up to the whole tpm.
         limits.append(
             Limit(
                 f"{tag}:tpm:{deployment.tpm}",
@@ -80,7 +85,9 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> Deployme
         headers["Authorization"] = f"Bearer {key}"
     provider_model = deployment.model or model.name
     target_id = f"{model.name}#{index}"
-    label = f"{deployment.provider}/{provider_model}#{index}"
+    # Unique per deployment (metrics series, ledger groups): two models may have a first
+    # deployment of the same provider model.
+    label = f"{model.name}#{index} ({deployment.provider}/{provider_model})"
     return DeploymentTarget(
         id=target_id,
         model=model.name,

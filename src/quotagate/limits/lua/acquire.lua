@@ -17,6 +17,8 @@ local now = clock_ms(ARGV[2])
 local lease = ARGV[1]
 local dry = ARGV[3] == '1'
 local EPS = 1e-6
+local TIME_EPS = 1e-3  -- times are epoch ms: see TIME_EPS and SPACING in _algorithms.py
+local SPACING = 2.3e-16
 local INF = math.huge
 
 local n = #KEYS
@@ -37,15 +39,16 @@ for i = 1, n do
     if tat and tat > now then base = tat end
     local new_tat = base + cost * a
     local capacity = math.floor(b / a + 0.5)
+    local slack = TIME_EPS + capacity * now * SPACING
     local after
-    if cost * a > b + EPS then
+    if cost * a > b + slack then
       ok, retry, after = false, INF, base
-    elseif new_tat - now <= b + EPS then
+    elseif new_tat - now <= b + slack then
       after = new_tat
     else
       ok, retry, after = false, new_tat - b - now, base
     end
-    remaining = math.floor((b - (after - now)) / a + EPS)
+    remaining = math.floor((b - (after - now) + slack) / a)
     if remaining < 0 then remaining = 0 end
     if remaining > capacity then remaining = capacity end
     used, reset = capacity - remaining, after - now
