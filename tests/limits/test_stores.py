@@ -246,3 +246,21 @@ async def test_rates_above_one_per_millisecond_admit(make_store: StoreFactory, c
     assert (await store.acquire([limit], [1])).allowed
     clock.advance(60.0 / amount)
     assert (await store.acquire([limit], [1])).allowed
+
+
+@pytest.mark.parametrize(("amount", "unit_cost"), [(1_000_000, 1), (10_000_000, 1000)])
+async def test_a_huge_bucket_admits_its_burst_and_no_more(
+    make_store: StoreFactory, clock: FakeClock, amount: int, unit_cost: int
+) -> None:
+    """1,000,000 RPM paced (burst 16,667) and a 10,000,000-token bucket: at once, exactly the burst, within a request."""
+    store = make_store(clock)
+    clock.now = 1_795_000_000.123457
+    if unit_cost == 1:
+        limit = rpm(amount, burst=16_667, exact_period=True)
+    else:
+        limit = Limit("{k:a}:tpm", Unit.TOKENS, amount, Algorithm.GCRA, 60.0)
+    admitted = 0
+    while (await store.acquire([limit], [unit_cost])).allowed:
+        admitted += unit_cost
+    burst = limit.capacity * (unit_cost if limit.unit is Unit.REQUESTS else 1)
+    assert burst - 100 * unit_cost <= admitted <= burst

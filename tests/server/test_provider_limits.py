@@ -243,8 +243,9 @@ def test_three_nodes_pace_an_even_load_over_two_deployments(
     assert sum(served) == 200 and a.app.state.rate_limited == b.app.state.rate_limited == 0
     for mock in (a, b):
         arrivals = list(mock.app.state.arrivals)
-        assert _max_in_any_window(arrivals, 1.0) <= 10 + 10  # one second's share, plus the burst
-        assert _max_in_any_window(arrivals, 60.0) <= 600
+        # One second's share, plus the burst. (No 60 s window over 600 is the mock's own rule,
+        # rate_limited above; tests/limits/test_stores.py holds the pace to it for 3 minutes.)
+        assert _max_in_any_window(arrivals, 1.0) <= 10 + 10
     assert abs(served[0] - served[1]) <= 0.1 * sum(served) / 2, served
 
 

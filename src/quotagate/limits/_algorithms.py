@@ -21,7 +21,9 @@ EPS = 1e-6
 # so EPS is lost in the rounding and a bucket that exactly fits would refuse (every request of an
 # rpm above 60,000 with burst 1 was: its interval is below 1 ms). A GCRA allows one microsecond,
 # plus one float spacing per unit in its bucket: a full bucket added up one unit at a time can be
-# that far from burst x interval (the 10th of a burst of 10 was refused).
+# that far from burst x interval (the 10th of a burst of 10 was refused). Never half an interval
+# or more: the allowance must not admit a unit of its own (a bucket of 10,000,000 tokens would
+# have let 6 % more through).
 TIME_EPS = 1e-3
 SPACING = 2.3e-16  # a float's relative spacing, rounded up (2**-52)
 NEVER = math.inf
@@ -44,6 +46,8 @@ def gcra(tat: float | None, now: float, cost: float, interval: float, tolerance:
     new_tat = base + cost * interval
     capacity = math.floor(tolerance / interval + 0.5)
     slack = TIME_EPS + capacity * now * SPACING
+    if slack >= interval * 0.5:
+        slack = interval * 0.5
     if cost * interval > tolerance + slack:
         ok, retry, after = False, NEVER, base
     elif new_tat - now <= tolerance + slack:

@@ -210,7 +210,7 @@ class Limiter:
                 lease = os.urandom(8).hex()
                 break
         queued_behind = None
-        if max_wait > 0:
+        if max_wait > 0 and self.queue.waiting:
             # Others are already waiting for one of these limits: queue behind them rather than
             # take the capacity that is coming back for them.
             queued_behind = self.queue.any_line([limit.key for limit in limits])
@@ -257,9 +257,9 @@ class Limiter:
                 # ...then for the capacity the store said would return.
                 pause = decision.retry_after if decision is not None else 0.0
                 if self._clock() + pause > deadline:
+                    # (Woken at the head just past the deadline, without a decision yet: one look.)
                     self.stats.wait_timeouts += 1
-                    assert decision is not None
-                    return decision
+                    return decision if decision is not None else await self._try(limits, costs, lease)
                 if pause > 0:
                     await self._sleep(pause)
                     if not queue.is_head(line_key, me):

@@ -159,6 +159,9 @@ class Router:
         self._secrets = secrets
         self._needs_estimate: dict[str, bool] = {}
         self._credit: dict[str, float] = {}  # smooth weighted round-robin's running credit per deployment
+        # The name of each model's line of requests waiting for its deployments (see _reserve).
+        # Limit keys begin with "{": no line is shared with the limiter's.
+        self._lines = {model: "deployments of " + model for model in routes.models}
         # The chain of a model without a context-window fallback never depends on the request.
         self._fixed_chains: dict[str, list[str]] = {
             model: self._chain_from(model)
@@ -216,17 +219,19 @@ class Router:
         # root of the count: with two deployments at the same provider limits, a random split
         # left one at its limit (requests waiting) while the other had room.
         credit = self._credit
-        total = 0.0
-        for target in candidates:
-            credit[target.id] = credit.get(target.id, 0.0) + target.weight
-            total += target.weight
-        # The one that serves pays the group's total (see _chosen): not the first in the order
-        # when its provider limits refuse the request.
-        return sorted(candidates, key=lambda t: -credit[t.id])
+        return sorted(candidates, key=lambda t: -(credit.get(t.id, 0.0) + t.weight))
 
     def _chosen(self, model: str, group: list[DeploymentTarget], target: DeploymentTarget) -> None:
+        """Smooth weighted round-robin's step, taken only for a pick that served: every deployment
+        of the group gains its weight, and the one chosen pays the group's total. (Looks at a
+        group whose deployments all refused change nothing.)"""
         if len(group) > 1 and self.routes.models[model].routing == "weighted":
-            self._credit[target.id] -= sum(t.weight for t in group)
+            credit = self._credit
+            total = 0.0
+            for member in group:
+                credit[member.id] = credit.get(member.id, 0.0) + member.weight
+                total += member.weight
+            credit[target.id] -= total
 
     def _costs(self, target: DeploymentTarget, estimate: Estimate) -> list[int]:
         return [1 if limit.unit is _REQUESTS else estimate.total for limit in target.limits]
@@ -290,23 +295,33 @@ class Router:
         goes behind them rather than take the capacity that is coming back for them.
         """
         queue = self.limiter.queue
-        line = "deployments of " + model  # limit keys begin with "{": no line is shared with them
-        soonest: float | None = None
+        line = self._lines[model]
+        soonest: float | None = None  # when the last look said a deployment would have room
         if not queue.has_line(line):
             picked = await self._pick(model, request, failed)
             soonest = picked[3]
             if picked[0] is not None or soonest is None or time.monotonic() + soonest > until:
                 return picked
         if queue.full:
+            self.limiter.stats.queue_full += 1
             return None, None, [], soonest
         me = queue.join(line, request.priority)
         try:
             while await queue.wait_turn(line, me, until):
+                if soonest is not None:
+                    # At the head: wait for the room the last look promised, then look again.
+                    if time.monotonic() + soonest > until:
+                        return None, None, [], soonest
+                    await self._sleep(soonest)
+                    soonest = None
+                    if not queue.is_head(line, me):
+                        continue  # a higher tier arrived meanwhile: after it
                 target, decision, costs, soonest = await self._pick(model, request, failed)
-                if target is not None or soonest is None or time.monotonic() + soonest > until:
+                if target is not None or soonest is None:
                     return target, decision, costs, soonest
-                await self._sleep(soonest)
-            return None, None, [], soonest
+            # The wait is over, behind others: one last look, which also tells the client honestly
+            # when to come back.
+            return await self._pick(model, request, failed)
         finally:
             queue.leave(line, me)
 

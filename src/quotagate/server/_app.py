@@ -372,8 +372,9 @@ class Gateway:
         router = self._make_router(config, routes, states)
         for target_id, stats in self.router.stats.items():
             # What this node has seen of a deployment (in flight, latency) goes on counting while
-            # the deployment is the same one: the old router's requests settle into it too.
-            if routes.by_id.get(target_id) == self.routes.by_id[target_id]:
+            # it is the same one (its id is where it sends and as whom): the old router's requests
+            # settle into it too.
+            if target_id in routes.by_id:
                 router.stats[target_id] = stats
         for model in routes.models:
             if policy.counts_tokens or router.needs_estimate(model):

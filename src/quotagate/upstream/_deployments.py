@@ -6,6 +6,7 @@ label, the provider's limits as engine limits) is worked out at start.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ USER_AGENT = f"quotagate/{__version__}"
 
 @dataclass(frozen=True, slots=True)
 class DeploymentTarget:
-    id: str  # "model#index": stable across nodes with the same configuration
+    id: str  # "model@identity" (see _identity): the same on every node, and across reloads
     model: str  # the gateway's model name
     provider_model: str  # the model's name at the provider
     provider: str
@@ -78,13 +79,22 @@ def _provider_limits(target_id: str, deployment: Deployment, label: str) -> tupl
     return tuple(limits)
 
 
-def _resolve(model: ModelConfig, index: int, deployment: Deployment) -> DeploymentTarget:
+def _identity(deployment: Deployment, provider_model: str, repeat: int) -> str:
+    """Where a deployment sends and as whom (its key's reference, never the key itself), hashed:
+    a deployment keeps its id, and with it its breaker and its provider-limit counts, when others
+    are added, removed or reordered (a reload would have moved them onto another key's
+    deployment had they followed the position). ``repeat`` tells apart the same one listed twice."""
+    what = f"{deployment.provider}\n{deployment.url}\n{provider_model}\n{deployment.api_key}\n{repeat}"
+    return hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int = 0) -> DeploymentTarget:
     key = resolve_secret(deployment.api_key, f"models[{model.name}].deployments[{index}].api_key")
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     provider_model = deployment.model or model.name
-    target_id = f"{model.name}#{index}"
+    target_id = f"{model.name}@{_identity(deployment, provider_model, repeat)}"
     # Unique per deployment (metrics series, ledger groups): two models may have a first
     # deployment of the same provider model.
     label = f"{model.name}#{index} ({deployment.provider}/{provider_model})"
@@ -115,7 +125,12 @@ class ModelRoutes:
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self._targets: dict[str, list[DeploymentTarget]] = {}
         for model in config.models:
-            targets = [_resolve(model, i, d) for i, d in enumerate(model.deployments)]
+            targets: list[DeploymentTarget] = []
+            seen: dict[tuple[str, str | None, str | None, str | None], int] = {}
+            for index, deployment in enumerate(model.deployments):
+                same = (deployment.provider, deployment.base_url, deployment.model, deployment.api_key)
+                seen[same] = seen.get(same, -1) + 1
+                targets.append(_resolve(model, index, deployment, seen[same]))
             self._targets[model.name] = sorted(targets, key=lambda t: t.priority)
         self.by_id = {t.id: t for targets in self._targets.values() for t in targets}
 

@@ -40,6 +40,7 @@ for i = 1, n do
     local new_tat = base + cost * a
     local capacity = math.floor(b / a + 0.5)
     local slack = TIME_EPS + capacity * now * SPACING
+    if slack >= a * 0.5 then slack = a * 0.5 end
     local after
     if cost * a > b + slack then
       ok, retry, after = false, INF, base
