@@ -6,6 +6,7 @@ import contextvars
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -51,3 +52,33 @@ def configure(format: str = "json", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class EveryFewSeconds:
+    """A warning that would otherwise fire once per request while a store is down (1,991 lines
+    in a 5 s Redis outage), logged at most once per ``interval`` seconds; the next line that
+    goes out says how many were held back, so the log still tells how big the outage was.
+
+    One per call site: each holds back only its own lines.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self.suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self.interval
+        if self.suppressed:
+            message += " (and %d more like it since the last one)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        self._logger.warning(message, *args)

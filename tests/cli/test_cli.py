@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,3 +343,63 @@ def test_keys_update_limit_merges_and_removes(config_file: Path) -> None:
         app, ["keys", "create", "--user", "x", "--tier", "free", "--limit", "rpm=none", "-c", str(config_file)]
     )
     assert on_create.exit_code == 1 and "--limit 'rpm=none'" in on_create.output
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A configuration whose database is SQLite or the real PostgreSQL."""
+    url = f"sqlite:///{tmp_path / 'keys.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    path = tmp_path / "quotagate.yaml"
+    path.write_text(f"database: {url}\ntiers: {{free: {{rpm: 60}}}}\nmodels: []\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("option", "field"),
+    [
+        ("usd_per_day=1e308", "usd_per_day"),
+        ("usd_per_day=1e-300", "usd_per_day"),
+        ("usd_per_month=inf", "usd_per_month"),
+        ("usd_per_month=nan", "usd_per_month"),
+        ("rpm=1e16", "rpm"),
+        ("tpd=9007199254740993", "tpd"),
+    ],
+)
+def test_keys_limit_out_of_bounds_is_one_line_naming_it(any_config: Path, option: str, field: str) -> None:
+    """`keys create/update --limit` refuse what the admin API refuses, in one line naming the limit."""
+    user = "cli-bounds-" + secrets.token_hex(4)
+    smallest = ["--limit", "usd_per_day=0.000001"]
+    created = runner.invoke(app, ["keys", "create", "--user", user, "--tier", "free", *smallest, "-c", str(any_config)])
+    assert created.exit_code == 0, created.output
+    key_id = created.output.split()[2]
+    for command in (
+        ["keys", "create", "--user", user, "--tier", "free", "--limit", option],
+        ["keys", "update", key_id, "--limit", option],
+    ):
+        result = runner.invoke(app, [*command, "-c", str(any_config)])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"error: --limit: {field}: ") and result.output.count("\n") == 1
+    listed = runner.invoke(app, ["keys", "list", "--user", user, "--json", "-c", str(any_config)])
+    assert [key["limits"] for key in json.loads(listed.output)] == [{"usd_per_day": 0.000001}]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["keys", "create", "--user", "a\x00b", "--tier", "free"], "error: --user: "),
+        (["keys", "create", "--user", "a\x1b[2Jb", "--tier", "free"], "error: --user: "),
+        (["keys", "create", "--user", "a", "--tier", "free", "--name", "x\ny"], "error: --name: "),
+        (["keys", "create", "--user", "a", "--tier", "fr\x00ee"], "error: --tier: "),
+        (["keys", "create", "--user", "a", "--tier", "free", "--models", "m\x00"], "error: --models: "),
+        (["keys", "list", "--user", "\x00"], "error: --user: "),
+        (["keys", "update", "key_0", "--tier", "\x00"], "error: --tier: "),
+    ],
+    ids=["user-nul", "user-escape", "name-newline", "tier-nul", "models-nul", "list-user-nul", "update-tier-nul"],
+)
+def test_keys_refuse_control_characters_in_one_line(any_config: Path, options: list[str], expected: str) -> None:
+    """A NUL or other control character in --user, --tier, --name or --models is a one-line error
+    naming the option, on SQLite as on PostgreSQL (where NUL was a database traceback)."""
+    result = runner.invoke(app, [*options, "-c", str(any_config)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(expected) and "control characters" in result.output
+    assert result.output.count("\n") == 1

@@ -105,6 +105,38 @@ def test_provider_default_base_url() -> None:
             "burst (11) cannot exceed rpm (10)",
         ),
         ({"router": {"max_queue_wait": -1}}, "router.max_queue_wait: Input should be greater than or equal to 0"),
+        # Limits no engine can hold: a budget that overflows micro-dollars or rounds to none, counts
+        # past what Redis's Lua numbers hold exactly (before, they loaded and every request was a 500).
+        (
+            {"tiers": {"free": {"usd_per_day": 1e308}}},
+            "tiers.free.usd_per_day: a budget must be between 0.000001 and 1000000000 USD",
+        ),
+        (
+            {"tiers": {"free": {"usd_per_month": 1e-300}}},
+            "tiers.free.usd_per_month: a budget must be between 0.000001 and 1000000000 USD",
+        ),
+        ({"tiers": {"free": {"usd_per_day": float("nan")}}}, "tiers.free.usd_per_day: Input should be a finite number"),
+        ({"tiers": {"free": {"tpm": 2**63}}}, "tiers.free.tpm: Input should be less than or equal to 1000000000000000"),
+        (
+            {"limits": [{"scope": "user", "unit": "usd", "amount": 1e-300, "per": "day"}]},
+            "limits[0].amount: a budget must be between 0.000001 and 1000000000 USD",
+        ),
+        (
+            {"limits": [{"scope": "global", "unit": "tokens", "amount": 1e300, "name": "all"}]},
+            "limits[all].amount: must be at most 1,000,000,000,000,000 tokens",
+        ),
+        (
+            {"limits": [{"scope": "global", "unit": "requests", "amount": float("inf")}]},
+            "limits[0].amount: Input should be a finite number",
+        ),
+        (
+            {"limits": [{"scope": "global", "unit": "requests", "amount": 10, "burst": 2**60}]},
+            "limits[0].burst: Input should be less than or equal to 1000000000000000",
+        ),
+        (
+            {"models": [{"name": "m", "deployments": [{"base_url": "http://x", "tpm": 10**16}]}]},
+            "models[m].deployments[0].tpm: Input should be less than or equal to 1000000000000000",
+        ),
     ],
 )
 def test_invalid_config_names_field_and_problem(data: dict[str, object], expected: str) -> None:
@@ -168,3 +200,18 @@ def test_unknown_fallback_is_refused() -> None:
     """A fallback to a model that is not configured is a configuration error."""
     with pytest.raises(ConfigError, match="falls back to 'nope', which is not configured"):
         parse_config({"models": [{"name": "m", "fallbacks": ["nope"], "deployments": [{"base_url": "http://x"}]}]})
+
+
+def test_a_config_file_with_bad_limits_names_the_field(tmp_path: Path) -> None:
+    """A file whose tier budget and scoped limit are out of bounds fails to load, naming both."""
+    path = tmp_path / "quotagate.yaml"
+    path.write_text(
+        "tiers: {free: {usd_per_day: 1e308, rpm: 60}}\nlimits: [{scope: user, unit: usd, amount: .inf, per: month}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        "invalid configuration:\n"
+        "  tiers.free.usd_per_day: a budget must be between 0.000001 and 1000000000 USD\n"
+        "  limits[0].amount: Input should be a finite number"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -126,3 +127,45 @@ async def test_limit_overrides_are_merged(store: KeyStore) -> None:
     changed = await store.update(record.id, limits=None)
     assert changed is not None and changed.limits is None
     assert await store.update("key_missing", limits={"rpm": 1}) is None
+
+
+async def test_control_characters_never_reach_the_database(store: KeyStore) -> None:
+    """The store itself refuses NUL and other control characters in user, tier, name and models
+    (PostgreSQL cannot hold NUL; SQLite could, so the backends would disagree)."""
+    for fields in ({"user": "a\x00b"}, {"tier": "f\x00"}, {"name": "a\nb"}, {"models": ["m", "\x7f"]}):
+        with pytest.raises(ValueError, match="control characters"):
+            await store.create(**{"user": "u", "tier": "free", **fields})  # type: ignore[arg-type]
+    record, _ = await store.create(user="u", tier="free")
+    with pytest.raises(ValueError, match="user must not contain control characters"):
+        await store.update(record.id, user="\x00")
+    with pytest.raises(ValueError, match="user must not contain control characters"):
+        await store.list(user="\x00")
+    assert [r.id for r in await store.list()] == [record.id]
+
+
+async def test_stored_limits_out_of_bounds_are_ignored_with_a_warning(store: KeyStore) -> None:
+    """Overrides an older version stored out of bounds are left out of the record (the tier's
+    apply), each named once in a warning; a merge patch drops them from the row."""
+    record, _ = await store.create(user="u", tier="free", limits={"tpm": 5000})
+    stored = {"usd_per_day": 1e308, "usd_per_month": 1e-300, "rpm": 0, "colour": 3, "tpm": 5000}
+    change = api_keys.update().where(api_keys.c.id == record.id).values(limits=stored)
+    await store.database.run(lambda conn: conn.execute(change))
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("quotagate.keys")
+    logger.addHandler(handler)
+    try:
+        first, again = await store.get(record.id), await store.get(record.id)
+    finally:
+        logger.removeHandler(handler)
+    assert first is not None and first.limits == again.limits == (("tpm", 5000),)  # type: ignore[union-attr]
+    warned = sorted(m.getMessage().split("stored limit ", 1)[1].split("=")[0] for m in seen)
+    assert warned == ["colour", "rpm", "usd_per_day", "usd_per_month"]
+    assert all(m.levelno == logging.WARNING and record.id in m.getMessage() for m in seen)
+    patched = await store.update(record.id, limits={"rpd": 9})
+    assert patched is not None and patched.limits == (("rpd", 9), ("tpm", 5000))
+    raw = await store.database.run(
+        lambda conn: conn.execute(sa.select(api_keys.c.limits).where(api_keys.c.id == record.id)).scalar_one()
+    )
+    assert raw == {"rpd": 9, "tpm": 5000}

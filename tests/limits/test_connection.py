@@ -112,3 +112,31 @@ async def test_nothing_listening_is_a_connection_error() -> None:
     connection = RedisConnection(f"redis://127.0.0.1:{closed_port()}", connect_timeout=1.0)
     with pytest.raises(ConnectionRefusedError):
         await connection.execute("PING")
+
+
+async def test_callers_sharing_a_failed_connect_each_get_a_connection_error() -> None:
+    """Concurrent callers that share one failed connection attempt all get its ConnectionError,
+    not an AttributeError from the attempt cleared by whichever woke first."""
+    connection = RedisConnection(f"redis://127.0.0.1:{closed_port()}", connect_timeout=1.0)
+    for _ in range(3):  # each round is a fresh attempt, joined by every caller of that turn
+        results = await asyncio.gather(*(connection.execute("PING") for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(result, ConnectionRefusedError) for result in results), results
+
+
+async def test_a_redis_that_returns_is_used_by_every_waiting_caller(
+    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+) -> None:
+    """Killed and restarted: callers during the outage get connection errors, and once Redis is
+    back the callers that arrive together are all served."""
+    port, procs = own_redis
+    await wait_for_redis(port)
+    connection = RedisConnection(f"redis://127.0.0.1:{port}", connect_timeout=1.0)
+    assert await connection.execute("PING") == b"PONG"
+    procs[0].kill()
+    procs[0].wait()
+    results = await asyncio.gather(*(connection.execute("PING") for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results), results
+    procs.append(start_redis(port))
+    await wait_for_redis(port)
+    assert await asyncio.gather(*(connection.execute("PING") for _ in range(20))) == [b"PONG"] * 20
+    await connection.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from collections.abc import Sequence
@@ -154,6 +155,34 @@ async def test_fail_open_uses_this_nodes_share(clock: FakeClock) -> None:
     admitted = [(await limiter.acquire([hundred], [1])) for _ in range(30)]
     assert sum(d.allowed for d in admitted) == 25
     assert all(d.fallback for d in admitted)
+
+
+async def test_a_store_outage_logs_a_line_now_and_then_not_one_per_request(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the store is down, the limiter's warnings (trips, settlements) come at most once per
+    interval each, and the next one counts those held back, however many requests fail."""
+    store = BrokenStore(clock)
+    limiter = Limiter(store, clock=clock, on_store_failure="closed", retry_interval=0.1, failures_to_trip=1)
+    store.broken = False
+    admitted = await limiter.acquire([ONE_PER_SECOND], [1])
+    store.broken = True
+    caplog.set_level(logging.WARNING, logger="quotagate.limits")
+    for _ in range(200):  # 5 s of requests, 40 a second
+        with pytest.raises(StoreUnavailableError):
+            await limiter.acquire([ONE_PER_SECOND], [1])
+        await limiter.settle(admitted, [ONE_PER_SECOND], [1])
+        clock.advance(0.025)
+    assert [r.getMessage()[:30] for r in caplog.records] == [
+        "limit store failed 1 times in ",
+        "could not settle 1 limits: the",
+    ]
+    caplog.clear()
+    clock.advance(10.0)
+    with pytest.raises(StoreUnavailableError):
+        await limiter.acquire([ONE_PER_SECOND], [1])
+    [line] = caplog.records
+    assert line.getMessage().endswith("(and 49 more like it since the last one)")
 
 
 async def test_a_hanging_store_never_hangs_the_request(clock: FakeClock) -> None:

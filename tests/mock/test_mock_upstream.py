@@ -71,3 +71,29 @@ def test_fault_rates_are_shares(start_mock: Callable[..., ServerThread]) -> None
     share = statuses.count(429) / len(statuses)
     assert 0.22 < share < 0.38
     assert set(statuses) == {200, 429}
+
+
+def test_embeddings_dimensions_are_validated_like_openai(start_mock: Callable[..., ServerThread]) -> None:
+    """dimensions outside 1..the model's size, or not an integer, and over 2048 inputs are a 400
+    naming the parameter, answered at once (2**63 used to spin the mock at 100 % CPU)."""
+    mock = start_mock(embedding_dimensions=256)
+    url = mock.url + "/v1/embeddings"
+    body = {"model": "text-embedding-3-small", "input": "hi"}
+    for dimensions, code in [
+        (257, "integer_above_max_value"),  # first: the old mock answers it (and never 2**63)
+        (2**63, "integer_above_max_value"),
+        (0, "integer_below_min_value"),
+        (-1, "integer_below_min_value"),
+        (True, "invalid_type"),
+        ("8", "invalid_type"),
+        (8.5, "invalid_type"),
+    ]:
+        response = httpx.post(url, json={**body, "dimensions": dimensions}, timeout=5)
+        assert response.status_code == 400, dimensions
+        error = response.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "dimensions", code)
+    many = httpx.post(url, json={**body, "input": ["x"] * 2049}, timeout=5)
+    assert many.status_code == 400 and many.json()["error"]["param"] == "input"
+    served = httpx.post(url, json={**body, "dimensions": 256}, timeout=5).json()
+    assert len(served["data"][0]["embedding"]) == 256
+    assert len(httpx.post(url, json=body, timeout=5).json()["data"][0]["embedding"]) == 256

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socketserver
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 import pytest
 
 from quotagate.config import parse_config
@@ -323,3 +327,112 @@ def test_clients_hanging_up_do_not_open_the_breaker(
     state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
     assert state["breaker"] == "closed" and state["failures"] == 0 and state["in_flight"] == 0
     assert post(gw, key).status_code == 200
+
+
+class DroppingUpstream:
+    """A real HTTP/1.1 upstream on 127.0.0.1 that closes the connection, without a byte of
+    answer, on a request whose body holds ``poison`` (as a provider's front end does with a
+    request it cannot parse), and answers every other one with a small chat completion."""
+
+    ANSWER = orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
+        }
+    )
+
+    def __init__(self, poison: bytes) -> None:
+        self.poisoned = 0
+        upstream = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            return
+                        head += line
+                    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                    if poison in self.rfile.read(length):
+                        upstream.poisoned += 1
+                        return  # the connection is closed unanswered
+                    self.wfile.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(upstream.ANSWER), upstream.ANSWER)
+                    )
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("fault", ["500", "dropped"])
+@pytest.mark.parametrize("count", [1, 2], ids=["one deployment", "two deployments"])
+def test_one_tenants_bad_requests_do_not_open_the_breaker_for_others(
+    start_gateway: Callable[..., RunningGateway],
+    start_mock: Callable[..., ServerThread],
+    sqlite_url: str,
+    fault: str,
+    count: int,
+) -> None:
+    """Requests that break every deployment they reach (a 500, or the connection closed, for
+    their body alone) fail for their tenant but count against no deployment: another tenant's
+    good requests meanwhile are all served and every breaker stays closed."""
+    if fault == "500":
+        mocks = [start_mock(poison="BREAK-ME") for _ in range(count)]
+        urls = [mock.url for mock in mocks]
+    else:
+        droppers = [DroppingUpstream(b"BREAK-ME") for _ in range(count)]
+        urls = [dropper.url for dropper in droppers]
+    try:
+        gw, good_key = start(
+            start_gateway,
+            sqlite_url,
+            [{"name": "gpt-4o-mini", "deployments": [dep(url) for url in urls]}],
+            router={"breaker": {"failures": 2, "cooldown_seconds": 60}, "backoff_base": 0.01},
+        )
+        bad_key = str(gw.create_key(user="mallory")["key"])
+        bad = {**CHAT, "messages": [{"role": "user", "content": "BREAK-ME"}]}
+        good, refused = [], []
+        for _ in range(6):
+            good.append(post(gw, good_key).status_code)
+            refused.append(post(gw, bad_key, bad).status_code)
+        good += [post(gw, good_key).status_code for _ in range(5)]
+        assert good == [200] * 11
+        assert set(refused) == {502}
+        reached = sum(m.app.state.poisoned for m in mocks) if fault == "500" else sum(d.poisoned for d in droppers)
+        assert reached >= 6  # the bad requests did reach the deployments
+        for state in deployments(gw).values():
+            assert (state["breaker"], state["failures"]) == ("closed", 0)
+    finally:
+        if fault != "500":
+            for dropper in droppers:
+                dropper.close()
+
+
+def test_a_deployment_that_answers_no_one_still_opens_its_breaker(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """Failures that may be the request's still count when the deployment answers nobody: a
+    lone deployment failing every request opens its breaker."""
+    broken = start_mock(rate_500=1.0)
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(broken)]}],
+        router={"breaker": {"failures": 3, "cooldown_seconds": 60}, "backoff_base": 0.01},
+    )
+    assert [post(gw, key).status_code for _ in range(3)] == [502, 429, 429]
+    state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
+    assert state["breaker"] == "open" and state["failures"] == 3

@@ -398,6 +398,55 @@ async def test_a_reader_that_lags_holds_the_server_back(transport: HttpTransport
     await upstream.close()
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_large_body_read_whole_flows_to_the_end(transport: HttpTransport, chunked: bool) -> None:
+    """A body far over the back-pressure mark is read whole at once, not after the chunk timeout."""
+    body = b'{"data": "' + b"x" * (8 * 1024 * 1024) + b'"}'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        if chunked:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for start in range(0, len(body), 100_000):
+                piece = body[start : start + 100_000]
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(ok(body))
+        await writer.drain()
+        await upstream.read_request(reader)  # kept alive: the next request comes on it
+        writer.write(ok())
+        await writer.drain()
+
+    upstream = await Scripted(handler).start()
+    # A chunk timeout far below what the old deadlock waited: the read must not stall at all.
+    response = await transport.send(request_to(upstream.port, timeout=2.0))
+    assert await response.read() == body
+    response = await transport.send(request_to(upstream.port))
+    assert await response.read() == b'{"ok": true}'
+    assert upstream.connections == 1
+    await upstream.close()
+
+
+async def test_a_body_over_the_response_cap_is_a_clear_upstream_error() -> None:
+    """A body read whole past max_response_bytes fails at once with a message naming the limit."""
+    transport = HttpTransport(max_response_bytes=1024 * 1024)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(ok(b"x" * (4 * 1024 * 1024)))
+        await writer.drain()
+
+    upstream = await Scripted(handler).start()
+    response = await transport.send(request_to(upstream.port))
+    with pytest.raises(UpstreamError, match="larger than the gateway's limit of 1048576 bytes"):
+        await response.read()
+    assert transport.client.open_connections == 0
+    await transport.aclose()
+    await upstream.close()
+
+
 @pytest.mark.parametrize(
     ("url", "headers", "message"),
     [

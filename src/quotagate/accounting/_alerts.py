@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from .._logging import EveryFewSeconds
 from ..auth import Principal
 from ..config import AlertSettings
 from ..limits import Algorithm, Decision, Limit, LimitStatus, RedisConnection, Unit
@@ -52,6 +53,8 @@ class Alerts:
         self._client: HttpClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
+        # Read after every settled request: with the store down it would fail for each one.
+        self._log_unread = EveryFewSeconds(logger)
 
     def settled(
         self,
@@ -131,7 +134,9 @@ class Alerts:
         try:
             statuses = await status(limits)
         except Exception as exc:
-            logger.warning("could not read %d limits for alerts (%s); the next request checks again", len(limits), exc)
+            self._log_unread.warning(
+                "could not read %d limits for alerts (%s); the next request checks again", len(limits), exc
+            )
             return
         for limit_status in statuses:
             threshold = self._new_threshold(limit_status.limit, limit_status.window, limit_status.used)

@@ -6,9 +6,10 @@ the in-process store holds it, and keeps a copy in the gateway's database: table
 ``limits[]`` per day or month) with its window's start and what has been used in it.
 
 The store notes which quotas each decision changes; the ledger's writer upserts their rows in
-the transaction that writes its batch of usage rows, every ``ledger.flush_seconds`` and once
-more at shutdown. A quota is thus exactly as durable as the ledger rows of the requests that
-used it: a graceful stop loses nothing, a SIGKILL what the ledger loses (the last batch). At
+the transaction that writes a group of usage rows (before those requests' responses complete),
+every ``ledger.flush_seconds`` when no rows come, and once more at shutdown. A quota is thus
+exactly as durable as the ledger rows of the requests that used it: a graceful stop or a
+SIGKILL loses nothing a completed response accounted for (a loss of power, the last commits). At
 start the rows of windows not yet over go back to the store, which takes each at its quota's
 first use if the quota still counts the same thing (unit, calendar, time zone) in the same
 window; rows of windows long over are deleted.

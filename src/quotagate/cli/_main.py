@@ -377,6 +377,26 @@ UpdateLimitOption = Annotated[
 ]
 
 
+def _number(text: str) -> float:
+    # An integer where it is one (counts must be), else a float: 1e-300 and inf are numbers too,
+    # and the limit's bounds, not the parser, say what is wrong with them.
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _check_labels(**labels: str | list[str] | None) -> None:
+    """Refuse a user, tier, name or model with a control character, naming the option."""
+    from ..keys._store import text_problem
+
+    for option, value in labels.items():
+        for item in value if isinstance(value, list) else [value]:
+            problem = text_problem(item) if item is not None else None
+            if problem is not None:
+                raise _fail(f"--{option}: {problem}")
+
+
 def _parse_limits(values: list[str] | None, *, removable: bool = False) -> dict[str, float | None] | None:
     """--limit NAME=VALUE options, checked; with ``removable``, NAME=none is None (remove it)."""
     from pydantic import ValidationError
@@ -392,15 +412,18 @@ def _parse_limits(values: list[str] | None, *, removable: bool = False) -> dict[
             parsed[name.strip()] = None
             continue
         try:
-            parsed[name.strip()] = float(amount) if "." in amount else int(amount)
+            parsed[name.strip()] = _number(amount)
         except ValueError:
             example = ", or NAME=none to remove one" if removable else ""
             raise _fail(f"--limit {item!r}: expected NAME=NUMBER, e.g. rpm=100 or usd_per_day=5.50{example}") from None
     try:
-        # The names of removals are checked too: a typo must not pass as a no-op.
+        # The names of removals are checked too: a typo must not pass as a no-op. The bounds are
+        # the configuration's own (LimitValues), as the admin API's are.
         checked = check_overrides(parsed)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise _fail(f"--limit: {problems}") from None
     return {name: checked.get(name) for name in parsed}
 
@@ -443,6 +466,7 @@ def keys_create(
 
     cfg = _key_config(config)
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    _check_labels(user=user, tier=tier, models=model_list, name=name)
     try:
         check_key_fields(cfg, tier, model_list)
     except Exception as exc:
@@ -479,6 +503,7 @@ def keys_list(
     config: ConfigOption = None,
 ) -> None:
     """List keys (their ids and hints, never the keys)."""
+    _check_labels(user=user)
     records = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.list(user=user)))
     if json:
         print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
@@ -562,6 +587,7 @@ def keys_update(
         changes["limits"] = patch
     if not changes:
         raise _fail("nothing to change: give --tier, --models, --expires, --limit or --clear-limits")
+    _check_labels(tier=tier, models=changes.get("models"))
     try:
         check_key_fields(cfg, changes.get("tier"), changes.get("models"))
     except Exception as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -28,6 +28,31 @@ PROVIDER_BASE_URLS: dict[str, str | None] = {
 
 Provider = Literal["openai", "deepseek", "gemini", "anthropic", "openrouter", "vllm", "openai-compatible"]
 PositiveInt = Annotated[int, Field(gt=0)]
+
+# The bounds of every limit, in one place: the configuration's tiers and limits, the admin API's
+# and the command line's key overrides all validate with the models below. Counts and budgets
+# end up as integers in the limit engine and in Redis, whose Lua numbers are doubles: below
+# 2**53 (9.007e15) they are exact, and 10**15 leaves room for a count plus a request's cost.
+# A budget is kept in micro-dollars, so USD 1e9 is that same 10**15; below one micro-dollar it
+# would round to a limit of nothing.
+MAX_COUNT = 10**15
+MIN_USD = 0.000001
+MAX_USD = 1e9
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+
+
+def _check_usd(value: float) -> float:
+    # Not Field(ge=, le=): pydantic would word the bound as 1e-06.
+    if not MIN_USD <= value <= MAX_USD:
+        raise ValueError(f"a budget must be between {MIN_USD:f} and {MAX_USD:.0f} USD")
+    return value
+
+
+Usd = Annotated[
+    float,
+    Field(allow_inf_nan=False, json_schema_extra={"minimum": MIN_USD, "maximum": MAX_USD}),
+    AfterValidator(_check_usd),
+]
 
 
 class _Strict(BaseModel):
@@ -51,6 +76,12 @@ class ServerSettings(_Strict):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: PositiveInt = Field(default=1, description="Gateway processes on one port; above 1 needs redis.")
     max_body_bytes: PositiveInt = Field(default=16 * 1024 * 1024, description="Requests with a larger body get 413.")
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=3600, description="seconds for a request's head to arrive; then the connection closes"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive after its head; then 408"
+    )
 
 
 class LimitValues(_Strict):
@@ -60,19 +91,19 @@ class LimitValues(_Strict):
     that reset at midnight in the configured ``timezone``.
     """
 
-    rpm: PositiveInt | None = None
-    rph: PositiveInt | None = None
-    rpd: PositiveInt | None = None
-    requests_per_month: PositiveInt | None = None
-    tpm: PositiveInt | None = None
-    tph: PositiveInt | None = None
-    tpd: PositiveInt | None = None
-    tokens_per_month: PositiveInt | None = None
-    itpm: PositiveInt | None = Field(default=None, description="input (prompt) tokens per minute")
-    otpm: PositiveInt | None = Field(default=None, description="output (completion) tokens per minute")
-    concurrency: PositiveInt | None = Field(default=None, description="requests in flight at once")
-    usd_per_day: float | None = Field(default=None, gt=0, description="a daily budget, in USD")
-    usd_per_month: float | None = Field(default=None, gt=0, description="a monthly budget, in USD")
+    rpm: Count | None = None
+    rph: Count | None = None
+    rpd: Count | None = None
+    requests_per_month: Count | None = None
+    tpm: Count | None = None
+    tph: Count | None = None
+    tpd: Count | None = None
+    tokens_per_month: Count | None = None
+    itpm: Count | None = Field(default=None, description="input (prompt) tokens per minute")
+    otpm: Count | None = Field(default=None, description="output (completion) tokens per minute")
+    concurrency: Count | None = Field(default=None, description="requests in flight at once")
+    usd_per_day: Usd | None = Field(default=None, description="a daily budget, in USD")
+    usd_per_month: Usd | None = Field(default=None, description="a monthly budget, in USD")
 
 
 RateAlgorithm = Literal["gcra", "sliding-window"]
@@ -103,10 +134,10 @@ class ScopedLimit(_Strict):
 
     scope: Literal["key", "user", "tier", "model", "key+model", "global"]
     unit: Literal["requests", "tokens", "input_tokens", "output_tokens", "concurrent", "usd"]
-    amount: float = Field(gt=0, description="an integer count, or USD for unit usd")
+    amount: float = Field(gt=0, allow_inf_nan=False, description="an integer count, or USD for unit usd")
     per: str = "minute"
     algorithm: Literal["gcra", "sliding-window", "calendar"] | None = None
-    burst: PositiveInt | None = None
+    burst: Count | None = None
     name: str | None = None
     match: dict[Literal["tier", "user", "model"], list[str]] = Field(default_factory=dict)
 
@@ -125,11 +156,21 @@ class ScopedLimit(_Strict):
         assert matched is not None
         return float(matched.group(1)) * _UNIT_SECONDS[matched.group(2)]
 
-    @model_validator(mode="after")
-    def _check_amount(self) -> ScopedLimit:
-        if self.unit != "usd" and self.amount != int(self.amount):
-            raise ValueError(f"amount must be a whole number of {self.unit}")
-        return self
+    @field_validator("amount")
+    @classmethod
+    def _check_amount(cls, value: float, info: ValidationInfo) -> float:
+        # A field validator (``unit`` comes first, so it is known here) rather than a model
+        # validator: the error then names ``amount``, not just the limit.
+        unit = info.data.get("unit")
+        if unit is None:
+            return value  # the unit's own error says what is wrong
+        if unit == "usd":
+            return _check_usd(value)
+        if value != int(value):
+            raise ValueError(f"must be a whole number of {unit}")
+        if value > MAX_COUNT:
+            raise ValueError(f"must be at most {MAX_COUNT:,} {unit}")
+        return value
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> ScopedLimit:
@@ -214,11 +255,11 @@ class Deployment(_Strict):
     base_url: str | None = None
     api_key: str | None = Field(default=None, description="env:NAME; null for keyless upstreams")
     model: str | None = Field(default=None, description="The model's name at the provider")
-    rpm: PositiveInt | None = None
-    tpm: PositiveInt | None = None
+    rpm: Count | None = None
+    tpm: Count | None = None
     weight: float = Field(default=1.0, gt=0)
     priority: int = Field(default=0, ge=0)
-    burst: PositiveInt | None = Field(
+    burst: Count | None = Field(
         default=None,
         description="requests the gateway may send at once within the rpm (default: one second's "
         "share, rpm/60 rounded up; 1 paces strictly); no 60 s window ever holds more than rpm",

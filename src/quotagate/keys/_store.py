@@ -6,15 +6,21 @@ dataclasses that are cheap to cache on the request path.
 
 from __future__ import annotations
 
+import logging
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
+from ..config import LimitValues
 from ._database import Database
 from ._secrets import hash_key, key_hint, new_key, new_key_id
+
+logger = logging.getLogger("quotagate.keys")
 
 metadata = sa.MetaData()
 
@@ -75,6 +81,68 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def control_character(value: str) -> str | None:
+    """The first control character in ``value`` (as U+XXXX), or None.
+
+    A key's user, tier, name and model names are one-line labels: PostgreSQL cannot store NUL in
+    text at all (SQLite can, so the two backends would disagree), and a newline or an escape code
+    in a name forges lines in logs and terminals. Lone surrogates (Cs) cannot be encoded either.
+    """
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a key's user, tier, name or model name, or None."""
+    found = control_character(value)
+    return None if found is None else f"must not contain control characters (found {found})"
+
+
+def _check_text(field: str, value: object) -> None:
+    # The edges (admin API, command line) refuse these with the field's name; this is the last
+    # guard, so that no caller of the store can make PostgreSQL and SQLite disagree.
+    values = value if isinstance(value, list | tuple) else [value]
+    for item in values:
+        problem = text_problem(item) if isinstance(item, str) else None
+        if problem is not None:
+            raise ValueError(f"{field} {problem}")
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _stored_limits(key_id: str, stored: object) -> tuple[tuple[str, float], ...] | None:
+    """The key's overrides that are still valid limits; the others are ignored, with a warning.
+
+    Overrides written before the limits were bounded (``usd_per_day: 1e308`` overflowed, ``1e-300``
+    made a budget of nothing), or by a later version with a limit this one does not know, must not
+    fail every request of the key: the tier's limit applies in their place until they are fixed.
+    """
+    if not stored:
+        return None
+    items = stored.items() if isinstance(stored, dict) else [("limits", stored)]
+    kept: dict[str, float] = {}
+    for name, value in items:
+        try:
+            kept.update(LimitValues.model_validate({name: value}).model_dump(exclude_none=True))
+        except ValidationError as exc:
+            # Once per key and limit in a process: the key is read on every auth cache miss.
+            if (key_id, str(name)) not in _warned and len(_warned) < 10_000:
+                _warned.add((key_id, str(name)))
+                logger.warning(
+                    "key %s: ignoring its stored limit %s=%r (%s); the tier's applies until it is "
+                    "set again with PATCH /admin/keys/%s or `quotagate keys update`",
+                    key_id,
+                    name,
+                    value,
+                    exc.errors()[0]["msg"].removeprefix("Value error, "),
+                    key_id,
+                )
+    return tuple(sorted(kept.items())) or None
+
+
 def _record(row: sa.Row[Any]) -> KeyRecord:
     created = _aware(row.created_at)
     assert created is not None
@@ -85,7 +153,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         user=row.user_id,
         tier=row.tier,
         models=tuple(row.models) if row.models is not None else None,
-        limits=tuple(sorted(row.limits.items())) if row.limits else None,
+        limits=_stored_limits(row.id, row.limits),
         expires_at=_aware(row.expires_at),
         disabled=bool(row.disabled),
         created_at=created,
@@ -151,6 +219,8 @@ class KeyStore:
         limits: dict[str, float] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it in clear; this is the only time it exists in clear."""
+        for field, value in (("user", user), ("tier", tier), ("name", name), ("models", models)):
+            _check_text(field, value)
         key = new_key()
         key_id = new_key_id()
         values = {
@@ -183,6 +253,7 @@ class KeyStore:
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:
         query = api_keys.select().order_by(api_keys.c.created_at, api_keys.c.id)
+        _check_text("user", user)
         if user is not None:
             query = query.where(api_keys.c.user_id == user)
         rows = await self.database.run(lambda conn: conn.execute(query).all())
@@ -200,6 +271,8 @@ class KeyStore:
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+        for field in ("user", "tier", "name", "models"):
+            _check_text(field, changes.get(field))
         values = {("user_id" if k == "user" else k): v for k, v in changes.items()}
         if "models" in values and values["models"] is not None:
             values["models"] = list(values["models"])
@@ -217,7 +290,8 @@ class KeyStore:
                 row = conn.execute(sa.select(api_keys.c.limits).where(where).with_for_update()).first()
                 if row is None:
                     return False
-                values["limits"] = merge_limits(row.limits, patch)
+                # Only the stored overrides that are still valid: a patch also clears bad old ones.
+                values["limits"] = merge_limits(dict(_stored_limits(key_id, row.limits) or ()), patch)
             if not values:
                 return conn.execute(sa.select(api_keys.c.id).where(where)).first() is not None
             return bool(conn.execute(api_keys.update().where(where).values(**values)).rowcount)

@@ -160,6 +160,13 @@ class _Protocol(asyncio.Protocol):
         self._owner._lost(self)
 
 
+def _consume_error(attempt: asyncio.Future[Any]) -> None:
+    # Every caller of a failed attempt may have given up (cancelled) before it ended: its
+    # error is then nobody's, and asyncio would log "exception was never retrieved".
+    if not attempt.cancelled():
+        attempt.exception()
+
+
 class RedisConnection:
     """``RedisConnection("redis://[user:password@]host:port/db")`` (``rediss://`` for TLS)."""
 
@@ -212,16 +219,23 @@ class RedisConnection:
         return protocol
 
     async def _connected(self) -> _Protocol:
-        # Callers that arrive while a connection is being made share that attempt.
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
+        # Callers that arrive while a connection is being made share that attempt. Each awaits
+        # the attempt it joined, held in a local: ``_connecting`` may already be cleared, or be
+        # a newer attempt, by the time a caller wakes (the first caller woken by a failed attempt
+        # used to clear it, and the next one read None).
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._attempt())
+            connecting.add_done_callback(_consume_error)
+        return await asyncio.shield(connecting)
+
+    async def _attempt(self) -> _Protocol:
+        """One connection attempt, shared by the callers of ``_connected``; it alone installs its
+        result and clears ``_connecting``, so that happens once, whoever wakes first."""
         try:
-            protocol = await asyncio.shield(self._connecting)
-        except BaseException:
-            if self._connecting.done():
-                self._connecting = None
-            raise
-        self._connecting = None
+            protocol = await self._connect()
+        finally:
+            self._connecting = None
         self._protocol = protocol
         return protocol
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
+from .._logging import EveryFewSeconds
 from ._connection import RedisReplyError
 from ._memory import InProcessStore
 from ._model import Algorithm, Decision, Limit, LimitStatus
@@ -95,6 +96,12 @@ class Limiter:
         self._down_until = 0.0
         self._leases: dict[str, tuple[Sequence[Limit], bool]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        # While the store is down these would fire per request (or per lease): a line now and
+        # then, with a count of the rest, says as much.
+        self._log_tripped = EveryFewSeconds(logger, clock=clock)
+        self._log_settle = EveryFewSeconds(logger, clock=clock)
+        self._log_release = EveryFewSeconds(logger, clock=clock)
+        self._log_renew = EveryFewSeconds(logger, clock=clock)
 
     # -- the shared store, guarded -------------------------------------------------------------
 
@@ -131,7 +138,7 @@ class Limiter:
         self._consecutive_failures += 1
         if self._consecutive_failures < self.failures_to_trip:
             return
-        logger.warning(
+        self._log_tripped.warning(
             "limit store failed %d times in a row (last: %s: %s); %s for %.1fs",
             self._consecutive_failures,
             type(exc).__name__,
@@ -294,7 +301,7 @@ class Limiter:
                 lambda s: s.settle(self._local(limits), deltas, windows),
             )
         except StoreUnavailableError:
-            logger.warning("could not settle %d limits: the store is unavailable", len(limits))
+            self._log_settle.warning("could not settle %d limits: the store is unavailable", len(limits))
 
     async def release(self, decision: Decision, limits: Sequence[Limit]) -> None:
         """Give back a concurrency lease."""
@@ -310,7 +317,7 @@ class Limiter:
                     lambda s: s.release(self._local(limits), decision.lease or ""),
                 )
         except StoreUnavailableError:
-            logger.warning("could not release a lease: the store is unavailable; it will expire")
+            self._log_release.warning("could not release a lease: the store is unavailable; it will expire")
 
     async def status(self, limits: Sequence[Limit]) -> tuple[LimitStatus, ...]:
         statuses, _ = await self._guarded(lambda s: s.status(limits), lambda s: s.status(self._local(limits)))
@@ -336,7 +343,7 @@ class Limiter:
                     async with asyncio.timeout(self.timeout):
                         await store.renew(self._local(limits) if fallback else limits, lease)
                 except Exception as exc:
-                    logger.warning("could not renew a concurrency lease: %s", exc)
+                    self._log_renew.warning("could not renew a concurrency lease: %s", exc)
 
     async def aclose(self) -> None:
         if self._renewer is not None:

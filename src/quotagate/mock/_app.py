@@ -7,7 +7,8 @@ is computed once per length and cached, so a request costs a tokenizer call and 
 
 Faults are drawn per request: a share of 429s (with Retry-After), of 500s, of hangs (no answer
 until the client gives up), and of streams dropped midway (the connection is cut without the
-final chunk); streams can be slowed by a delay between chunks.
+final chunk); streams can be slowed by a delay between chunks. A "poison" text fails every
+request whose body holds it, as a provider that crashes on one input does.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class MockOptions:
     record: bool = False
     seed: int | None = None
     embedding_dimensions: int = 1536
+    poison: str | None = None  # a request whose body holds this text is answered 500
 
 
 @lru_cache(maxsize=256)
@@ -104,6 +106,7 @@ class RecordedRequest:
 class MockState:
     requests_served: int = 0
     rate_limited: int = 0  # 429s sent because the RPM was exceeded (the gateway's fault)
+    poisoned: int = 0  # requests failed because their body held options.poison
     started: deque[float] = field(default_factory=deque)  # start times within the last minute
     # When each request arrived (time.monotonic()): what a test measures a gateway's pacing by.
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
@@ -123,6 +126,7 @@ class MockUpstream:
             self.options.rate_429 + self.options.rate_500 + self.options.rate_hang + self.options.rate_drop
         )
         self._auth = f"Bearer {self.options.api_key}".encode() if self.options.api_key else None
+        self._poison = self.options.poison.encode() if self.options.poison else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -214,6 +218,10 @@ class MockUpstream:
                 )
                 return
             started.append(now)
+        if self._poison is not None and self._poison in body_bytes:
+            self.state.poisoned += 1
+            await self._error(send, 500, "The server had an error while processing your request.", "server_error", None)
+            return
         storm = self.options.storm_seconds and time.monotonic() - self._born < self.options.storm_seconds
         fault = "429" if storm or self.state.requests_served <= self.options.fail_first else self._draw_fault()
         if self.options.latency_ms:
@@ -287,9 +295,10 @@ class MockUpstream:
         kind: str,
         code: str | None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        param: str | None = None,
     ) -> None:
         await self._json(
-            send, status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers
+            send, status, {"error": {"message": message, "type": kind, "param": param, "code": code}}, headers
         )
 
     def _budget(self, body: dict[str, Any]) -> tuple[int, str]:
@@ -421,7 +430,15 @@ class MockUpstream:
             else [raw_input]
         )
         encoding = encoding_for_model(body["model"])
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.options.embedding_dimensions
+        # Checked as OpenAI checks them, before any work: a vector of 2**63 floats was built
+        # element by element before (the mock spun at 100 % CPU), and a list of a million inputs
+        # would be much the same.
+        refused = _embeddings_refusal(body.get("dimensions"), self.options.embedding_dimensions, len(inputs))
+        if refused is not None:
+            message, param, code = refused
+            await self._error(send, 400, message, "invalid_request_error", code, param=param)
+            return
+        dims = body.get("dimensions") or self.options.embedding_dimensions
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for index, item in enumerate(inputs):
@@ -439,6 +456,43 @@ class MockUpstream:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             },
         )
+
+
+# OpenAI's limit on the inputs of one embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def _embeddings_refusal(dimensions: object, native: int, inputs: int) -> tuple[str, str, str] | None:
+    """(message, param, code) of the 400 OpenAI answers for these, or None when they are valid:
+    ``dimensions`` an integer from 1 to the model's own size, at most 2048 inputs."""
+    if inputs > MAX_EMBEDDING_INPUTS:
+        return (
+            f"Invalid 'input': maximum input array size is {MAX_EMBEDDING_INPUTS}, got {inputs}.",
+            "input",
+            "array_above_max_length",
+        )
+    if dimensions is None:
+        return None
+    if type(dimensions) is not int:  # bool is an int to Python, not to OpenAI
+        return (
+            f"Invalid type for 'dimensions': expected an integer, but got {type(dimensions).__name__} instead.",
+            "dimensions",
+            "invalid_type",
+        )
+    if dimensions < 1:
+        return (
+            f"Invalid 'dimensions': integer below minimum value. Expected a value >= 1, but got {dimensions} instead.",
+            "dimensions",
+            "integer_below_min_value",
+        )
+    if dimensions > native:
+        return (
+            f"Invalid 'dimensions': integer above maximum value. Expected a value <= {native}, "
+            f"but got {dimensions} instead.",
+            "dimensions",
+            "integer_above_max_value",
+        )
+    return None
 
 
 @lru_cache(maxsize=1024)

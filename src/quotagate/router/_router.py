@@ -13,6 +13,14 @@ before its first byte) move the request to another deployment at once when one i
 otherwise back off with full jitter, honouring Retry-After, within ``max_attempts`` and
 ``deadline_seconds``. When a model has nothing left, the next model of its fallback chain is
 tried. Errors that retrying cannot fix (400, 401, 403, 404, 422) are returned at once.
+
+Breakers are shared by every tenant, so they count only what says something about the
+deployment. A connection that cannot be made and a timeout are the deployment's. A 5xx, or a
+connection the deployment closes once it has the request, may be the request's (an input that
+crashes the provider): such a failure is held until the request's fate shows whose it was. It
+is the deployment's when the request is then served (here or elsewhere: it was servable), or
+when the deployment has answered no one lately; it is the request's when the request then gets
+a 4xx, fails the same way on two deployments, or failed where others are being answered.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from ..upstream import (
     UpstreamResponse,
     upstream_status_error,
 )
+from ..upstream._http import ConnectFailed, ConnectTimeout
 from ._state import STATE_NAMES, DeploymentStates
 
 _NOT_RETRYABLE = {400, 401, 403, 404, 413, 422}
@@ -47,6 +56,32 @@ _PROVIDER_RATELIMIT_HEADERS = (
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _EWMA = 0.2
 _REQUESTS = Unit.REQUESTS  # a global: through the enum's class it is a slow lookup
+# A deployment that answered a request this recently (before a failure, or since) is up: a
+# failure that may be the request's is then the request's.
+_ANSWERING_SECONDS = 2.0
+# The upstream clients' errors of a connection that was never made (the request was not sent).
+_CONNECT_ERRORS = (ConnectFailed, ConnectTimeout)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The request failed before it reached the deployment (no connection): not the request's."""
+    cause = exc.__cause__
+    if isinstance(cause, _CONNECT_ERRORS):
+        return True
+    # aiohttp's (by name: importing aiohttp only for this would load it where it is unused).
+    return cause is not None and any(
+        kind.__name__ == "ClientConnectorError" and kind.__module__.startswith("aiohttp")
+        for kind in type(cause).__mro__
+    )
+
+
+@dataclass(slots=True)
+class _Suspect:
+    """A failure that may be the request's rather than the deployment's, held for its verdict."""
+
+    target: DeploymentTarget
+    started: float  # when the attempt began (time.monotonic())
+    kind: str  # how it failed ("dropped", "status 500"): alike on two deployments, it is the request
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -85,6 +120,7 @@ class DeploymentStats:
     remaining_fraction: float = 1.0
     requests: int = 0
     failures: int = 0
+    answered_at: float = -math.inf  # time.monotonic() of its last answer that was not a failure
 
 
 @dataclass(slots=True)
@@ -341,6 +377,7 @@ class Router:
         last_error: GatewayError | None = None
         capacity_wait: float | None = None
         chain = self.chain(model, request.estimate)
+        suspects: list[_Suspect] = []
         for position, model_name in enumerate(chain):
             last_model = position == len(chain) - 1
             # The requested model is what the tenant was charged for already.
@@ -358,10 +395,16 @@ class Router:
                 outcome = await self._attempt(target, decision, costs, request)
                 if isinstance(outcome, Exchange):
                     outcome.attempts, outcome.tried = attempts, tried
+                    if suspects:
+                        await self._judge(suspects, served=True)
                     return outcome
-                error, retryable, wait = outcome
+                error, retryable, wait, suspect = outcome
                 last_error = error
+                if suspect is not None:
+                    suspects.append(suspect)
                 if not retryable:
+                    # A deployment refused the request itself (4xx): what failed before was the
+                    # request's doing too.
                     raise error
                 failed.add(target.id)
                 if not self._has_other(model_name, failed):
@@ -374,6 +417,7 @@ class Router:
                     failed.discard(target.id)  # the only one left: try it again after the pause
             if attempts >= settings.max_attempts or time.monotonic() >= deadline:
                 break
+        await self._judge(suspects, served=False)
         if last_error is not None:
             raise last_error
         retry = capacity_wait if capacity_wait is not None else self.settings.default_cooldown_seconds
@@ -398,9 +442,33 @@ class Router:
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0, min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** (attempt - 1)))
 
+    async def _judge(self, suspects: list[_Suspect], served: bool) -> None:
+        """Count against their deployments the failures of a request that may have been its own
+        (see the module's docstring), now that the request was ``served`` or failed everywhere."""
+        if not suspects:
+            return
+        where: dict[str, set[str]] = {}
+        for suspect in suspects:
+            where.setdefault(suspect.kind, set()).add(suspect.target.id)
+        for suspect in suspects:
+            if not served:
+                if len(where[suspect.kind]) > 1:
+                    continue  # the same failure on two deployments: the request's
+                if self.stats[suspect.target.id].answered_at >= suspect.started - _ANSWERING_SECONDS:
+                    continue  # it answers others: the request's
+            await self._blame(suspect.target)
+
+    async def _blame(self, target: DeploymentTarget) -> None:
+        stats = self.stats[target.id]
+        stats.failures += 1
+        stats.error_rate += _EWMA * (1.0 - stats.error_rate)
+        await self.states.failure(target.id)
+
     async def _attempt(
         self, target: DeploymentTarget, decision: Decision | None, costs: list[int], request: RouteRequest
-    ) -> Exchange | tuple[GatewayError, bool, float | None]:
+    ) -> Exchange | tuple[GatewayError, bool, float | None, _Suspect | None]:
+        """The response, or (error, whether another try may help, how long to wait first, the
+        failure when it may be the request's rather than the deployment's)."""
         stats = self.stats[target.id]
         stats.in_flight += 1
         stats.requests += 1
@@ -430,13 +498,14 @@ class Router:
                     )
                     await self.states.cooldown(target.id, wait or self.settings.default_cooldown_seconds)
                     self._record(stats, failed=False)
-                    return error, True, wait
+                    return error, True, wait, None
                 if response.status in _NOT_RETRYABLE or response.status < 500:
+                    stats.answered_at = time.monotonic()
                     self._record(stats, failed=False)
-                    return error, False, None
-                await self.states.failure(target.id)
-                self._record(stats, failed=True)
-                return error, True, None
+                    return error, False, None, None
+                # A 5xx: for a good request the deployment's, but some inputs crash providers.
+                stats.in_flight -= 1
+                return error, True, None, _Suspect(target, started, f"status {response.status}")
             first = b""
             if request.stream:
                 # Read the first chunk before the client gets anything: a deployment that breaks
@@ -456,9 +525,13 @@ class Router:
             if response is not None:
                 response.close()
             await self._give_back(target, decision, costs)
-            await self.states.failure(target.id)
-            self._record(stats, failed=True)
-            return exc, True, None
+            if isinstance(exc, UpstreamTimeoutError) or _never_sent(exc):
+                await self.states.failure(target.id)
+                self._record(stats, failed=True)
+                return exc, True, None, None
+            # The deployment had the request and closed the connection: perhaps because of it.
+            stats.in_flight -= 1
+            return exc, True, None, _Suspect(target, started, "dropped")
         except BaseException:
             if response is not None:
                 response.close()
@@ -501,9 +574,13 @@ class Router:
             )
             self._record(stats, failed=not ok)
             if not ok:
+                # An answer that breaks once it has begun is the deployment's: the request was
+                # accepted (an input that breaks a provider does so before it answers).
                 await self.states.failure(target.id)
-            elif self.states.needs_success_report(target.id):
-                await self.states.success(target.id)
+            else:
+                stats.answered_at = time.monotonic()
+                if self.states.needs_success_report(target.id):
+                    await self.states.success(target.id)
         if exchange.decision is not None and tokens_used is not None:
             deltas = [
                 tokens_used - cost if limit.unit is not _REQUESTS else 0

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._logging import EveryFewSeconds
 from ..config import BreakerSettings
 from ..limits import RedisConnection
 from ..limits._connection import LuaScript
@@ -142,6 +143,8 @@ class DeploymentStates:
         self._local = MemoryStateStore()
         self._rest_until = 0.0
         self.store_errors = 0
+        # Every call in flight when the store goes down fails at once, and again after each rest.
+        self._log_failed = EveryFewSeconds(logger, clock=monotonic)
 
     async def _call(self, deployment: str, op: str, *args: float) -> StateReply:
         if self._monotonic() >= self._rest_until:
@@ -151,7 +154,7 @@ class DeploymentStates:
             except Exception as exc:  # redis-py's errors, OSError, TimeoutError
                 self.store_errors += 1
                 self._rest_until = self._monotonic() + 1.0
-                logger.warning(
+                self._log_failed.warning(
                     "deployment state store failed (%s: %s); using this node's state", type(exc).__name__, exc
                 )
         return await self._local.call(deployment, op, *args)

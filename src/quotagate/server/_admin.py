@@ -18,11 +18,11 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..auth import Authenticator, Principal, extract_key
 from ..config import Config, LimitValues
@@ -35,18 +35,31 @@ from ..errors import (
     PermissionDeniedError,
 )
 from ..keys import KeyRecord, KeyStore
+from ..keys._store import text_problem
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
 
 _ADMIN_BODY_LIMIT = 64 * 1024
 
 
+def _plain(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A one-line label: no NUL (PostgreSQL cannot store it) and no other control character.
+Label = Annotated[str, AfterValidator(_plain)]
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=200)
-    tier: str = Field(min_length=1)
-    models: list[str] | None = None
+    user: Label = Field(min_length=1, max_length=200)
+    # The column's width: PostgreSQL would refuse a longer one with an error, not a 400.
+    tier: Label = Field(min_length=1, max_length=100)
+    models: list[Label] | None = None
     expires_at: datetime | None = None
-    name: str | None = Field(default=None, max_length=200)
+    name: Label | None = Field(default=None, max_length=200)
     limits: LimitValues | None = Field(default=None, description="overrides of the tier's limits")
 
     @field_validator("expires_at")
@@ -58,8 +71,8 @@ class KeyCreate(BaseModel):
 
 
 class KeyUpdate(KeyCreate):
-    user: str | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
-    tier: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+    user: Label | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+    tier: Label | None = Field(default=None, min_length=1, max_length=100)  # type: ignore[assignment]
     disabled: bool | None = None
 
 
@@ -177,6 +190,9 @@ class AdminAPI:
                 raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.")
             return
         key_id = parts[1]
+        if text_problem(key_id) is not None:
+            # No key has such an id (ids are key_ and hex), and PostgreSQL could not even look.
+            raise self._no_such_key(key_id)
         if len(parts) == 3 and parts[2] == "quota":
             self._allow(method, "GET")
             await self._key_quota(key_id, scope, send)
@@ -239,6 +255,9 @@ class AdminAPI:
     async def _list(self, scope: Scope, send: Send) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         user = query.get("user", [None])[0]
+        problem = text_problem(user) if user is not None else None
+        if problem is not None:
+            raise InvalidRequestError(f"Invalid 'user': {problem}.", param="user", code="invalid_value")
         records = await self.store.list(user=user)
         await send_json(
             send, 200, {"object": "list", "data": [{"object": "key", **r.to_public_dict()} for r in records]}

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from .._logging import configure as configure_logging
 from .._logging import request_id as request_id_var
 from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
+from ..accounting._ledger import journal_path
 from ..accounting._quotas import DurableQuotas
 from ..accounting._reports import GroupBy
 from ..auth import Authenticator, Principal
@@ -132,14 +133,23 @@ class Gateway:
             if config.redis is not None:
                 self.ledger = StreamLedger(
                     writer,
-                    appender=RedisConnection(config.redis, timeout=2.0, connect_timeout=2.0),
+                    # On the request path: the store's deadline, like every Redis call there; a
+                    # row not appended in time goes to the journal instead (see StreamLedger).
+                    appender=RedisConnection(
+                        config.redis,
+                        timeout=config.limiter.timeout_ms / 1000.0,
+                        connect_timeout=config.limiter.timeout_ms / 1000.0,
+                    ),
                     consumer=RedisConnection(config.redis, timeout=settings.flush_seconds + 5.0, connect_timeout=2.0),
                     batch_size=settings.batch_size,
                     flush_seconds=settings.flush_seconds,
                     claim_after_seconds=settings.claim_after_seconds,
+                    journal=journal_path(self.store.database),
                 )
             else:
-                self.ledger = Ledger(writer, settings.batch_size, settings.flush_seconds)
+                self.ledger = Ledger(
+                    writer, settings.batch_size, settings.flush_seconds, journal=journal_path(self.store.database)
+                )
         elif self.quotas is not None:
             self._quota_writer = Ledger(writer, flush_seconds=config.ledger.flush_seconds)
         self.alerts = Alerts(config.alerts, self.redis)

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequestError, PayloadTooLargeError
+from .._uvicorn import BODY_TIMED_OUT
+from ..errors import GatewayError, InvalidRequestError, PayloadTooLargeError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,13 +85,18 @@ def request_id_headers(request_id: str, client_request_id: str | None) -> list[t
     return pairs
 
 
-async def read_body(receive: Receive, content_length: int | None, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes without reading them all."""
+async def read_body(receive: Receive, content_length: int | None, limit: int, scope: Scope | None = None) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes without reading them all.
+
+    With the request's ``scope``, a body that did not arrive within the server's body timeout is
+    told apart from a client that left (see ``_uvicorn``)."""
     if content_length is not None and content_length > limit:
         raise PayloadTooLargeError(_too_large(limit))
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
+        if message["type"] == "http.disconnect":
+            raise _gone(scope)
         if len(body) > limit:
             raise PayloadTooLargeError(_too_large(limit))
         return body
@@ -99,13 +105,25 @@ async def read_body(receive: Receive, content_length: int | None, limit: int) ->
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequestError("The client disconnected while sending the request body.")
+            raise _gone(scope)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(_too_large(limit))
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _gone(scope: Scope | None) -> GatewayError:
+    if scope is not None and scope.get(BODY_TIMED_OUT):
+        # The server has answered the client already (a 408 of its own); this is the ledger's.
+        return GatewayError(
+            "The request body did not arrive in time.",
+            status=408,
+            type="invalid_request_error",
+            code="request_timeout",
+        )
+    return InvalidRequestError("The client disconnected while sending the request body.")
 
 
 def _too_large(limit: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -321,6 +322,38 @@ class _Record:
         return 0, 0  # the provider never took the request
 
 
+# The ledger's error_type is a short code (``invalid_api_key``, ``upstream_timeout``, the provider's
+# ``context_length_exceeded``): never a provider's free text, which once stored the provider's key
+# when it echoed it in ``code`` (issue 18). Anything else is recorded as what kind of error it was.
+_ERROR_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _error_type(exc: GatewayError) -> str:
+    kind = exc.code or exc.type
+    return kind if _ERROR_TYPE.fullmatch(kind) else exc.__class__.type
+
+
+# The provider's Content-Type, relayed as one of a known few: a header is the provider's text, and
+# one echoing the key must not carry it to the client (issue 18). Parameters are dropped: these
+# bodies are UTF-8.
+_CONTENT_TYPES = {
+    "application/json": JSON_CONTENT_TYPE,
+    "text/event-stream": (b"content-type", b"text/event-stream; charset=utf-8"),
+    "text/plain": (b"content-type", b"text/plain; charset=utf-8"),
+    "application/x-ndjson": (b"content-type", b"application/x-ndjson"),
+}
+_OTHER_CONTENT = (b"content-type", b"application/octet-stream")
+
+
+def _content_type(value: str) -> tuple[bytes, bytes]:
+    known = _CONTENT_TYPES.get(value)
+    if known is not None:
+        return known
+    if not value:
+        return JSON_CONTENT_TYPE
+    return _CONTENT_TYPES.get(value.partition(";")[0].strip().lower(), _OTHER_CONTENT)
+
+
 # qg_usage.model_requested is VARCHAR(200): PostgreSQL refuses a longer value, and with it the
 # whole batch of rows it came in. The name a client asks for is the client's to choose.
 _MODEL_CHARS = 200
@@ -433,7 +466,7 @@ class Proxy:
         raw = b""
         request: ParsedRequest | None = None
         try:
-            raw = await read_body(receive, headers.content_length, self.max_body_bytes)
+            raw = await read_body(receive, headers.content_length, self.max_body_bytes, scope)
             request = endpoint.parse(raw)
             self.check_model(principal, request.model)
         except GatewayError as exc:
@@ -441,13 +474,13 @@ class Proxy:
             if model is not None:
                 model = model[:_MODEL_CHARS]
             refused = _Record(request_id, headers.client_request_id, principal, model, stream, began)
-            await self._account(refused, exc.status, exc.code or exc.type)
+            await self._account(refused, exc.status, _error_type(exc))
             raise
         record = _Record(request_id, headers.client_request_id, principal, request.model, request.stream, began)
         try:
             await self._handle(endpoint, receive, send, request, raw, principal, record)
         except GatewayError as exc:
-            await self._account(record, exc.status, exc.code or exc.type)
+            await self._account(record, exc.status, _error_type(exc))
             raise
         except Exception:
             # A bug: the client gets a 500 (see _app), and the row says so rather than 499.
@@ -710,8 +743,7 @@ class Proxy:
             record.reported, record.cached = (details[0], details[1]), details[2]
         else:
             record.generated = generated_text(payload)
-        content_type = response.headers.get("content-type", "")
-        type_header = (b"content-type", content_type.encode("latin-1")) if content_type else JSON_CONTENT_TYPE
+        type_header = _content_type(response.headers.get("content-type", ""))
         await self._complete(record, response.status, None)
         await send_bytes(send, response.status, body, [type_header, *extra])
 
@@ -758,7 +790,7 @@ class Proxy:
             except GatewayError as exc:
                 # The status line has gone; an error event is the only way left to tell the
                 # client. The OpenAI SDKs raise it as an APIError. The row says the stream broke.
-                await self._complete(record, 200, exc.code or exc.type)
+                await self._complete(record, 200, _error_type(exc))
                 await send(
                     {
                         "type": "http.response.body",

@@ -60,6 +60,24 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose graceful stop ends the process with status 0.
+
+    Once it has shut down after SIGTERM or SIGINT, uvicorn raises the signal again with the
+    default handler back in place, so the process dies by it (status -15 for SIGTERM) and a
+    supervisor (systemd, Kubernetes, a test) cannot tell a clean stop from a kill. A stop that
+    finished its requests and wrote its rows is a success: the signal is not raised again.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
 class ListenError(Exception):
     """The gateway's address cannot be bound (most often: the port is taken)."""
 
@@ -85,8 +103,14 @@ async def serve(
     """Run the gateway until interrupted; SIGHUP reloads ``config_file`` (see Gateway.reload)."""
     configure_logging(config.logging.format, config.logging.level)
     gateway = Gateway(config, config_file=config_file)
-    server = uvicorn.Server(
-        uvicorn_config(gateway, host or config.server.host, port if port is not None else config.server.port)
+    server = _Server(
+        uvicorn_config(
+            gateway,
+            host or config.server.host,
+            port if port is not None else config.server.port,
+            header_timeout=config.server.header_timeout,
+            body_timeout=config.server.body_timeout,
+        )
     )
     with _reload_on_sighup(gateway):
         await server.serve()
@@ -215,6 +239,8 @@ def serve_workers(config: Config, config_file: Path, workers: int, host: str | N
             host or config.server.host,
             port if port is not None else config.server.port,
             workers=workers,
+            header_timeout=config.server.header_timeout,
+            body_timeout=config.server.body_timeout,
         )
         # A worker takes 2-4 s to start on a busy machine (imports, tokenizers, the database);
         # within uvicorn's default of 5 s a reload would often give up on a replacement.
@@ -270,7 +296,7 @@ async def serve_demo(host: str, port: int, master_key: str | None, announce: Cal
     master = master_key or "qg-admin-" + secrets.token_urlsafe(16)
     gateway = Gateway(config)
     gateway.admin._master_key = master
-    server = uvicorn.Server(uvicorn_config(gateway, host))
+    server = _Server(uvicorn_config(gateway, host))
     actual_port = gateway_sock.getsockname()[1]
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     info = DemoInfo(f"http://{display_host}:{actual_port}/v1", key, master, DEMO_MODEL, mock_url)

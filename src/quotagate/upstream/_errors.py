@@ -3,8 +3,14 @@
 4xx answers are the client's problem and pass through with the provider's message (400, 404,
 422, 429 ...). Two exceptions: a provider 401/403 means the *gateway's* upstream credentials are
 wrong, which the client can do nothing about, so it becomes a 502; and 5xx answers become 502,
-because from the client's side the gateway's upstream failed, not the gateway. Provider messages
-are scrubbed of anything that looks like an API key (OpenAI echoes a masked key on 401).
+because from the client's side the gateway's upstream failed, not the gateway.
+
+Everything of the provider's answer that is relayed is scrubbed of the deployment's keys and of
+anything that looks like an API key (OpenAI echoes a masked key on 401): every string in the
+error, at any depth, not only its message (a provider echoing the key in ``type``, ``param`` or
+``code`` reached the client and the ledger, issue 18). Relayed headers are kept only when they
+hold what their name promises (a number of seconds, an HTTP date), so no provider text rides in
+them.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ import orjson
 from ..errors import UpstreamStatusError
 
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk|key|AIza|qg)[-_A-Za-z0-9*.]{8,}")
-_RELAYED_HEADERS = ("retry-after", "retry-after-ms")
+# Retry-After is seconds or an HTTP date (RFC 9110 10.2.3); retry-after-ms, OpenAI's, milliseconds.
+_SECONDS = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?")
+_HTTP_DATE = re.compile(r"[A-Z][a-z]{2}, [0-9]{2} [A-Z][a-z]{2} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT")
+_RELAYED_HEADERS = (("retry-after", (_SECONDS, _HTTP_DATE)), ("retry-after-ms", (_SECONDS,)))
+# A body that is not JSON is shown in part; it is scrubbed before it is cut, so that a cut
+# cannot leave the start of a key that redact() would no longer recognise.
+_SHOWN_CHARS = 500
+_SCRUBBED_BYTES = 64 * 1024
+# orjson parses JSON 1,024 levels deep, past Python's recursion limit: deeper is not relayed.
+_SCRUB_DEPTH = 32
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -26,6 +41,29 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", text)
+
+
+def scrub(value: Any, secrets: tuple[str, ...] = (), depth: int = 0) -> Any:
+    """``value`` (parsed JSON) with every string in it, keys of objects included, redacted."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if depth >= _SCRUB_DEPTH and isinstance(value, dict | list):
+        return "[truncated]"
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): scrub(v, secrets, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secrets, depth + 1) for item in value]
+    return value
+
+
+def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The provider's headers the client is told about, where each holds what it should."""
+    relayed = {}
+    for name, shapes in _RELAYED_HEADERS:
+        value = headers.get(name)
+        if value is not None and any(shape.fullmatch(value.strip()) for shape in shapes):
+            relayed[name] = value.strip()
+    return relayed
 
 
 def _provider_error(body: bytes) -> dict[str, Any] | None:
@@ -55,12 +93,18 @@ def upstream_status_error(
     secrets: tuple[str, ...] = (),
 ) -> UpstreamStatusError:
     error = _provider_error(body)
+    if error is not None:
+        error = scrub(error, secrets)
     if error is not None and isinstance(error.get("message"), str):
-        message = redact(error["message"], secrets)
+        message = error["message"]
+    elif error is not None:
+        # Shown as the scrubbed JSON, not the body's text: a key written with JSON escapes
+        # ("\u0073k-...") would slip past redact() in the raw text.
+        message = orjson.dumps(error).decode()[:_SHOWN_CHARS]
     else:
-        text = body[:500].decode("utf-8", "replace").strip() or "(empty body)"
-        message = redact(text, secrets)
-    relayed = {name: headers[name] for name in _RELAYED_HEADERS if name in headers}
+        text = body[:_SCRUBBED_BYTES].decode("utf-8", "replace").strip() or "(empty body)"
+        message = redact(text, secrets)[:_SHOWN_CHARS]
+    relayed = relayed_headers(headers)
 
     if status in (401, 403):
         return UpstreamStatusError(

@@ -20,7 +20,9 @@ Semantics kept from aiohttp's client, which quotagate used before:
 - gzip and deflate bodies are decompressed (no ``Accept-Encoding`` is sent, so a server should
   not compress; some do anyway);
 - a stream is read as it arrives, with back-pressure: reading from the socket pauses while
-  more than ``_HIGH_WATER`` bytes wait for the reader.
+  more than ``_HIGH_WATER`` bytes wait for the reader. A body read whole is not held back (its
+  reader waits for the end, so a pause would never be lifted: a body over 256 KiB hung until
+  the chunk timeout, issue 18), but is refused past ``max_response_bytes`` (ResponseTooLarge).
 
 A request that meets a pooled connection the server had just closed (the close and the write
 crossed on the wire) is sent once more on a new connection: nothing of it was answered, and
@@ -41,6 +43,10 @@ import httptools
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# The largest body read whole. The biggest honest answers are embeddings: 2,048 inputs of 3,072
+# floats are about 130 MB as JSON. Past this a provider is misbehaving, and the gateway would
+# hold it all in memory.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 class ConnectTimeout(Exception):
@@ -67,6 +73,14 @@ class Disconnected(Exception):
         self.reason = reason
         # False: not a byte of the response had arrived.
         self.answered = answered
+
+
+class ResponseTooLarge(Disconnected):
+    """A body read whole outgrew ``max_response_bytes``; the connection is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"its response is larger than the gateway's limit of {limit} bytes")
+        self.limit = limit
 
 
 class _Route:
@@ -126,6 +140,7 @@ class Response:
         if connection is None:
             return b""
         try:
+            connection.read_whole()
             while not connection.complete:
                 await connection.wait(read_timeout)
             body = connection.take()
@@ -187,6 +202,8 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self.buffered = 0
         self._paused = False
+        # Set while the body is read whole: no back-pressure, but a bound on its size.
+        self._whole = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self.response_headers: dict[str, str] = {}
         self.status = 0
@@ -262,9 +279,15 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
+        if self.buffered > _HIGH_WATER:
+            if self._whole:
+                if self.buffered > self._pool.max_response_bytes:
+                    self._chunks = []
+                    self._fail(ResponseTooLarge(self._pool.max_response_bytes))
+                    self.abort()
+            elif not self._paused and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
 
     def on_message_complete(self) -> None:
         if self.head_done:
@@ -292,6 +315,16 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
+    def read_whole(self) -> None:
+        """From now on the body is wanted whole: stop holding the server back."""
+        self._whole = True
+        if self.buffered > self._pool.max_response_bytes:
+            self._fail(ResponseTooLarge(self._pool.max_response_bytes))
+            self.abort()
+        elif self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
     def take(self) -> bytes:
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -311,7 +344,7 @@ class _Connection(asyncio.Protocol):
         self._raw_headers = []
         self.response_headers = {}
         self.status = 0
-        self.head_done = self.complete = self._answered = self._keep_alive = False
+        self.head_done = self.complete = self._answered = self._keep_alive = self._whole = False
         self.reused = self.idle = True
         self.idle_since = self._loop.time()
         self._pool.give_back(self)
@@ -336,8 +369,15 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class HttpClient:
     """The pool: idle connections per origin (scheme, host, port), the most recently used first."""
 
-    def __init__(self, *, keepalive_seconds: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keepalive_seconds: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self._keepalive = keepalive_seconds
+        self.max_response_bytes = max_response_bytes
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._routes: dict[str, _Route] = {}

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import UpstreamError, UpstreamTimeoutError
-from ._http import ConnectFailed, ConnectTimeout, Disconnected, HttpClient, ReadTimeout, Response
+from ._http import (
+    MAX_RESPONSE_BYTES,
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    HttpClient,
+    ReadTimeout,
+    Response,
+)
 
 
 # Not frozen: one is made per attempt, and a frozen dataclass sets each field through
@@ -109,8 +117,16 @@ class _Chunks:
 class HttpTransport:
     """The default transport: quotagate's own pooled HTTP/1.1 client (see ``_http``)."""
 
-    def __init__(self, *, keepalive_seconds: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.client = HttpClient(keepalive_seconds=keepalive_seconds, ssl_context=ssl_context)
+    def __init__(
+        self,
+        *,
+        keepalive_seconds: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.client = HttpClient(
+            keepalive_seconds=keepalive_seconds, ssl_context=ssl_context, max_response_bytes=max_response_bytes
+        )
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         try:
