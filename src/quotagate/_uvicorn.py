@@ -6,10 +6,11 @@ modules would make its heap, and so every garbage collection, larger).
 uvicorn bounds only the idle time between requests (``timeout_keep_alive``, armed once a response
 is complete). A connection that never sends its head, or sends it a byte at a time, and a request
 whose Content-Length promises more than comes, were held for ever (issue 18). ``Protocol`` adds
-the two deadlines: the head must be in ``header_timeout`` after the connection opened or the next
-request began (else the connection is closed), and the body ``body_timeout`` after the head (else
-a 408 in OpenAI's shape, and the connection is closed). Malformed framing keeps uvicorn's own
-plain-text 400.
+two deadlines: the head must be in ``header_timeout`` after the connection opened or the next
+request began (else the connection is closed), and a body must not stop: ``body_timeout`` seconds
+without body bytes get a 408 in OpenAI's shape, and the connection is closed. The body's is an idle
+timeout, not a total, because a large body over a slow link takes as long as it takes (16 MiB at
+4 Mbit/s is over 30 s). Malformed framing keeps uvicorn's own plain-text 400.
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ class Config(uvicorn.Config):
 
 
 class Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for the request head and one for its body.
+    """uvicorn's httptools protocol with a deadline for the request head, and an idle timeout for
+    its body.
 
     A request that arrives whole in one read (nearly all) arms no timer: the state is looked at
-    after each read, and a timer is set only while a head or body is incomplete."""
+    after each read, and a timer is set only while a head or body is incomplete. Body data that
+    comes while the timer runs only notes the time; the timer, when it fires, sets itself again
+    for the rest of ``body_timeout`` from then (one timer at a time, however many reads)."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -59,6 +63,7 @@ class Protocol(HttpToolsProtocol):
         self._body_timeout: float = getattr(config, "body_timeout", 30.0)
         self._waiting_for = _NOTHING
         self._deadline: asyncio.TimerHandle | None = None
+        self._body_data_at = 0.0  # loop time of the latest body bytes, while waiting for more
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -82,6 +87,8 @@ class Protocol(HttpToolsProtocol):
             waiting_for = _NOTHING
         if waiting_for != self._waiting_for:
             self._wait_for(waiting_for)
+        elif waiting_for == _BODY:
+            self._body_data_at = self.loop.time()
 
     def _wait_for(self, what: int) -> None:
         if self._deadline is not None:
@@ -105,6 +112,7 @@ class Protocol(HttpToolsProtocol):
                 )
         else:
             timeout = self._header_timeout if what == _HEAD else self._body_timeout
+            self._body_data_at = self.loop.time()
             self._deadline = self.loop.call_later(timeout, self._expired)
 
     def _expired(self) -> None:
@@ -118,6 +126,11 @@ class Protocol(HttpToolsProtocol):
             self._deadline = self.loop.call_later(self._header_timeout, self._expired)
             return
         if self._waiting_for == _BODY and cycle is not None and not cycle.response_complete:
+            idle_until = self._body_data_at + self._body_timeout
+            if idle_until > self.loop.time():
+                # Bytes came since the timer was set: the client is slow, not gone.
+                self._deadline = self.loop.call_at(idle_until, self._expired)
+                return
             if self.flow.read_paused:
                 # The application has not taken what came: the wait is the gateway's, not the client's.
                 self._deadline = self.loop.call_later(self._body_timeout, self._expired)

@@ -77,3 +77,32 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     assert [getattr(old, c) for c in ("user_id", "deployment", "latency_ms", "day")] == [
         getattr(new, c) for c in ("user_id", "deployment", "latency_ms", "day")
     ]
+
+
+async def test_a_row_whose_request_was_cancelled_during_a_failed_append_is_kept(tmp_path: Path) -> None:
+    """The client leaves while its row is on the way to a Redis that never answers: the row is still written."""
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    store = KeyStore.from_url(database)
+    await store.create_schema()
+    # A "Redis" that accepts connections and never answers: every append runs into its deadline.
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    ledger = StreamLedger(
+        SqlWriter(store.database),
+        RedisConnection(f"redis://127.0.0.1:{port}/0", timeout=0.3, connect_timeout=0.3),
+        RedisConnection(REDIS_URL, timeout=5),
+        flush_seconds=0.1,
+    )
+    request_id = f"left-{uuid.uuid4().hex}"
+    try:
+        committing = asyncio.ensure_future(ledger.commit(usage_row(request_id)))
+        await asyncio.sleep(0.05)
+        committing.cancel()  # what the proxy's disconnect watch does when the client hangs up
+        await asyncio.sleep(0.5)  # the append times out meanwhile
+        await ledger.flush()
+        rows = await asyncio.to_thread(ledger_rows, database)
+    finally:
+        await ledger.aclose()
+        silent.close()
+        await store.close()
+    assert request_id in {row.request_id for row in rows}

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 
+import hiredis
 import pytest
 from redis.asyncio import Redis
 
 from quotagate.limits import RedisConnection, RedisReplyError
+from quotagate.limits._connection import LuaScript
 
 from ..conftest import REDIS_URL, closed_port
 from .conftest import start_redis, wait_for_redis
@@ -139,4 +143,109 @@ async def test_a_redis_that_returns_is_used_by_every_waiting_caller(
     procs.append(start_redis(port))
     await wait_for_redis(port)
     assert await asyncio.gather(*(connection.execute("PING") for _ in range(20))) == [b"PONG"] * 20
+    await connection.aclose()
+
+
+async def test_a_frozen_redis_costs_a_reconnecting_caller_its_timeout(
+    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+) -> None:
+    """Connection dropped, then Redis frozen (SIGSTOP): the kernel still accepts the connect, AUTH
+    is never answered, and each caller fails with TimeoutError within its timeout (the limiter
+    trusts that), not after connect_timeout or one per handshake step; once Redis thaws, calls go on."""
+    port, procs = own_redis
+    procs[0].kill()
+    procs[0].wait()
+    procs[0] = start_redis(port, "--requirepass", "s3cret")
+    await wait_for_redis(port, password="s3cret")
+    connection = RedisConnection(f"redis://:s3cret@127.0.0.1:{port}/2", timeout=0.25, connect_timeout=2.0)
+    admin = Redis(port=port, password="s3cret")
+    try:
+        await admin.client_kill_filter(_id=await connection.execute("CLIENT", "ID"))
+        await asyncio.sleep(0.2)  # the connection sees its end (no command waits: silently)
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # the attempt (connect_timeout 2 s) outlives its first callers; nor do the next wait
+            began = loop.time()
+            results = await asyncio.gather(*(connection.execute("PING") for _ in range(5)), return_exceptions=True)
+            assert all(isinstance(result, TimeoutError) for result in results), results
+            assert loop.time() - began < 0.5
+    finally:
+        os.kill(procs[0].pid, signal.SIGCONT)
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                assert await connection.execute("PING") == b"PONG"
+                break
+            except (ConnectionError, TimeoutError):
+                await asyncio.sleep(0.1)
+    await admin.aclose()
+    await connection.aclose()
+
+
+async def _slow_redis(delay: float) -> tuple[asyncio.Server, int]:
+    """A server speaking enough RESP for AUTH, SELECT and PING, answering each command ``delay``
+    after it came: a Redis under load (a real one cannot be made slow per command)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                await asyncio.sleep(delay)
+                writer.write(b"+PONG\r\n" if command[0].upper() == b"PING" else b"+OK\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_slow_handshake_is_bounded_by_the_timeout_in_total() -> None:
+    """Each answer in 0.2 s, under the 0.25 s timeout: AUTH, SELECT and the command must not each
+    have that much (0.6 s); the caller gets TimeoutError within its timeout."""
+    server, port = await _slow_redis(0.2)
+    connection = RedisConnection(f"redis://:pw@127.0.0.1:{port}/2", timeout=0.25, connect_timeout=0.25)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        await connection.execute("PING")
+    assert loop.time() - began < 0.5
+    await connection.aclose()
+    server.close()
+
+
+async def test_connect_and_handshake_share_one_connect_timeout() -> None:
+    """AUTH and SELECT, 0.2 s each, under a 0.3 s connect_timeout: the attempt fails at 0.3 s rather
+    than each step having 0.3 s of its own."""
+    server, port = await _slow_redis(0.2)
+    connection = RedisConnection(f"redis://:pw@127.0.0.1:{port}/2", timeout=5.0, connect_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        await connection.execute("PING")
+    assert loop.time() - began < 0.5
+    await connection.aclose()
+    server.close()
+
+
+async def test_a_script_redis_lost_in_a_restart_runs_on_the_new_connection(
+    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+) -> None:
+    """Restarted, Redis knows no scripts: the call after it reconnects, loads and runs the script
+    (NOSCRIPT means it did not run, so it counts once)."""
+    port, procs = own_redis
+    await wait_for_redis(port)
+    connection = RedisConnection(f"redis://127.0.0.1:{port}", connect_timeout=1.0)
+    script = LuaScript("return redis.call('INCR', KEYS[1])")
+    assert await connection.evalsha(script, ["qg:test:count"], []) == 1
+    procs[0].kill()
+    procs[0].wait()
+    procs.append(start_redis(port))
+    await wait_for_redis(port)
+    for _ in range(3):
+        try:
+            reply = await connection.evalsha(script, ["qg:test:count"], [])
+            break
+        except ConnectionError:  # the old connection's loss, seen by this call
+            continue
+    assert reply == 1
     await connection.aclose()

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from quotagate.config import parse_config
+from quotagate.upstream import HttpTransport
 
 from ..conftest import RunningGateway, ServerThread, closed_port
 from .test_errors import assert_openai_error
@@ -436,3 +437,138 @@ def test_a_deployment_that_answers_no_one_still_opens_its_breaker(
     assert [post(gw, key).status_code for _ in range(3)] == [502, 429, 429]
     state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
     assert state["breaker"] == "open" and state["failures"] == 3
+
+
+class FailingUpstream:
+    """A real HTTP/1.1 upstream on 127.0.0.1 that answers every request with ``status`` and an
+    OpenAI-shaped error (a provider that is down), counting the requests it was sent."""
+
+    def __init__(self, status: int) -> None:
+        self.requests = 0
+        upstream = self
+        answer = orjson.dumps({"error": {"message": "The service is unavailable.", "type": "server_error"}})
+        head = b"HTTP/1.1 %d Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    request_head = b""
+                    while not request_head.endswith(b"\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            return
+                        request_head += line
+                    found = re.search(rb"(?i)content-length: *(\d+)", request_head)
+                    self.rfile.read(int(found.group(1)) if found else 0)
+                    upstream.requests += 1
+                    self.wfile.write(head % (status, len(answer)) + answer)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _until_refused(gw: RunningGateway, key: str) -> list[int]:
+    """The statuses of requests sent one after another until the gateway's own 429 (at most 6)."""
+    statuses: list[int] = []
+    while len(statuses) < 6 and 429 not in statuses:
+        statuses.append(post(gw, key).status_code)
+    return statuses
+
+
+def _assert_left_alone(gw: RunningGateway, key: str, asked: Callable[[], int]) -> None:
+    """Every breaker is open, and the gateway answers at once without asking any deployment."""
+    for state in deployments(gw).values():
+        assert state["breaker"] == "open", state
+    before = asked()
+    started = time.monotonic()
+    assert [post(gw, key).status_code for _ in range(5)] == [429] * 5
+    assert time.monotonic() - started < 2.5
+    assert asked() == before
+
+
+def test_two_deployments_of_a_provider_that_is_down_open_their_breakers(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str
+) -> None:
+    """Two deployments that answer 503 to every request (their provider is down) count it at
+    once, though they fail alike: both breakers open, and requests stop trying them."""
+    down = [FailingUpstream(503) for _ in range(2)]
+    try:
+        gw, key = start(
+            start_gateway,
+            sqlite_url,
+            [{"name": "gpt-4o-mini", "deployments": [dep(upstream.url) for upstream in down]}],
+            router={"breaker": {"failures": 3, "cooldown_seconds": 60}, "backoff_base": 0.01},
+        )
+        statuses = _until_refused(gw, key)
+        assert statuses[0] == 502 and statuses[-1] == 429 and len(statuses) <= 4, statuses
+        assert sum(upstream.requests for upstream in down) <= 3 * (len(statuses) - 1)
+        _assert_left_alone(gw, key, lambda: sum(upstream.requests for upstream in down))
+    finally:
+        for upstream in down:
+            upstream.close()
+
+
+def test_two_deployments_that_answer_no_one_open_their_breakers(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """A 500 on two deployments is not the request's when neither answers anyone: both breakers
+    open, and requests stop trying them."""
+    broken = [start_mock(rate_500=1.0) for _ in range(2)]
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(mock) for mock in broken]}],
+        router={"breaker": {"failures": 3, "cooldown_seconds": 60}, "backoff_base": 0.01},
+    )
+    statuses = _until_refused(gw, key)
+    assert statuses[0] == 502 and statuses[-1] == 429 and len(statuses) <= 4, statuses
+    _assert_left_alone(gw, key, lambda: sum(mock.app.state.requests_served for mock in broken))
+
+
+def test_failures_of_a_request_whose_client_leaves_during_the_backoff_still_count(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """A 500 held for its verdict is judged when the client leaves while the gateway waits to
+    retry: the lone deployment, answering no one, opens its breaker."""
+    broken = start_mock(rate_500=1.0)
+    gw, key = start(
+        start_gateway,
+        sqlite_url,
+        [{"name": "gpt-4o-mini", "deployments": [dep(broken)]}],
+        router={"breaker": {"failures": 1, "cooldown_seconds": 60}, "backoff_base": 30, "backoff_cap": 30},
+    )
+    with pytest.raises(httpx.ReadTimeout):
+        post(gw, key, timeout=0.5)  # leaves during the backoff (up to 30 s)
+    time.sleep(0.3)
+    state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
+    # (A backoff under 0.5 s, one time in 60, lets a second attempt fail before the client leaves.)
+    assert state["breaker"] == "open" and state["failures"] >= 1 and state["in_flight"] == 0
+
+
+def test_an_answer_too_large_to_hold_does_not_open_the_breaker(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """An answer over the gateway's limit fails its request (502) but is the request's doing (it
+    asked for that much): the deployment's breaker stays closed and it serves the next request."""
+    mock = start_mock(completion_tokens=200_000)  # about 1 MB, when max_tokens allows
+    config = parse_config(
+        {
+            "database": sqlite_url,
+            "master_key": "env:TEST_MASTER_KEY",
+            "tiers": {"free": {}},
+            "models": [{"name": "gpt-4o-mini", "deployments": [dep(mock)]}],
+            "router": {"breaker": {"failures": 1, "cooldown_seconds": 60}},
+        }
+    )
+    gw = start_gateway(config, transport=HttpTransport(max_response_bytes=300 * 1024))
+    key = str(gw.create_key()["key"])
+    assert post(gw, key, {**CHAT, "max_tokens": 200_000}).status_code == 502
+    state = deployments(gw)["gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)"]
+    assert (state["breaker"], state["failures"], state["in_flight"]) == ("closed", 0, 0)
+    assert post(gw, key).status_code == 200

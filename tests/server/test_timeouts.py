@@ -1,6 +1,7 @@
 """The server's deadlines for what a client sends, over raw sockets: a head that never completes
-closes the connection, a body shorter than its Content-Length gets a 408 and the connection is
-freed, and honest slow clients within the deadlines are served (issue 18, defect 5)."""
+closes the connection, a body that stops short of its Content-Length gets a 408 and the connection
+is freed, and honest slow clients are served: within the head's deadline, and with a body that
+keeps coming however long it takes in all (issue 18, defect 5)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ def _head(key: str, length: int) -> bytes:
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (key.encode(), length)
     )
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length: its head and body."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def _read_until_closed(sock: socket.socket) -> bytes:
@@ -120,13 +137,42 @@ def test_slow_but_timely_clients_are_served_on_a_kept_connection(gateway: Runnin
             for piece in (request[:cut_head], request[cut_head:cut_body], request[cut_body:]):
                 sock.sendall(piece)
                 time.sleep(min(HEADER_TIMEOUT, BODY_TIMEOUT) / 3)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200 "), head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            body = head.partition(b"\r\n\r\n")[2]
-            while len(body) < length:
-                body += sock.recv(65536)
+            answer = _read_response(sock)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
             # Idle between requests is the keep-alive's to bound, not the header timeout's.
             time.sleep(HEADER_TIMEOUT * 1.5)
+
+
+# A body larger than one read, for sending in pieces.
+LONG_CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi " * 200}]})
+
+
+def test_a_body_that_keeps_coming_is_read_however_long_it_takes(gateway: RunningGateway) -> None:
+    """Ten pieces 0.3 s apart: about 4 body timeouts in all, never one without bytes: a 200."""
+    key = gateway.create_key()["key"]
+    pieces = [LONG_CHAT[i * len(LONG_CHAT) // 10 : (i + 1) * len(LONG_CHAT) // 10] for i in range(10)]
+    with _connect(gateway) as sock:
+        began = time.monotonic()
+        sock.sendall(_head(key, len(LONG_CHAT)))
+        for piece in pieces:
+            time.sleep(0.3)
+            sock.sendall(piece)
+        answer = _read_response(sock)
+        assert time.monotonic() - began > BODY_TIMEOUT * 3
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_body_that_pauses_longer_than_the_body_timeout_gets_408(gateway: RunningGateway) -> None:
+    """Pieces 0.3 s apart for longer than the body timeout, then silence: a 408 one body timeout
+    after the last piece, then EOF."""
+    key = gateway.create_key()["key"]
+    with _connect(gateway) as sock:
+        sock.sendall(_head(key, len(LONG_CHAT)))
+        for piece in (LONG_CHAT[:100], LONG_CHAT[100:200], LONG_CHAT[200:300], LONG_CHAT[300:400]):
+            time.sleep(0.3)
+            sock.sendall(piece)
+        last_piece = time.monotonic()
+        answer = _read_until_closed(sock)
+        waited = time.monotonic() - last_piece
+    assert BODY_TIMEOUT * 0.9 <= waited < BODY_TIMEOUT + 5
+    assert answer.startswith(b"HTTP/1.1 408 "), answer

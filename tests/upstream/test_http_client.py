@@ -447,6 +447,24 @@ async def test_a_body_over_the_response_cap_is_a_clear_upstream_error() -> None:
     await upstream.close()
 
 
+async def test_a_gzip_body_that_inflates_past_the_cap_is_refused() -> None:
+    """A 4 KiB gzip that inflates to 4 MiB counts as 4 MiB against max_response_bytes."""
+    transport = HttpTransport(max_response_bytes=1024 * 1024)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(ok(gzip.compress(b" " * (4 * 1024 * 1024)), extra=b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+        await reader.read()
+
+    upstream = await Scripted(handler).start()
+    response = await transport.send(request_to(upstream.port))
+    with pytest.raises(UpstreamError, match="larger than the gateway's limit of 1048576 bytes"):
+        await response.read()
+    await transport.aclose()
+    await upstream.close()
+
+
 @pytest.mark.parametrize(
     ("url", "headers", "message"),
     [

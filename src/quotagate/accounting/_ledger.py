@@ -36,6 +36,7 @@ import os
 import socket
 import sqlite3
 import struct
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -456,8 +457,16 @@ def journal_path(database: Database) -> Path | None:
     if database.dialect == "sqlite":
         return None
     url = database.engine.url.render_as_string(hide_password=True)
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "quotagate" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.ledger-journal"
+    name = f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.ledger-journal"
+    state = os.environ.get("XDG_STATE_HOME")
+    if not state:
+        try:
+            state = str(Path.home() / ".local" / "state")
+        except RuntimeError:
+            # No HOME and no passwd entry (a container's arbitrary user): the temporary
+            # directory still outlives a killed process, which is all the journal is for.
+            return Path(tempfile.gettempdir()) / f"quotagate-{os.getuid()}" / name
+    return Path(state) / "quotagate" / name
 
 
 def journal_record(rows: list[UsageRow]) -> bytes:
@@ -819,9 +828,13 @@ class StreamLedger(Ledger):
                 self.RETRY_SECONDS,
             )
             self._redis_down_until = loop.time() + self.RETRY_SECONDS
-            for _, future in batch:
+            for row, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc)  # commit() keeps the row
+                elif future.cancelled():
+                    # Its request was cancelled (the client left) while the row was on its way:
+                    # nobody waits for it any more, but it is kept all the same.
+                    self._keep(row)
             return
         self._unconfirmed.append((loop.time(), [row for row, _ in batch]))
         self._unconfirmed_rows += len(batch)

@@ -80,7 +80,7 @@ class ServerSettings(_Strict):
         default=10.0, gt=0, le=3600, description="seconds for a request's head to arrive; then the connection closes"
     )
     body_timeout: float = Field(
-        default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive after its head; then 408"
+        default=30.0, gt=0, le=3600, description="seconds a request's body may go without a byte arriving; then 408"
     )
 
 

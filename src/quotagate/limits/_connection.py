@@ -15,9 +15,17 @@ Failure handling: a lost connection fails every waiting command with ``Connectio
 next command connects again. Every command has a deadline, ``timeout``: one timer per connection,
 armed for the oldest unanswered command, fails everything waiting with ``TimeoutError`` and
 drops the connection when that command has waited too long (replies come in order, so nothing
-behind it can be answered first). A Redis that stopped answering therefore costs each caller at
-most ``timeout``, and callers need no timer of their own. A caller that gives up earlier leaves
-its reply to be discarded when it comes.
+behind it can be answered first). A caller that gives up earlier leaves its reply to be
+discarded when it comes.
+
+A call that has to connect first, or to load a script Redis has lost (NOSCRIPT, as after a
+restart), is bounded in total too: connecting, the handshake (AUTH, SELECT), loading and the
+command all within ``timeout`` of the call. The connection attempt itself, shared by every caller
+that arrives meanwhile, has one deadline of its own, ``connect_timeout``, for the TCP (and TLS)
+connect and the handshake together; a caller that stops waiting for it at its ``timeout`` leaves
+it running for those that come next. So a Redis that stopped answering costs each caller at most
+``timeout``, whatever the call had to do, and callers need no timer of their own (the limiter
+relies on this: ``RedisStore.call_timeout``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import hiredis
 
 class RedisReplyError(Exception):
     """Redis answered a command with an error (a script error, LOADING, BUSY, ...)."""
+
+    sent = 0.0  # the loop time its command was written
 
 
 class LuaScript:
@@ -118,8 +128,10 @@ class _Protocol(asyncio.Protocol):
                 # A reply nobody asked for: the stream is out of step; start afresh.
                 self._fail(ConnectionError("Redis sent a reply to no command"))
                 return
-            future, _ = waiting.popleft()
+            future, sent = waiting.popleft()
             if not future.done():  # its caller may have given up
+                if type(reply) is RedisReplyError:
+                    reply.sent = sent  # a NOSCRIPT's reload has what is left of the call's deadline
                 future.set_result(reply)
 
     def flush(self) -> None:
@@ -195,27 +207,40 @@ class RedisConnection:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
-            if self._scheme == "unix":
-                _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self._path)
-            else:
-                context = ssl.create_default_context() if self._scheme == "rediss" else None
-                _, protocol = await loop.create_connection(lambda: _Protocol(self), self._host, self._port, ssl=context)
         handshake: list[tuple[Any, ...]] = []
         if self._password is not None:
             handshake.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
         if self._db:
             handshake.append(("SELECT", self._db))
-        for command in handshake:
-            future = loop.create_future()
-            assert protocol.transport is not None
-            protocol.transport.write(_pack(command))
-            protocol.waiting.append((future, loop.time()))
+        protocol: _Protocol | None = None
+        try:
+            # One deadline for the whole attempt: a Redis that accepts connections (the kernel does
+            # that for it) but answers nothing must not cost a connect_timeout per step.
             async with asyncio.timeout(self._connect_timeout):
-                reply = await future
-            if isinstance(reply, RedisReplyError):
-                protocol.transport.close()
-                raise reply
+                if self._scheme == "unix":
+                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self._path)
+                else:
+                    context = ssl.create_default_context() if self._scheme == "rediss" else None
+                    _, protocol = await loop.create_connection(
+                        lambda: _Protocol(self), self._host, self._port, ssl=context
+                    )
+                if handshake:
+                    # In one write, like any commands of one turn: one round trip.
+                    futures: list[asyncio.Future[Any]] = []
+                    for command in handshake:
+                        future = loop.create_future()
+                        protocol.waiting.append((future, loop.time()))
+                        protocol.outbox.append(_pack(command))
+                        futures.append(future)
+                    protocol.flush()
+                    for future in futures:
+                        reply = await future
+                        if isinstance(reply, RedisReplyError):
+                            raise reply
+        except BaseException:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()
+            raise
         return protocol
 
     async def _connected(self) -> _Protocol:
@@ -248,7 +273,8 @@ class RedisConnection:
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; an error reply raises ``RedisReplyError``."""
         command = _pack(args)
-        reply = await (self._submit(command) or await self._submit_connected(command))
+        future = self._submit(command)
+        reply = await future if future is not None else await self._call_slowly(command)
         if type(reply) is RedisReplyError:
             raise reply
         return reply
@@ -264,32 +290,66 @@ class RedisConnection:
 
     async def run_script(self, script: LuaScript, command: bytes) -> Any:
         """``command``, an EVALSHA of ``script`` encoded by the caller, as ``evalsha`` runs it."""
-        reply = await (self._submit(command) or await self._submit_connected(command))
+        future = self._submit(command)
+        if future is None:
+            reply = await self._call_slowly(command, script)
+        else:
+            reply = await future
+            if type(reply) is RedisReplyError and str(reply).startswith("NOSCRIPT"):
+                reply = await self._call_slowly(command, script, reply)
         if type(reply) is RedisReplyError:
-            if not str(reply).startswith("NOSCRIPT"):
-                raise reply
-            await self.execute("SCRIPT", "LOAD", script.source)
-            reply = await (self._submit(command) or await self._submit_connected(command))
-            if type(reply) is RedisReplyError:
-                raise reply
+            raise reply
         return reply
 
-    async def _submit_connected(self, command: bytes) -> asyncio.Future[Any]:
-        await self._connected()
-        future = self._submit(command)
+    async def _call_slowly(
+        self, command: bytes, script: LuaScript | None = None, noscript: RedisReplyError | None = None
+    ) -> Any:
+        """The rare ways of a call, within ``timeout`` of its start: connecting first (when there
+        is no connection, ``noscript`` None), then loading ``script`` if Redis does not know it."""
+        loop = asyncio.get_running_loop()
+        began = noscript.sent if noscript is not None else loop.time()
+        deadline = asyncio.timeout_at(began + self.timeout)
+        try:
+            async with deadline:
+                reply: Any = noscript
+                if reply is None:
+                    await self._connected()
+                    reply = await self._send(command, began)
+                if script is not None and type(reply) is RedisReplyError and str(reply).startswith("NOSCRIPT"):
+                    # Written together, answered in one round trip; the load's error, if any, is
+                    # the one to report (the script then cannot have run).
+                    loading = self._send(_pack(("SCRIPT", "LOAD", script.source)), began)
+                    loaded, reply = await asyncio.gather(loading, self._send(command, began))
+                    if type(loaded) is RedisReplyError:
+                        return loaded
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise TimeoutError(f"Redis did not answer within {self.timeout:g}s") from exc
+            raise
+        return reply
+
+    def _send(self, command: bytes, began: float) -> asyncio.Future[Any]:
+        future = self._submit(command, began)
         if future is None:
             raise ConnectionError("connection to Redis lost")
         return future
 
-    def _submit(self, command: bytes) -> asyncio.Future[Any] | None:
+    def _submit(self, command: bytes, began: float | None = None) -> asyncio.Future[Any] | None:
         """Queue a command on the open connection and return the future of its reply; None when
-        there is no open connection (a plain function, not a coroutine: it runs per command)."""
+        there is no open connection (a plain function, not a coroutine: it runs per command).
+
+        ``began``: the start of a call that waited before it could write (to connect). Its command's
+        deadline counts from then, so that a Redis that stops answering is dropped as its caller
+        gives up, not just after (the next call would be written to it); but from no earlier
+        than the command before it, as the connection's one timer expects."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
+        if began is not None:
+            now = max(began, protocol.waiting[-1][1]) if protocol.waiting else began
         protocol.waiting.append((future, now))
         protocol.outbox.append(command)
         if not protocol.flush_scheduled:

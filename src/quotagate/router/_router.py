@@ -15,12 +15,16 @@ otherwise back off with full jitter, honouring Retry-After, within ``max_attempt
 tried. Errors that retrying cannot fix (400, 401, 403, 404, 422) are returned at once.
 
 Breakers are shared by every tenant, so they count only what says something about the
-deployment. A connection that cannot be made and a timeout are the deployment's. A 5xx, or a
-connection the deployment closes once it has the request, may be the request's (an input that
-crashes the provider): such a failure is held until the request's fate shows whose it was. It
-is the deployment's when the request is then served (here or elsewhere: it was servable), or
-when the deployment has answered no one lately; it is the request's when the request then gets
-a 4xx, fails the same way on two deployments, or failed where others are being answered.
+deployment. A connection that cannot be made, a timeout, and a 5xx other than 500 (502, 503,
+504, 529: a provider down or overloaded, whatever it was asked) are the deployment's at once. A
+500, or a connection the deployment closes once it has the request, may be the request's (an
+input that crashes the provider): such a failure is held until the request's fate shows whose
+it was. It is the deployment's when the request is then served (here or elsewhere: it was
+servable), or when neither it nor another deployment that failed the request the same way has
+answered anyone lately (an outage, however many deployments it takes down). It is the
+request's when the request then gets a 4xx, or failed the same way on a deployment that is
+answering others. A request that ends otherwise (its client left, the gateway stops) leaves its
+failures judged as not served.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class _Suspect:
 
     target: DeploymentTarget
     started: float  # when the attempt began (time.monotonic())
-    kind: str  # how it failed ("dropped", "status 500"): alike on two deployments, it is the request
+    kind: str  # how it failed ("dropped", "status 500"): alike where others are served, the request's
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -377,47 +381,53 @@ class Router:
         last_error: GatewayError | None = None
         capacity_wait: float | None = None
         chain = self.chain(model, request.estimate)
+        # Failures that may be the request's (see the module's docstring), judged once its fate is
+        # known however it ends: a client that leaves during a backoff must not take them along.
         suspects: list[_Suspect] = []
-        for position, model_name in enumerate(chain):
-            last_model = position == len(chain) - 1
-            # The requested model is what the tenant was charged for already.
-            if (position or model_name != model) and not await request.switch_model(model_name):
-                continue
-            failed: set[str] = set()
-            while attempts < settings.max_attempts and time.monotonic() < deadline:
-                target, decision, costs, soonest = await self._reserve(model_name, request, failed, wait_until)
-                if target is None:
-                    if soonest is not None:
-                        capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
-                    break  # nothing left in this model within the wait: fall back
-                attempts += 1
-                tried.append(target.id)
-                outcome = await self._attempt(target, decision, costs, request)
-                if isinstance(outcome, Exchange):
-                    outcome.attempts, outcome.tried = attempts, tried
-                    if suspects:
-                        await self._judge(suspects, served=True)
-                    return outcome
-                error, retryable, wait, suspect = outcome
-                last_error = error
-                if suspect is not None:
-                    suspects.append(suspect)
-                if not retryable:
-                    # A deployment refused the request itself (4xx): what failed before was the
-                    # request's doing too.
-                    raise error
-                failed.add(target.id)
-                if not self._has_other(model_name, failed):
-                    if not last_model:
-                        break  # a fallback model is better than the same deployment again
-                    pause = wait if wait is not None else self._backoff(attempts)
-                    if time.monotonic() + pause >= deadline:
-                        break
-                    await self._sleep(pause)
-                    failed.discard(target.id)  # the only one left: try it again after the pause
-            if attempts >= settings.max_attempts or time.monotonic() >= deadline:
-                break
-        await self._judge(suspects, served=False)
+        served = False
+        try:
+            for position, model_name in enumerate(chain):
+                last_model = position == len(chain) - 1
+                # The requested model is what the tenant was charged for already.
+                if (position or model_name != model) and not await request.switch_model(model_name):
+                    continue
+                failed: set[str] = set()
+                while attempts < settings.max_attempts and time.monotonic() < deadline:
+                    target, decision, costs, soonest = await self._reserve(model_name, request, failed, wait_until)
+                    if target is None:
+                        if soonest is not None:
+                            capacity_wait = soonest if capacity_wait is None else min(capacity_wait, soonest)
+                        break  # nothing left in this model within the wait: fall back
+                    attempts += 1
+                    tried.append(target.id)
+                    outcome = await self._attempt(target, decision, costs, request)
+                    if isinstance(outcome, Exchange):
+                        outcome.attempts, outcome.tried = attempts, tried
+                        served = True
+                        return outcome
+                    error, retryable, wait, suspect = outcome
+                    last_error = error
+                    if suspect is not None:
+                        suspects.append(suspect)
+                    if not retryable:
+                        # A deployment refused the request itself (4xx): what failed before was the
+                        # request's doing too.
+                        suspects.clear()
+                        raise error
+                    failed.add(target.id)
+                    if not self._has_other(model_name, failed):
+                        if not last_model:
+                            break  # a fallback model is better than the same deployment again
+                        pause = wait if wait is not None else self._backoff(attempts)
+                        if time.monotonic() + pause >= deadline:
+                            break
+                        await self._sleep(pause)
+                        failed.discard(target.id)  # the only one left: try it again after the pause
+                if attempts >= settings.max_attempts or time.monotonic() >= deadline:
+                    break
+        finally:
+            if suspects:
+                await self._judge(suspects, served)
         if last_error is not None:
             raise last_error
         retry = capacity_wait if capacity_wait is not None else self.settings.default_cooldown_seconds
@@ -444,18 +454,19 @@ class Router:
 
     async def _judge(self, suspects: list[_Suspect], served: bool) -> None:
         """Count against their deployments the failures of a request that may have been its own
-        (see the module's docstring), now that the request was ``served`` or failed everywhere."""
-        if not suspects:
-            return
-        where: dict[str, set[str]] = {}
+        (see the module's docstring), now that the request was ``served`` or not."""
+        if not served:
+            # A failure where the deployment is answering others is the request's, and so is the
+            # same failure on another deployment (one not serving anyone yet, say): the request
+            # fails even where others are served. Deployments that all answer no one are down,
+            # however many fail alike.
+            answering = [s for s in suspects if self.stats[s.target.id].answered_at >= s.started - _ANSWERING_SECONDS]
+            suspects = [
+                s
+                for s in suspects
+                if not any(a is s or (a.kind == s.kind and a.target.id != s.target.id) for a in answering)
+            ]
         for suspect in suspects:
-            where.setdefault(suspect.kind, set()).add(suspect.target.id)
-        for suspect in suspects:
-            if not served:
-                if len(where[suspect.kind]) > 1:
-                    continue  # the same failure on two deployments: the request's
-                if self.stats[suspect.target.id].answered_at >= suspect.started - _ANSWERING_SECONDS:
-                    continue  # it answers others: the request's
             await self._blame(suspect.target)
 
     async def _blame(self, target: DeploymentTarget) -> None:
@@ -503,9 +514,15 @@ class Router:
                     stats.answered_at = time.monotonic()
                     self._record(stats, failed=False)
                     return error, False, None, None
-                # A 5xx: for a good request the deployment's, but some inputs crash providers.
+                if response.status != 500:
+                    # 502, 503, 504, 529, ...: the provider is down or overloaded, whatever it was
+                    # asked.
+                    await self.states.failure(target.id)
+                    self._record(stats, failed=True)
+                    return error, True, None, None
+                # A 500: for a good request the deployment's, but some inputs crash providers.
                 stats.in_flight -= 1
-                return error, True, None, _Suspect(target, started, f"status {response.status}")
+                return error, True, None, _Suspect(target, started, "status 500")
             first = b""
             if request.stream:
                 # Read the first chunk before the client gets anything: a deployment that breaks

@@ -42,6 +42,7 @@ from ..tokens import (
 )
 from ..tokens._estimate import Kind
 from ..upstream import DeploymentTarget, ModelRoutes
+from ..upstream._http import ResponseTooLarge
 from ._asgi import (
     JSON_CONTENT_TYPE,
     Receive,
@@ -577,6 +578,11 @@ class Proxy:
                 except asyncio.CancelledError:
                     # The client left: that says nothing about the deployment's health.
                     outcome = None
+                    raise
+                except GatewayError as exc:
+                    if isinstance(exc.__cause__, ResponseTooLarge):
+                        # The request asked for more than the gateway holds: not the deployment's doing.
+                        outcome = None
                     raise
                 finally:
                     record.collect_stream_usage()

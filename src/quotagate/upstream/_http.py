@@ -139,6 +139,7 @@ class Response:
         connection = self._connection
         if connection is None:
             return b""
+        limit = connection._pool.max_response_bytes
         try:
             connection.read_whole()
             while not connection.complete:
@@ -148,7 +149,16 @@ class Response:
             self.close()
             raise
         self.close()
-        return self._decoded(body, final=True)
+        if self._decoder is not None:
+            # The limit holds for what the body inflates to as well: a small gzip can hold gigabytes.
+            try:
+                whole = self._decoder.decompress(body, limit + 1)
+            except zlib.error as exc:
+                raise Disconnected(f"undecodable {self.headers.get('content-encoding')} body") from exc
+            if len(whole) > limit:
+                raise ResponseTooLarge(limit)
+            return whole
+        return body
 
     async def next_chunk(self, read_timeout: float) -> bytes:
         """What arrived since the last call, waiting up to ``read_timeout`` for something; b"" at the
