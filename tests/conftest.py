@@ -10,9 +10,11 @@ import asyncio
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,18 @@ def wait_until_ready(port: int, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("gateway did not start")
+
+
+def cli_key(config: Path, tier: str = "free", env: Mapping[str, str] | None = None) -> str:
+    """A key for user "u" made as an operator makes one, with `quotagate keys create -c CONFIG`."""
+    created = subprocess.run(
+        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", tier, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return created.stdout.strip().splitlines()[-1]
 
 
 def closed_port() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ..conftest import ServerThread, closed_port, wait_until_ready
+from ..conftest import ServerThread, cli_key, closed_port, wait_until_ready
 from ..limits.conftest import start_redis, wait_for_redis
 from .test_ledger import ledger_rows
 
@@ -97,26 +97,7 @@ def make_gateway(tmp_path: Path, mock_upstream: ServerThread) -> Iterator[type[G
             )
             env = {**os.environ, "TEST_UPSTREAM_KEY": UPSTREAM_KEY}
             super().__init__(config, closed_port(), env)
-            created = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "quotagate",
-                    "keys",
-                    "create",
-                    "--user",
-                    "u",
-                    "--tier",
-                    "free",
-                    "-c",
-                    str(config),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=env,
-            )
-            self.key = created.stdout.strip().splitlines()[-1]
+            self.key = cli_key(config, env=env)
             started.append(self)
 
     yield Made

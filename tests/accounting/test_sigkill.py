@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from ..conftest import REDIS_URL, ServerThread, closed_port, wait_until_ready
+from ..conftest import REDIS_URL, ServerThread, cli_key, closed_port, wait_until_ready
 from .test_ledger import ledger_rows
 
 
@@ -33,17 +33,7 @@ def test_sigkill_loses_no_completed_row(tmp_path: Path, mock_upstream: ServerThr
     )
     env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
     os.environ.setdefault("TEST_UPSTREAM_KEY", "sk-upstream-test-key-123456")
-    key = (
-        subprocess.run(
-            [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    key = cli_key(config, env=env)
     victim_port, survivor_port = closed_port(), closed_port()
     victim = subprocess.Popen(
         [sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(victim_port)], env=env

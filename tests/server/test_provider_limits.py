@@ -27,7 +27,7 @@ from openai import AsyncOpenAI
 
 from quotagate.config import parse_config
 
-from ..conftest import REDIS_URL, RunningGateway, ServerThread, closed_port, wait_until_ready
+from ..conftest import REDIS_URL, RunningGateway, ServerThread, cli_key, closed_port, wait_until_ready
 
 # A database of its own: other tests flush theirs while these run for half a minute.
 SCENARIO_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
@@ -168,14 +168,7 @@ class Nodes:
         config = tmp_path / "quotagate.yaml"
         config.write_text(f"database: sqlite:///{tmp_path / 'keys.db'}\nredis: {SCENARIO_REDIS}\n" + config_text)
         self.env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
-        created = subprocess.run(
-            [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=self.env,
-        )
-        self.key = created.stdout.strip().splitlines()[-1]
+        self.key = cli_key(config, env=self.env)
         self.ports = [closed_port() for _ in range(3)]
         self.processes = [
             subprocess.Popen(

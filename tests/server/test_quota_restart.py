@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import RunningGateway, ServerThread, closed_port, gateway_config, wait_until_ready
+from ..conftest import RunningGateway, ServerThread, cli_key, closed_port, gateway_config, wait_until_ready
 
 # With the mock upstream, a request costs its prompt (7 tokens) plus max_tokens (16).
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
@@ -132,14 +132,7 @@ def test_a_restarted_serve_process_keeps_its_quota(
         f"    deployments: [{{provider: openai-compatible, base_url: '{mock_upstream.url}/v1', api_key: env:TEST_UPSTREAM_KEY}}]\n"
     )
     env = {**os.environ, "TEST_UPSTREAM_KEY": UPSTREAM_KEY}
-    created = subprocess.run(
-        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    key = created.stdout.strip().splitlines()[-1]
+    key = cli_key(config, env=env)
     port = closed_port()
     first = serve(config, port, env)
     try:

@@ -19,7 +19,7 @@ from openai import OpenAI
 
 from quotagate.mock._app import WORDS
 
-from ..conftest import MASTER_KEY, REDIS_URL, ServerThread, closed_port, wait_until_ready
+from ..conftest import MASTER_KEY, REDIS_URL, ServerThread, cli_key, closed_port, wait_until_ready
 from .test_workers import worker
 
 ENV = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456", "TEST_MASTER_KEY": MASTER_KEY}
@@ -53,14 +53,7 @@ def write_config(
 
 
 def create_key(config: Path, tier: str = "free") -> str:
-    created = subprocess.run(
-        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", tier, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=ENV,
-    )
-    return created.stdout.strip().splitlines()[-1]
+    return cli_key(config, tier, ENV)
 
 
 class GatewayProcess:

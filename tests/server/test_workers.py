@@ -15,7 +15,7 @@ import aiohttp
 import redis
 
 from ..accounting.test_ledger import ledger_rows
-from ..conftest import REDIS_URL, ServerThread, closed_port, wait_until_ready
+from ..conftest import REDIS_URL, ServerThread, cli_key, closed_port, wait_until_ready
 
 
 def write_config(tmp_path: Path, upstream: str, redis_line: str) -> Path:
@@ -33,13 +33,7 @@ def write_config(tmp_path: Path, upstream: str, redis_line: str) -> Path:
 
 
 def create_key(config: Path) -> str:
-    created = subprocess.run(
-        [sys.executable, "-m", "quotagate", "keys", "create", "--user", "u", "--tier", "free", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return created.stdout.strip().splitlines()[-1]
+    return cli_key(config)
 
 
 def worker(request_id: str) -> str:
