@@ -124,17 +124,18 @@ def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str 
         + f"  - {{name: gpt-4o-mini, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock0}/v1'}}]}}\n"
         + f"  - {{name: slow-model, deployments: [{{provider: openai-compatible, base_url: 'http://127.0.0.1:{mock50}/v1', model: gpt-4o-mini}}]}}\n"
     )
-    key = (
-        subprocess.run(
-            [*QG, "keys", "create", "--user", "bench", "--tier", "bench", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
+    return config, create_key(config, "bench", "bench")
+
+
+def create_key(config: Path, user: str, tier: str) -> str:
+    """A key for ``user`` on ``tier``, made as an operator makes one (`quotagate keys create`)."""
+    created = subprocess.run(
+        [*QG, "keys", "create", "--user", user, "--tier", tier, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return config, key
+    return created.stdout.strip().splitlines()[-1]
 
 
 def quotagate_label(name: str) -> str:

@@ -393,12 +393,29 @@ def test_keys_limit_out_of_bounds_is_one_line_naming_it(any_config: Path, option
         (["keys", "create", "--user", "a", "--tier", "free", "--models", "m\x00"], "error: --models: "),
         (["keys", "list", "--user", "\x00"], "error: --user: "),
         (["keys", "update", "key_0", "--tier", "\x00"], "error: --tier: "),
+        (["keys", "create", "--user", "a", "--tier", "free", "--name", "x\u2028y"], "error: --name: "),
+        (["keys", "create", "--user", "alice\u202ecod.exe", "--tier", "free"], "error: --user: "),
+        (["keys", "create", "--user", "a", "--tier", "free", "--models", "gpt\u200b-4o"], "error: --models: "),
+        (["keys", "list", "--user", "\u2066a\u2069"], "error: --user: "),
     ],
-    ids=["user-nul", "user-escape", "name-newline", "tier-nul", "models-nul", "list-user-nul", "update-tier-nul"],
+    ids=[
+        "user-nul",
+        "user-escape",
+        "name-newline",
+        "tier-nul",
+        "models-nul",
+        "list-user-nul",
+        "update-tier-nul",
+        "name-line-separator",
+        "user-bidi-override",
+        "models-zero-width",
+        "list-user-bidi-isolate",
+    ],
 )
 def test_keys_refuse_control_characters_in_one_line(any_config: Path, options: list[str], expected: str) -> None:
-    """A NUL or other control character in --user, --tier, --name or --models is a one-line error
-    naming the option, on SQLite as on PostgreSQL (where NUL was a database traceback)."""
+    """A NUL or other control character, a line separator or a bidi or zero-width character in
+    --user, --tier, --name or --models is a one-line error naming the option, on SQLite as on
+    PostgreSQL (where NUL was a database traceback)."""
     result = runner.invoke(app, [*options, "-c", str(any_config)])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(expected) and "control characters" in result.output

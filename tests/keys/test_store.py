@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from quotagate.auth import Authenticator
-from quotagate.errors import AuthenticationError
+from quotagate.errors import AuthenticationError, ServiceUnavailableError
 from quotagate.keys import KeyRecord, KeyStore, hash_key
+from quotagate.keys._database import Database, DatabaseUnavailableError
 from quotagate.keys._store import api_keys
 
 
@@ -132,7 +134,8 @@ async def test_limit_overrides_are_merged(store: KeyStore) -> None:
 async def test_control_characters_never_reach_the_database(store: KeyStore) -> None:
     """The store itself refuses NUL and other control characters in user, tier, name and models
     (PostgreSQL cannot hold NUL; SQLite could, so the backends would disagree)."""
-    for fields in ({"user": "a\x00b"}, {"tier": "f\x00"}, {"name": "a\nb"}, {"models": ["m", "\x7f"]}):
+    refused = ({"user": "a\x00b"}, {"tier": "f\x00"}, {"name": "a\nb"}, {"models": ["m", "\x7f"]}, {"name": "a\u2028b"})
+    for fields in refused:
         with pytest.raises(ValueError, match="control characters"):
             await store.create(**{"user": "u", "tier": "free", **fields})  # type: ignore[arg-type]
     record, _ = await store.create(user="u", tier="free")
@@ -169,3 +172,55 @@ async def test_stored_limits_out_of_bounds_are_ignored_with_a_warning(store: Key
         lambda conn: conn.execute(sa.select(api_keys.c.limits).where(api_keys.c.id == record.id)).scalar_one()
     )
     assert raw == {"rpd": 9, "tpm": 5000}
+
+
+async def test_known_keys_outlive_a_database_outage_and_unknown_ones_get_503(
+    store: KeyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While lookups fail, a key this node looked up before keeps working past its cache's
+    lifetime; one it never saw gets a 503 with Retry-After (not a 401: the key may be fine); and a
+    failed lookup is not retried for a second, so an outage costs the database one query a second,
+    not one per request."""
+    clock = [0.0]
+    auth = Authenticator(store, ttl=5.0, monotonic=lambda: clock[0])
+    _, known = await store.create(user="dana", tier="free")
+    _, unseen = await store.create(user="eve", tier="free")
+    assert (await auth.authenticate(known)).user == "dana"
+
+    lookups = 0
+
+    async def down(key_hash: str) -> None:
+        nonlocal lookups
+        lookups += 1
+        raise DatabaseUnavailableError("PostgreSQL at db:5432: Connection refused")
+
+    store.find_by_hash = down  # type: ignore[method-assign,assignment]
+    clock[0] = 60.0  # long past the cached lookup's 5 s
+    assert (await auth.authenticate(known)).user == "dana"
+    with pytest.raises(ServiceUnavailableError) as refused:
+        await auth.authenticate(unseen)
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert lookups == 1  # the second came within the second after the first failed
+    for _ in range(50):
+        await auth.authenticate(known)
+    assert lookups == 1
+    clock[0] = 61.5
+    assert (await auth.authenticate(known)).user == "dana"
+    assert lookups == 2
+    # Why, in the log: once, not once per failed lookup.
+    said = [r.getMessage() for r in caplog.records if r.name == "quotagate.auth"]
+    assert said == ["key lookups are failing: DatabaseUnavailableError: PostgreSQL at db:5432: Connection refused"]
+
+
+async def test_a_database_call_past_its_deadline_is_a_503_naming_the_database(sqlite_url: str) -> None:
+    """Every call to the database has a deadline (10 s unless the caller sets one, 2 s for a key
+    lookup): past it the caller gets DatabaseUnavailableError, a 503, rather than waiting for a
+    database that does not answer (PostgreSQL on a dead connection waited 15 minutes)."""
+    database = Database(sqlite_url)
+    began = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match=r"^SQLite: no answer within 0.2s$") as raised:
+        await database.run(lambda conn: time.sleep(1.0), deadline=0.2)
+    assert time.monotonic() - began < 0.9
+    assert raised.value.status == 503
+    assert await database.run(lambda conn: conn.execute(sa.text("SELECT 7")).scalar()) == 7
+    await database.dispose()

@@ -248,13 +248,20 @@ def test_limits_at_the_bounds_serve(any_backend: tuple[RunningGateway, str]) -> 
         ("tier", {"user": "ok", "tier": "fr\u0000ee"}),
         ("name", {"user": "ok", "tier": "free", "name": "laptop\nforged log line"}),
         ("models", {"user": "ok", "tier": "free", "models": ["gpt-4o-mini", "m\u0000"]}),
+        # Line separators forge log lines too; bidi and zero-width characters spoof names.
+        ("name", {"user": "ok", "tier": "free", "name": "laptop\u2028forged log line"}),
+        ("tier", {"user": "ok", "tier": "fr\u2029ee"}),
+        ("user", {"user": "alice\u202ecod.exe", "tier": "free"}),
+        ("user", {"user": "\u2066admin\u2069", "tier": "free"}),
+        ("models", {"user": "ok", "tier": "free", "models": ["gpt-4o-mini", "gpt\u200b-4o"]}),
     ],
 )
 def test_control_characters_in_key_fields_get_400(
     any_backend: tuple[RunningGateway, str], field: str, payload: dict[str, Any]
 ) -> None:
-    """NUL (which PostgreSQL cannot store) and other control characters in user, tier, name or a
-    model name are a 400 naming the field on every backend, in POST and in PATCH."""
+    """NUL (which PostgreSQL cannot store), other control characters, line separators and bidi or
+    zero-width characters in user, tier, name or a model name are a 400 naming the field on every
+    backend, in POST and in PATCH."""
     gw, _ = any_backend
     param = "models.1" if field == "models" else field
     with gw.admin() as admin:
@@ -273,10 +280,19 @@ def test_control_characters_in_queries_and_ids_are_not_500(any_backend: tuple[Ru
     with gw.admin() as admin:
         assert_openai_error(admin.get("/admin/keys?user=a%00b"), 400, "invalid_value", "user")
         assert_openai_error(admin.get("/admin/keys?user=%0A"), 400, "invalid_value", "user")
+        assert_openai_error(admin.get("/admin/keys?user=a%E2%80%AEb"), 400, "invalid_value", "user")
         for path in ("/admin/keys/key_%00", "/admin/keys/key_%00/quota"):
             assert_openai_error(admin.get(path), 404, "key_not_found")
         assert_openai_error(admin.patch("/admin/keys/key_%00", json={"name": "x"}), 404, "key_not_found")
         assert admin.get("/admin/keys", params={"user": "ünïcode ok"}).status_code == 200
+        # ZWNJ and ZWJ spell words (Persian here, "mikhaham") and emoji: they are not refused.
+        assert (
+            admin.get(
+                "/admin/keys",
+                params={"user": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001f469\u200d\U0001f4bb"},
+            ).status_code
+            == 200
+        )
 
 
 def test_a_key_with_invalid_stored_limits_still_serves(any_backend: tuple[RunningGateway, str]) -> None:
@@ -319,3 +335,25 @@ def test_a_key_with_invalid_stored_limits_still_serves(any_backend: tuple[Runnin
             await database.dispose()
 
     assert asyncio.run(read()) == {"rpd": 7, "tpm": 5000}
+
+
+def test_the_usage_report_does_not_wait_long_for_unwritten_rows(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /admin/usage writes this node's unwritten rows first, but waits for that only briefly:
+    with the database frozen it answered after 21 s (its own query has the database's deadline)."""
+    import quotagate.server._app as app_module
+
+    never = asyncio.Event()
+
+    async def stuck_flush() -> None:
+        await never.wait()
+
+    ledger = gateway.gateway.ledger
+    assert ledger is not None
+    monkeypatch.setattr(ledger, "flush", stuck_flush)
+    monkeypatch.setattr(app_module, "_REPORT_FLUSH_WAIT", 0.3)
+    with gateway.admin() as admin:
+        response = admin.get("/admin/usage")
+    assert response.status_code == 200 and response.json()["object"] == "usage_report"
+    assert response.elapsed.total_seconds() < 3

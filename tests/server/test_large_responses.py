@@ -3,6 +3,7 @@ at once, through the gateway, from a real upstream on loopback (issue 18, defect
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,3 +59,60 @@ def test_embeddings_for_many_inputs_arrive_whole(
         )
         assert time.monotonic() - began < CHUNK_TIMEOUT / 2
         assert [item.index for item in answer.data] == list(range(count))
+
+
+class EndlessEvent:
+    """An upstream that answers a stream with one event that never ends: ``data: xxxx...`` with
+    no blank line, for as long as anyone reads it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.stopped = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        piece = b"data: " + b"x" * (256 * 1024)
+        # uvicorn drops writes to a closed connection without a word: the disconnect says when
+        # the reader (the gateway) hung up.
+        gone = asyncio.ensure_future(receive())
+        try:
+            while self.sent < 1024 * 1024 * 1024 and not gone.done():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                self.sent += len(piece)
+        finally:
+            gone.cancel()
+            self.stopped = True
+
+
+def test_a_stream_event_that_never_ends_is_cut_off_with_an_error(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str
+) -> None:
+    """The gateway holds at most 32 MiB of one event: past that the client gets an error event
+    instead of a gateway whose memory grows until a timeout (10 minutes by default)."""
+    upstream = EndlessEvent()
+    server = ServerThread(upstream).start()
+    try:
+        _, client = _gateway(start_gateway, server, sqlite_url)
+        began = time.monotonic()
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        try:
+            for _ in stream:
+                pass
+            raised = None
+        except Exception as exc:  # the SDK raises the error event as an APIError
+            raised = exc
+        assert raised is not None and "stream_event_too_large" in repr(getattr(raised, "body", raised)) + str(raised)
+        assert time.monotonic() - began < CHUNK_TIMEOUT
+        # It stopped reading there: not the whole gigabyte the upstream would have sent.
+        deadline = time.monotonic() + 5
+        while not upstream.stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert upstream.stopped and upstream.sent < 256 * 1024 * 1024
+    finally:
+        server.stop()

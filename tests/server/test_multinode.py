@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from ..conftest import REDIS_URL, ServerThread, closed_port, wait_until_ready
+from ..conftest import REDIS_URL, ServerThread, cli_key, closed_port, wait_until_ready
 
 
 def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: ServerThread) -> None:
@@ -28,26 +28,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
         f"    deployments: [{{provider: openai-compatible, base_url: '{mock_upstream.url}/v1', api_key: env:TEST_UPSTREAM_KEY}}]\n"
     )
     env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quotagate",
-            "keys",
-            "create",
-            "--user",
-            "u",
-            "--tier",
-            "free",
-            "-c",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    key = created.stdout.strip().splitlines()[-1]
+    key = cli_key(config, env=env)
     ports = [closed_port() for _ in range(3)]
     nodes = [
         subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
@@ -93,28 +74,7 @@ def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: 
         # one every 1/9 s, shared by the three nodes through Redis.
         f"    deployments: [{{provider: openai-compatible, base_url: '{provider.url}/v1', rpm: 540, burst: 1}}]\n"
     )
-    key = (
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "quotagate",
-                "keys",
-                "create",
-                "--user",
-                "u",
-                "--tier",
-                "free",
-                "-c",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    key = cli_key(config)
     ports = [closed_port() for _ in range(3)]
     nodes = [
         subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(p)])

@@ -1,9 +1,11 @@
 """The provider's key never leaves the gateway: an upstream that echoes it in every field of its
 errors and in every header leaves no trace of it in the client's responses, the ledger, the logs
-or /metrics (issue 18, defect 7)."""
+or /metrics (issue 18, defect 7); nor does one that answers 200 and writes the key (or the master
+key) into its stream."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -14,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from ..conftest import RunningGateway, ServerThread, gateway_config
+from ..conftest import MASTER_KEY, RunningGateway, ServerThread, gateway_config
 
 # Looks like no known key format, so only the gateway's knowledge of its own key can catch it.
 SECRET = "prov-7f3a9c2e1b5d4a6f8e0c"
@@ -139,3 +141,127 @@ def _ledger_rows(sqlite_url: str) -> list[dict[str, Any]]:
         if rows or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+class StreamingEchoUpstream:
+    """An upstream that answers 200 and then writes the key it was sent, and the gateway's master
+    key, into what follows: a stream's content and its error event (raw and in JSON escapes), or a
+    non-streamed error body. With ``"user": "split"`` the stream is sent in pieces cut through the
+    middle of every secret, each piece a chunk of its own."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = orjson.loads(body)
+        key = dict(scope["headers"])[b"authorization"].decode().removeprefix("Bearer ")
+        escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        error = {
+            "error": {
+                "message": f"stream failed for {key} (admin {MASTER_KEY})",
+                "type": key,
+                "param": None,
+                "code": key,
+                "escaped": "@@ESCAPED@@",
+            }
+        }
+        raw_error = orjson.dumps(error).replace(b"@@ESCAPED@@", escaped.encode())
+        if not request.get("stream"):
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": raw_error})
+            return
+        chunk = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o-mini",
+            "choices": [
+                {"index": 0, "delta": {"content": f"your key is {key}, mine {MASTER_KEY}"}, "finish_reason": None}
+            ],
+        }
+        stream = b"data: " + orjson.dumps(chunk) + b"\n\n" + b"data: " + raw_error + b"\n\n"
+        pieces = [stream]
+        if request.get("user") == "split":
+            cuts = sorted(
+                at + len(secret) // 2
+                for secret in (key.encode(), MASTER_KEY.encode())
+                for at in _occurrences(stream, secret)
+            )
+            pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await asyncio.sleep(0.05)  # each piece reaches the gateway as a chunk of its own
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _occurrences(data: bytes, part: bytes) -> list[int]:
+    found, at = [], data.find(part)
+    while at >= 0:
+        found.append(at)
+        at = data.find(part, at + 1)
+    return found
+
+
+@pytest.fixture
+def streaming_echo(
+    start_gateway: Callable[..., RunningGateway], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningGateway]:
+    monkeypatch.setenv("TEST_UPSTREAM_KEY", SECRET)
+    upstream = ServerThread(StreamingEchoUpstream()).start()
+    try:
+        yield start_gateway(gateway_config(sqlite_url, upstream.url))
+    finally:
+        upstream.stop()
+
+
+def _leaks_any(text: str) -> bool:
+    return _leaks(text) or MASTER_KEY in text
+
+
+@pytest.mark.parametrize("user", ["whole", "split"])
+def test_secrets_echoed_in_a_stream_reach_neither_the_client_nor_the_row(
+    streaming_echo: RunningGateway, sqlite_url: str, user: str
+) -> None:
+    """A 200 stream that carries the provider's key and the master key, in content and in an error
+    event, raw or JSON-escaped, whole or cut across chunks, reaches the client without them."""
+    key = streaming_echo.create_key(tier="paid")["key"]
+    with httpx.stream(
+        "POST",
+        streaming_echo.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**CHAT, "stream": True, "user": user},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    assert not _leaks_any(text), text
+    events = [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    # Still events a client can parse, the key decoded from its escapes included.
+    assert len(events) == 2 and not _leaks_any(orjson.dumps(events).decode())
+    assert events[0]["choices"][0]["delta"]["content"] == "your key is [redacted], mine [redacted]"
+    error = events[1]["error"]
+    assert error["message"] == "stream failed for [redacted] (admin [redacted])"
+    assert error["type"] == error["code"] == "[redacted]"
+
+    rows = _ledger_rows(sqlite_url)
+    assert rows and not any(_leaks_any(repr(row)) for row in rows)
+    # The row says the provider ended the stream with an error, without the code that echoed the key.
+    assert rows[-1]["status"] == 200 and rows[-1]["error_type"] == "upstream_error"
+
+
+def test_secrets_echoed_in_a_non_streamed_200_do_not_reach_the_client(streaming_echo: RunningGateway) -> None:
+    """An error body sent with status 200 is scrubbed as an error response would be."""
+    key = streaming_echo.create_key(tier="paid")["key"]
+    response = httpx.post(
+        streaming_echo.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT, timeout=30
+    )
+    assert response.status_code == 200
+    assert not _leaks_any(response.text) and not _leaks_any(orjson.dumps(response.json()).decode())
+    assert response.json()["error"]["escaped"] == "[redacted]"

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import logging
+import re
+import secrets
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
+
+from quotagate.auth import Authenticator
+from quotagate.errors import AuthenticationError
+from quotagate.keys import KeyRecord, KeyStore, hash_key
 
 from ..conftest import MASTER_KEY, RunningGateway
 
@@ -120,3 +129,105 @@ def test_the_upstream_and_master_keys_never_reach_a_client(
         assert UPSTREAM_KEY not in seen, response.url
         assert MASTER_KEY not in seen, response.url
     assert UPSTREAM_KEY not in caplog.text and MASTER_KEY not in caplog.text
+
+
+# Constant-time key checks, shown by the code path rather than by timing (which would flake on a
+# busy CI machine): a tenant's key is looked up by its SHA-256 digest, so what the database compares
+# is a digest, whose prefix says nothing about the key; the master key is compared with
+# hmac.compare_digest. A presented key sharing all but its last character with the real one takes
+# the same path, with the same calls, as a random one.
+
+
+class _Watched(str):
+    """A key that records every == or != it takes part in (Python asks a str subclass's __eq__
+    first, whichever side of the comparison it is on)."""
+
+    __slots__ = ()
+    compared: ClassVar[list[str]] = []
+
+    def __eq__(self, other: object) -> bool:
+        _Watched.compared.append(str(other))
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        _Watched.compared.append(str(other))
+        return str.__ne__(self, other)
+
+    __hash__ = str.__hash__
+
+
+@pytest.fixture
+def watched() -> list[str]:
+    _Watched.compared = []
+    return _Watched.compared
+
+
+def _near_miss(key: str) -> str:
+    """``key`` with its last character changed: the longest prefix a wrong key can share."""
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+def test_the_master_key_is_checked_with_compare_digest_alone(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, watched: list[str]
+) -> None:
+    """A near-miss, a random key and the master key itself each cost one hmac.compare_digest of the
+    whole key, and the master key is never compared with ==."""
+    calls: list[tuple[Any, Any]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    gateway.gateway.admin._master_key = _Watched(MASTER_KEY)
+    presented = [_near_miss(MASTER_KEY), "qg-" + secrets.token_hex(len(MASTER_KEY))[: len(MASTER_KEY) - 3], MASTER_KEY]
+    statuses = []
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for key in presented:
+            statuses.append(client.get("/admin/tiers", headers={"Authorization": f"Bearer {key}"}).status_code)
+    assert statuses == [401, 401, 200]
+    assert calls == [(key.encode(), MASTER_KEY.encode()) for key in presented]
+    assert watched == []
+
+
+def test_a_tenant_key_is_looked_up_by_its_digest_alone(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A near-miss, a random key and the real key each cost one lookup, and what the key store is
+    given is the key's SHA-256 digest, never the key."""
+    lookups: list[str] = []
+    real = KeyStore.find_by_hash
+
+    async def spy(self: KeyStore, key_hash: str) -> KeyRecord | None:
+        lookups.append(key_hash)
+        return await real(self, key_hash)
+
+    monkeypatch.setattr(KeyStore, "find_by_hash", spy)
+    stored = gateway.create_key()["key"]
+    presented = [_near_miss(stored), "qg-" + secrets.token_urlsafe(32), stored]
+    statuses = [
+        httpx.post(gateway.v1 + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}).status_code
+        for key in presented
+    ]
+    assert statuses == [401, 401, 200]
+    assert lookups == [hash_key(key) for key in presented]
+    assert all(re.fullmatch("[0-9a-f]{64}", digest) for digest in lookups)
+    # What a lookup returns holds no key, hashed or not: there is nothing to compare a key with.
+    assert not {"key", "key_hash"} & {field.name for field in dataclasses.fields(KeyRecord)}
+
+
+async def test_a_presented_key_is_never_compared_with_equals(sqlite_url: str, watched: list[str]) -> None:
+    """Authenticating a near-miss and the real key compares neither with == at any step."""
+    store = KeyStore.from_url(sqlite_url)
+    await store.create_schema()
+    try:
+        _, stored = await store.create(user="u", tier="free")
+        authenticator = Authenticator(store)
+        with pytest.raises(AuthenticationError):
+            await authenticator.authenticate(_Watched(_near_miss(stored)))
+        principal = await authenticator.authenticate(_Watched(stored))
+        assert principal.user == "u"
+        assert watched == []
+    finally:
+        await store.close()

@@ -7,21 +7,32 @@ within ``ttl``. Unknown keys are cached too (for a second), so a flood of bad ke
 database one query per distinct key per second, not one per request.
 
 Expiry is checked against the clock on every request, never cached.
+
+While the database does not answer, keys this node has looked up before keep working, however
+old their lookup (disabling one elsewhere takes effect when the database is back); keys it has
+not seen get a 503 with Retry-After, not a 401: the key may be fine. A failed lookup is not
+retried for ``_OUTAGE_RETRY`` seconds, so requests during an outage do not each wait for the
+lookup's deadline, and a recovering database is not met by every request at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from .._logging import EveryFewSeconds
 from ..errors import AuthenticationError, ServiceUnavailableError
 from ..keys import KeyRecord, KeyStore, hash_key
 from ._principal import Principal
 
+logger = logging.getLogger("quotagate.auth")
+
 _NEGATIVE_TTL = 1.0
 _MAX_ENTRIES = 100_000
+_OUTAGE_RETRY = 1.0
 
 
 def extract_key(authorization: str | None, x_api_key: str | None) -> str:
@@ -55,6 +66,9 @@ class Authenticator:
         self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
         # Bumped by forget(): a lookup that started before a key changed must not cache it.
         self._generation = 0
+        # Until then (monotonic), the database is taken to be down: no lookup is sent.
+        self._unavailable_until = 0.0
+        self._log_failure = EveryFewSeconds(logger, clock=monotonic)
 
     async def authenticate(self, key: str) -> Principal:
         key_hash = hash_key(key)
@@ -82,6 +96,8 @@ class Authenticator:
             ttl = self._ttl if record is not None else min(self._ttl, _NEGATIVE_TTL)
             if now - fetched < ttl:
                 return record
+        if now < self._unavailable_until:
+            return _stale(cached)
         # Single flight: when a busy key's entry expires, the hundreds of requests in flight
         # with it share one database query instead of each sending its own.
         pending = self._inflight.get(key_hash)
@@ -89,17 +105,22 @@ class Authenticator:
             pending = asyncio.ensure_future(self._fetch(key_hash, now))
             self._inflight[key_hash] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
-        # shield: one waiter being cancelled (its client left) must not cancel the others' query.
-        return await asyncio.shield(pending)
+        try:
+            # shield: one waiter being cancelled (its client left) must not cancel the others' query.
+            return await asyncio.shield(pending)
+        except ServiceUnavailableError:
+            return _stale(cached)
 
     async def _fetch(self, key_hash: str, now: float) -> KeyRecord | None:
         generation = self._generation
         try:
             record = await self._store.find_by_hash(key_hash)
         except Exception as exc:
-            # Keys already in the cache keep working through a database outage; new ones cannot
-            # be checked, which is a 503 (try again), not a 401 (your key is wrong).
-            raise ServiceUnavailableError("The key database is unavailable; try again shortly.") from exc
+            # Whatever the cause (the database down, or a fault of ours), a client's key cannot be
+            # checked: a 503, and the cause in the log (once per 10 s while it lasts).
+            self._unavailable_until = self._monotonic() + _OUTAGE_RETRY
+            self._log_failure.warning("key lookups are failing: %s: %s", type(exc).__name__, exc)
+            raise _unavailable() from exc
         if generation == self._generation:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
@@ -113,6 +134,21 @@ class Authenticator:
         for key_hash in stale:
             del self._cache[key_hash]
         self._generation += 1
+
+
+def _unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "The key database is unavailable; try again shortly.",
+        headers={"Retry-After": f"{_OUTAGE_RETRY:g}"},
+    )
+
+
+def _stale(cached: tuple[KeyRecord | None, Principal | None, float] | None) -> KeyRecord:
+    """The key as this node last saw it, while the database cannot say; a 503 if it never saw it
+    (or saw it as unknown: that was a second ago at most, and the key may have been made since)."""
+    if cached is None or cached[0] is None:
+        raise _unavailable()
+    return cached[0]
 
 
 def _principal(record: KeyRecord) -> Principal:

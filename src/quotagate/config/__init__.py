@@ -20,7 +20,7 @@ from ._models import (
     ServerSettings,
     TierLimits,
 )
-from ._secrets import missing_secrets, resolve_secret
+from ._secrets import known_secrets, missing_secrets, resolve_secret
 
 __all__ = [
     "DEMO_MODEL",
@@ -42,6 +42,7 @@ __all__ = [
     "ServerSettings",
     "TierLimits",
     "default_config",
+    "known_secrets",
     "load_config",
     "missing_secrets",
     "parse_config",

@@ -20,16 +20,34 @@ def resolve_secret(ref: str | None, where: str, environ: Mapping[str, str] | Non
     return value
 
 
-def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Every secret reference the environment cannot satisfy, as 'field: problem' lines."""
-    problems: list[str] = []
+def _secret_refs(config: Config) -> list[tuple[str, str | None]]:
     refs: list[tuple[str, str | None]] = [("master_key", config.master_key), ("metrics.token", config.metrics.token)]
     for model in config.models:
         for index, deployment in enumerate(model.deployments):
             refs.append((f"models[{model.name}].deployments[{index}].api_key", deployment.api_key))
-    for where, ref in refs:
+    return refs
+
+
+def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret reference the environment cannot satisfy, as 'field: problem' lines."""
+    problems: list[str] = []
+    for where, ref in _secret_refs(config):
         try:
             resolve_secret(ref, where, environ)
         except ConfigError as exc:
             problems.append(str(exc))
     return problems
+
+
+def known_secrets(config: Config, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The values of the configuration's secrets (the master key, the metrics token, the upstream
+    keys), each once: what the gateway must never relay. One that is not set is left out."""
+    values: dict[str, None] = {}
+    for where, ref in _secret_refs(config):
+        try:
+            value = resolve_secret(ref, where, environ)
+        except ConfigError:
+            continue
+        if value:
+            values[value] = None
+    return tuple(values)

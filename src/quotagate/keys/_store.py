@@ -7,7 +7,7 @@ dataclasses that are cheap to cache on the request path.
 from __future__ import annotations
 
 import logging
-import unicodedata
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +17,14 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from ..config import LimitValues
-from ._database import Database
+from ._database import STATEMENT_DEADLINE, Database
 from ._secrets import hash_key, key_hint, new_key, new_key_id
 
 logger = logging.getLogger("quotagate.keys")
+
+# Seconds a key lookup may take: one indexed row, milliseconds on a database that answers. A
+# frozen one held every request with an uncached key for 60 s or more (issue 18).
+LOOKUP_TIMEOUT = 2.0
 
 metadata = sa.MetaData()
 
@@ -81,17 +85,28 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+# What a label may not hold, as one character class that both the check below and the OpenAPI
+# description's pattern use. The control characters (Cc: U+0000-001F, U+007F-009F) and the line
+# and paragraph separators (U+2028, U+2029); and, though Unicode files them as formatting (Cf),
+# the characters that act like controls on a screen: bidi controls reorder what follows
+# ("alice\u202ecod.exe" shows as "aliceexe.doc") and the zero-width ones make two names that look
+# alike differ. ZWNJ and ZWJ (U+200C, U+200D) are let through: Persian, the Indic scripts and
+# emoji sequences are spelt with them.
+_FORBIDDEN_CHARACTERS = r"\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
+# Lone surrogates (Cs) cannot be encoded either; JSON Schema's regular expressions cannot name them.
+_FORBIDDEN = re.compile(rf"[{_FORBIDDEN_CHARACTERS}\ud800-\udfff]")
+LABEL_PATTERN = f"^[^{_FORBIDDEN_CHARACTERS}]*$"
+
+
 def control_character(value: str) -> str | None:
-    """The first control character in ``value`` (as U+XXXX), or None.
+    """The first character of ``value`` that a one-line label may not hold (as U+XXXX), or None.
 
     A key's user, tier, name and model names are one-line labels: PostgreSQL cannot store NUL in
-    text at all (SQLite can, so the two backends would disagree), and a newline or an escape code
-    in a name forges lines in logs and terminals. Lone surrogates (Cs) cannot be encoded either.
+    text at all (SQLite can, so the two backends would disagree), a newline or an escape code in a
+    name forges lines in logs and terminals, and the invisible ones spoof names in a console.
     """
-    for char in value:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            return f"U+{ord(char):04X}"
-    return None
+    found = _FORBIDDEN.search(value)
+    return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 def text_problem(value: str) -> str | None:
@@ -200,7 +215,7 @@ class KeyStore:
             metadata.create_all(conn)
             _upgrade(conn)
 
-        await self.database.run(create)
+        await self.database.run(create, deadline=None)  # an index built on a large table takes its time
 
     async def close(self) -> None:
         await self.database.dispose()
@@ -245,10 +260,12 @@ class KeyStore:
         return await self._one(api_keys.select().where(api_keys.c.id == key_id))
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._one(api_keys.select().where(api_keys.c.key_hash == key_hash))
+        """The key with this hash, or None. Requests wait for this lookup, so a database that
+        does not answer it within LOOKUP_TIMEOUT is given up on (DatabaseUnavailableError)."""
+        return await self._one(api_keys.select().where(api_keys.c.key_hash == key_hash), LOOKUP_TIMEOUT)
 
-    async def _one(self, query: sa.Select[Any]) -> KeyRecord | None:
-        row = await self.database.run(lambda conn: conn.execute(query).first())
+    async def _one(self, query: sa.Select[Any], deadline: float = STATEMENT_DEADLINE) -> KeyRecord | None:
+        row = await self.database.run(lambda conn: conn.execute(query).first(), deadline)
         return _record(row) if row else None
 
     async def list(self, user: str | None = None) -> list[KeyRecord]:

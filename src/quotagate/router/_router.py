@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from ..config import Config, RouterSettings
+from ..config import Config, RouterSettings, known_secrets
 from ..errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
 from ..limits import Decision, Limiter, StoreUnavailableError, Unit
 from ..tokens import Estimate
@@ -49,7 +49,7 @@ from ..upstream import (
     UpstreamResponse,
     upstream_status_error,
 )
-from ..upstream._http import ConnectFailed, ConnectTimeout
+from ..upstream._http import ConnectFailed, ConnectTimeout, ResponseTooLarge
 from ._state import STATE_NAMES, DeploymentStates
 
 _NOT_RETRYABLE = {400, 401, 403, 404, 413, 422}
@@ -129,13 +129,15 @@ class DeploymentStats:
 
 @dataclass(slots=True)
 class Exchange:
-    """A deployment that answered: its response head, and for streams the first chunk."""
+    """A deployment that answered: its response head, and for event streams the first chunk;
+    any other answer has been read whole (``response.read()`` returns it at once)."""
 
     target: DeploymentTarget
     response: UpstreamResponse
     decision: Decision | None
     costs: list[int]
     started: float
+    streamed: bool  # an event stream, relayed event by event (asked for, and answered as one)
     first_chunk: bytes = b""
     attempts: int = 1
     tried: list[str] | None = None  # deployment ids tried, in order
@@ -185,7 +187,6 @@ class Router:
         states: DeploymentStates,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        secrets: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.settings: RouterSettings = config.router
@@ -196,7 +197,10 @@ class Router:
         self.stats: dict[str, DeploymentStats] = {t: DeploymentStats() for t in routes.by_id}
         self._rng = rng or random.Random()
         self._sleep = sleep
-        self._secrets = secrets
+        # Scrubbed from what a provider's answer relays: the keys the deployments send and every
+        # other secret of the configuration (the master key, the metrics token), which no
+        # provider has any business echoing either.
+        self.secrets = known_secrets(config)
         self._needs_estimate: dict[str, bool] = {}
         self._credit: dict[str, float] = {}  # smooth weighted round-robin's running credit per deployment
         # The name of each model's line of requests waiting for its deployments (see _reserve).
@@ -500,7 +504,7 @@ class Router:
             if response.status >= 300:
                 body = await response.read()
                 error: GatewayError = upstream_status_error(
-                    response.status, body, response.headers, target.label, self._secrets
+                    response.status, body, response.headers, target.label, self.secrets
                 )
                 await self._give_back(target, decision, costs)
                 if response.status == 429:
@@ -530,23 +534,38 @@ class Router:
                 iterator = response.iter_chunks().__aiter__()
                 first = await anext(iterator, b"")
                 response = _Prefetched(response, iterator)
+            streamed = request.stream and response.headers.get("content-type", "").startswith("text/event-stream")
+            if not streamed:
+                # An answer that is not an event stream is relayed once it is whole, so it is read
+                # whole here: one that breaks off or stalls midway has sent the client nothing, and
+                # another deployment may still serve the request (it was a 502 or a 504 at once).
+                response = _Whole(response, first + await self._read_whole(target, response, started))
+                first = b""
             headers = response.headers
             for remaining, _ in _PROVIDER_RATELIMIT_HEADERS:
                 if headers.get(remaining) == "0":
                     await self._adapt(target, headers)
                     break
-            return Exchange(target, response, decision, costs, started, first)
+            return Exchange(target, response, decision, costs, started, streamed, first)
         except (UpstreamError, UpstreamTimeoutError) as exc:
             if isinstance(exc, UpstreamStatusError):
                 raise
             if response is not None:
                 response.close()
             await self._give_back(target, decision, costs)
-            if isinstance(exc, UpstreamTimeoutError) or _never_sent(exc):
+            if isinstance(exc.__cause__, ResponseTooLarge):
+                # The request asked for more than the gateway holds: not the deployment's doing,
+                # and any other would answer as much.
+                stats.in_flight -= 1
+                return exc, False, None, None
+            if isinstance(exc, UpstreamTimeoutError) or _never_sent(exc) or response is not None:
+                # Not answering, not being reached, or breaking off an answer it had begun
+                # (its head had come): the deployment's failure.
                 await self.states.failure(target.id)
                 self._record(stats, failed=True)
                 return exc, True, None, None
-            # The deployment had the request and closed the connection: perhaps because of it.
+            # The deployment had the request and closed the connection without a word: perhaps
+            # because of the request.
             stats.in_flight -= 1
             return exc, True, None, _Suspect(target, started, "dropped")
         except BaseException:
@@ -555,6 +574,18 @@ class Router:
             await self._give_back(target, decision, costs)
             stats.in_flight -= 1
             raise
+
+    @staticmethod
+    async def _read_whole(target: DeploymentTarget, response: UpstreamResponse, started: float) -> bytes:
+        """The rest of the body, within the deployment's total timeout counted from ``started``."""
+        total = target.total_timeout
+        if total is None:
+            return await response.read()
+        try:
+            async with asyncio.timeout(max(0.001, started + total - time.monotonic())):
+                return await response.read()
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"Upstream {target.label} exceeded its total timeout of {total:g}s.") from None
 
     async def _adapt(self, target: DeploymentTarget, headers: Mapping[str, str]) -> None:
         """Heed the provider's own view: no requests left means a cooldown until its reset."""
@@ -640,6 +671,26 @@ class Router:
                     }
                 )
         return out
+
+
+class _Whole:
+    """A response whose body was read whole during its attempt."""
+
+    def __init__(self, response: UpstreamResponse, body: bytes) -> None:
+        self._response = response
+        self._body = body
+        self.status = response.status
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def iter_chunks(self):  # type: ignore[no-untyped-def]
+        if self._body:
+            yield self._body
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class _Prefetched:

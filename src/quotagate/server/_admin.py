@@ -35,7 +35,7 @@ from ..errors import (
     PermissionDeniedError,
 )
 from ..keys import KeyRecord, KeyStore
-from ..keys._store import text_problem
+from ..keys._store import LABEL_PATTERN, text_problem
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
 
 _ADMIN_BODY_LIMIT = 64 * 1024
@@ -48,8 +48,9 @@ def _plain(value: str) -> str:
     return value
 
 
-# A one-line label: no NUL (PostgreSQL cannot store it) and no other control character.
-Label = Annotated[str, AfterValidator(_plain)]
+# A one-line label: no NUL (PostgreSQL cannot store it) and no other control character. The
+# pattern describes the same check in the OpenAPI description.
+Label = Annotated[str, AfterValidator(_plain), Field(json_schema_extra={"pattern": LABEL_PATTERN})]
 
 
 class KeyCreate(BaseModel):
@@ -164,7 +165,8 @@ class AdminAPI:
             return
         if parts == ["usage"] and self._usage is not None:
             self._allow(method, "GET")
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            # Blank values kept: "?by=" is a mistake to point out, not the default.
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             by = query.get("by", ["key"])[0]
             if by not in ("key", "user", "model", "deployment", "day"):
                 raise InvalidRequestError("by must be key, user, model, deployment or day.", param="by")
@@ -187,7 +189,7 @@ class AdminAPI:
             elif method == "POST":
                 await self._create(receive, send, headers)
             else:
-                raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.")
+                raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.", headers={"Allow": "GET, POST"})
             return
         key_id = parts[1]
         if text_problem(key_id) is not None:
@@ -213,12 +215,14 @@ class AdminAPI:
             self.authenticator.forget(key_id)
             await send_json(send, 200, {"id": key_id, "object": "key", "deleted": True})
         else:
-            raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys/{{id}}.")
+            raise MethodNotAllowedError(
+                f"{method} is not allowed on /admin/keys/{{id}}.", headers={"Allow": "GET, PATCH, DELETE"}
+            )
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:
         if method != allowed:
-            raise MethodNotAllowedError(f"{method} is not allowed here; use {allowed}.")
+            raise MethodNotAllowedError(f"{method} is not allowed here; use {allowed}.", headers={"Allow": allowed})
 
     @staticmethod
     def _no_such_key(key_id: str) -> GatewayError:

@@ -9,6 +9,7 @@ generic 500, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import hmac
@@ -58,6 +59,7 @@ from ._asgi import (
     send_bytes,
     send_json,
 )
+from ._openapi import openapi_json
 from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Proxy
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ logger = logging.getLogger("quotagate")
 YOUNG_GC_THRESHOLD = 10_000
 
 _READY_TIMEOUT = 2.0
+# GET /admin/usage: how long it waits for this node's unwritten rows to be written.
+_REPORT_FLUSH_WAIT = 2.0
 Handler = Callable[[Scope, Receive, Send, RequestHeaders, str], Awaitable[None]]
 
 
@@ -159,23 +163,14 @@ class Gateway:
         self.admin = self._make_admin(config, self.authenticator, self.router)
         self._started = time.time()
         self._routes = self._route_table(self.proxy)
+        self._openapi_json: bytes | None = None
 
     # -- what a configuration makes (at start, and again at each reload) --------------------------
 
     def _make_router(self, config: Config, routes: ModelRoutes, states: DeploymentStates) -> Router:
-        upstream_secrets = tuple(
-            str(t.headers.get("Authorization", "")).removeprefix("Bearer ")
-            for name in routes.models
-            for t in routes.deployments(name)
-        )
-        return Router(
-            config,
-            routes,
-            self.transport,
-            self.limiter,
-            states,
-            secrets=tuple(s for s in upstream_secrets if s),
-        )
+        # The router scrubs the configuration's secrets (upstream keys, master key, metrics token)
+        # from whatever a provider answers.
+        return Router(config, routes, self.transport, self.limiter, states)
 
     def _make_books(self, config: Config) -> Books:
         prices = {name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()}
@@ -238,6 +233,7 @@ class Gateway:
         routes[("GET", "/health")] = self._health
         routes[("GET", "/metrics")] = self._metrics
         routes[("GET", "/ready")] = self._ready
+        routes[("GET", "/openapi.json")] = self._openapi
         return routes
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -279,10 +275,11 @@ class Gateway:
             return self._admin
         if path.startswith("/v1/models/") or path.startswith("/models/"):
             if method != "GET":
-                raise MethodNotAllowedError(f"{method} is not allowed on {path}.")
+                raise MethodNotAllowedError(f"{method} is not allowed on {path}.", headers={"Allow": "GET"})
             return self._retrieve_model
-        if any(p == path for (_, p) in self._routes):
-            raise MethodNotAllowedError(f"{method} is not allowed on {path}.")
+        allowed = sorted(m for (m, p) in self._routes if p == path)
+        if allowed:
+            raise MethodNotAllowedError(f"{method} is not allowed on {path}.", headers={"Allow": ", ".join(allowed)})
         raise NotFoundError(f"Unknown route: {method} {path}.", code="unknown_url")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -559,9 +556,13 @@ class Gateway:
 
     async def usage(self, by: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         if self.ledger is not None:
-            await self.ledger.flush()  # a report includes what this node has not written yet
+            # A report includes what this node has not written yet, but does not wait long for a
+            # database that is slow to take it: the flush goes on (shielded) and the report is run.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.ledger.flush()), _REPORT_FLUSH_WAIT)
         group = cast(GroupBy, by)
         currency = self.config.currency
+        # Within the database's statement deadline, like every call to it (a 503 past it).
         report = await usage_report(self.store.database, group, since, until, currency.display, currency.rate)
         return report.to_dict()
 
@@ -569,6 +570,13 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
     ) -> None:
         await send_json(send, 200, {"status": "ok"})
+
+    async def _openapi(
+        self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str
+    ) -> None:
+        if self._openapi_json is None:
+            self._openapi_json = openapi_json()  # built at the first ask: most gateways are never asked
+        await send_bytes(send, 200, self._openapi_json, [JSON_CONTENT_TYPE])
 
     async def _ready(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str

@@ -26,6 +26,7 @@ from ..errors import (
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    UpstreamError,
     UpstreamTimeoutError,
 )
 from ..limits import Calendar, Decision, Limit, Limiter, StoreUnavailableError, Unit
@@ -41,8 +42,8 @@ from ..tokens import (
     usage_details,
 )
 from ..tokens._estimate import Kind
-from ..upstream import DeploymentTarget, ModelRoutes
-from ..upstream._http import ResponseTooLarge
+from ..upstream import DeploymentTarget, ModelRoutes, Scrubber
+from ..upstream._errors import scrub
 from ._asgi import (
     JSON_CONTENT_TYPE,
     Receive,
@@ -162,10 +163,17 @@ class _Watches:
             self._sweeping = False
 
 
-def _end_of_last_event(data: bytes) -> int:
-    """Length of the prefix of ``data`` made of complete SSE events (0 if none)."""
-    lf = data.rfind(b"\n\n")
-    crlf = data.rfind(b"\r\n\r\n")
+# The most of one SSE event held while waiting for its end (a streamed image's partial frames are
+# a few MiB of base64).
+MAX_STREAM_EVENT_BYTES = 32 * 1024 * 1024
+
+
+def _end_of_last_event(data: bytearray, searched: int = 0) -> int:
+    """Length of the prefix of ``data`` made of complete SSE events (0 if none); the first
+    ``searched`` bytes are known to hold no event's end (an end may straddle their last three)."""
+    start = max(0, searched - 3)
+    lf = data.rfind(b"\n\n", start)
+    crlf = data.rfind(b"\r\n\r\n", start)
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
@@ -334,6 +342,15 @@ def _error_type(exc: GatewayError) -> str:
     return kind if _ERROR_TYPE.fullmatch(kind) else exc.__class__.type
 
 
+def _stream_error_type(error: dict[str, Any]) -> str:
+    """The row's error_type for a stream the provider ended with an error event: its code or type
+    when that is a short code (``error`` is scrubbed, so it is no secret), else upstream_error."""
+    for kind in (error.get("code"), error.get("type")):
+        if isinstance(kind, str | int) and not isinstance(kind, bool) and _ERROR_TYPE.fullmatch(str(kind)):
+            return str(kind)
+    return "upstream_error"
+
+
 # The provider's Content-Type, relayed as one of a known few: a header is the provider's text, and
 # one echoing the key must not carry it to the client (issue 18). Parameters are dropped: these
 # bodies are UTF-8.
@@ -414,6 +431,9 @@ class Proxy:
         self.expected_output_tokens = expected_output_tokens
         self._clock = clock
         self._watches = _Watches()
+        # The secrets of the router's configuration, kept out of what is relayed with a 2xx
+        # (errors are scrubbed where they are made, in the router).
+        self._scrubber = Scrubber(router.secrets)
 
     async def authenticate(self, headers: RequestHeaders) -> Principal:
         return await self.authenticator.authenticate(extract_key(headers.authorization, headers.x_api_key))
@@ -566,9 +586,7 @@ class Proxy:
                     extra.extend(ratelimit_headers(record.decision))
                 outcome: bool | None = False
                 try:
-                    if request.stream and exchange.response.headers.get("content-type", "").startswith(
-                        "text/event-stream"
-                    ):
+                    if exchange.streamed:
                         made = bodies.get(served.id)
                         stream_usage = record.stream_usage = StreamUsage(strip_usage_chunk=made is not None and made[1])
                         outcome = await self._relay_stream(exchange, send, extra, stream_usage, record)
@@ -578,11 +596,6 @@ class Proxy:
                 except asyncio.CancelledError:
                     # The client left: that says nothing about the deployment's health.
                     outcome = None
-                    raise
-                except GatewayError as exc:
-                    if isinstance(exc.__cause__, ResponseTooLarge):
-                        # The request asked for more than the gateway holds: not the deployment's doing.
-                        outcome = None
                     raise
                 finally:
                     record.collect_stream_usage()
@@ -725,21 +738,9 @@ class Proxy:
         record: _Record,
     ) -> None:
         response = exchange.response
-        total = exchange.target.total_timeout
-        try:
-            if total is not None:
-                async with asyncio.timeout(max(0.001, exchange.started + total - time.monotonic())):
-                    body = await response.read()
-            else:
-                body = await response.read()
-        except TimeoutError:
-            response.close()
-            raise UpstreamTimeoutError(
-                f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
-            ) from None
-        if exchange.first_chunk:
-            # A stream request answered without a stream: the router read its first chunk already.
-            body = exchange.first_chunk + body
+        # Whole already: the router read it within the deployment's timeouts, so that an answer
+        # breaking off midway could still be retried elsewhere.
+        body = await response.read()
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -749,6 +750,10 @@ class Proxy:
             record.reported, record.cached = (details[0], details[1]), details[2]
         else:
             record.generated = generated_text(payload)
+        if isinstance(payload, dict) and payload.get("error"):
+            # An error with a 2xx status, scrubbed as error responses are (keys in JSON escapes too).
+            body = orjson.dumps(scrub(payload, self._scrubber.secrets))
+        body = self._scrubber.body(body)
         type_header = _content_type(response.headers.get("content-type", ""))
         await self._complete(record, response.status, None)
         await send_bytes(send, response.status, body, [type_header, *extra])
@@ -766,19 +771,34 @@ class Proxy:
         total = exchange.target.total_timeout
         deadline = exchange.started + total if total is not None else None
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra]})
+        scrubber = self._scrubber
+        # The first error event the provider sent, if any: the row records that the stream failed.
+        failed: dict[str, Any] | None = None
         try:
             try:
-                pending = exchange.first_chunk
+                # What has arrived of events not yet whole, and how much of it has been searched
+                # for an event's end: each byte is searched once, however long an event.
+                pending = bytearray(exchange.first_chunk)
+                searched = 0
                 chunks = response.iter_chunks().__aiter__()
                 while True:
                     # Forward whole events only, so that a failure mid-event can still be
                     # followed by a well-formed error event the SDK understands.
-                    cut = _end_of_last_event(pending)
+                    cut = _end_of_last_event(pending, searched)
                     if cut:
-                        events = pending[:cut]
-                        pending = pending[cut:]
-                        events = stream_usage.feed(events)
+                        events, error = scrubber.events(stream_usage.feed(bytes(pending[:cut])))
+                        del pending[:cut]
+                        failed = error if failed is None else failed
                         await send({"type": "http.response.body", "body": events, "more_body": True})
+                    if len(pending) > MAX_STREAM_EVENT_BYTES:
+                        # A provider that never ends an event would otherwise grow this for as
+                        # long as it sends: one event is a piece of an answer, never this big.
+                        raise UpstreamError(
+                            f"Upstream {exchange.target.label} sent a stream event larger than the gateway's "
+                            f"limit of {MAX_STREAM_EVENT_BYTES} bytes.",
+                            code="stream_event_too_large",
+                        )
+                    searched = len(pending)
                     if deadline is not None and time.monotonic() > deadline:
                         raise UpstreamTimeoutError(
                             f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
@@ -786,11 +806,12 @@ class Proxy:
                     chunk = await anext(chunks, b"")
                     if not chunk:
                         if pending:
-                            pending = stream_usage.feed(pending)
-                            await send({"type": "http.response.body", "body": pending, "more_body": True})
+                            rest, error = scrubber.events(stream_usage.feed(bytes(pending)))
+                            failed = error if failed is None else failed
+                            await send({"type": "http.response.body", "body": rest, "more_body": True})
                         break
                     pending += chunk
-                await self._complete(record, 200, None)
+                await self._complete(record, 200, _stream_error_type(failed) if failed is not None else None)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
             except GatewayError as exc:

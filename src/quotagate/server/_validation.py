@@ -3,12 +3,16 @@
 Only what the gateway itself relies on is checked (the model, the fields that carry the prompt,
 ``stream``, the output cap); everything else is the provider's business and passes through
 untouched. Messages follow OpenAI's wording so clients' error handling keeps working.
+
+Each body is a table of fields (``CHAT_BODY`` ...), and each kind of field both checks a value and
+describes itself as JSON Schema: the checks below and the OpenAPI document at /openapi.json
+(``_openapi.py``) are made from the same table, so they cannot disagree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -69,91 +73,193 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _model_and_stream(body: dict[str, Any], streams: bool) -> tuple[str, bool]:
-    if "model" not in body:
-        raise _missing("model")
-    model = body["model"]
-    if not isinstance(model, str):
-        raise _wrong_type("model", "a string", model)
-    if not model:
-        raise InvalidRequestError("'model' must not be empty.", param="model", code="invalid_value")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _wrong_type("stream", "a boolean", stream)
-    if stream and not streams:
-        raise InvalidRequestError("This endpoint does not stream.", param="stream", code="invalid_value")
-    for cap in ("max_tokens", "max_completion_tokens"):
-        value = body.get(cap)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _wrong_type(cap, "an integer", value)
+def _is_int(value: Any) -> bool:
+    # JSON has no booleans among its integers; Python does.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class BodyField:
+    """One checked field of a request body: how it is checked, and the JSON Schema that says so."""
+
+    nullable: ClassVar[bool] = False  # null means "not given"
+
+    def __init__(self, name: str, *, required: bool = False, description: str = "") -> None:
+        self.name = name
+        self.required = required
+        self.description = description
+
+    def check(self, body: dict[str, Any]) -> None:
+        if self.name not in body:
+            if self.required:
+                raise _missing(self.name)
+            return
+        value = body[self.name]
+        if value is None and self.nullable:
+            return
+        self.check_value(value, self.name)
+
+    def check_value(self, value: Any, param: str) -> None:
+        raise NotImplementedError
+
+    def value_schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def json_schema(self) -> dict[str, Any]:
+        schema = self.value_schema()
+        if self.nullable:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        return {**schema, "description": self.description} if self.description else schema
+
+
+class ModelName(BodyField):
+    def check_value(self, value: Any, param: str) -> None:
+        if not isinstance(value, str):
+            raise _wrong_type(param, "a string", value)
+        if not value:
+            raise InvalidRequestError(f"'{param}' must not be empty.", param=param, code="invalid_value")
+
+    def value_schema(self) -> dict[str, Any]:
+        return {"type": "string", "minLength": 1}
+
+
+class StreamFlag(BodyField):
+    nullable = True
+
+    def __init__(self, name: str, *, streams: bool) -> None:
+        super().__init__(name, description="stream the answer as server-sent events" if streams else "")
+        self.streams = streams
+
+    def check_value(self, value: Any, param: str) -> None:
+        if not isinstance(value, bool):
+            raise _wrong_type(param, "a boolean", value)
+        if value and not self.streams:
+            raise InvalidRequestError("This endpoint does not stream.", param=param, code="invalid_value")
+
+    def value_schema(self) -> dict[str, Any]:
+        return {"type": "boolean"} if self.streams else {"type": "boolean", "const": False}
+
+
+class OutputCap(BodyField):
+    """max_tokens and its kin: what the limits reserve for the answer before it exists."""
+
+    nullable = True
+
+    def check_value(self, value: Any, param: str) -> None:
+        if not _is_int(value):
+            raise _wrong_type(param, "an integer", value)
         if value < 1:
             raise InvalidRequestError(
-                f"Invalid '{cap}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
-                param=cap,
+                f"Invalid '{param}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
+                param=param,
                 code="integer_below_min_value",
             )
-    return model, stream
+
+    def value_schema(self) -> dict[str, Any]:
+        # JSON Schema counts 2.0 as an integer; the gateway, like OpenAI, does not.
+        return {"type": "integer", "minimum": 1, "description": "an integer >= 1, written without a decimal point"}
 
 
-def parse_chat(raw: bytes) -> ParsedRequest:
-    body = parse_json_object(raw)
-    model, stream = _model_and_stream(body, streams=True)
-    if "messages" not in body:
-        raise _missing("messages")
-    messages = body["messages"]
-    if not isinstance(messages, list):
-        raise _wrong_type("messages", "an array", messages)
-    if not messages:
-        raise InvalidRequestError(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
-            param="messages",
-            code="empty_array",
-        )
-    for index, message in enumerate(messages):
-        param = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise _wrong_type(param, "an object", message)
-        role = message.get("role")
-        if not isinstance(role, str):
-            raise (_missing(f"{param}.role") if role is None else _wrong_type(f"{param}.role", "a string", role))
-    return ParsedRequest(body, model, stream)
+class Messages(BodyField):
+    """A chat's turns: the gateway counts their tokens, so each must be an object with a role."""
 
-
-def _check_prompt_like(body: dict[str, Any], param: str) -> None:
-    if param not in body:
-        raise _missing(param)
-    value = body[param]
-    if isinstance(value, str):
-        return
-    if isinstance(value, list):
+    def check_value(self, value: Any, param: str) -> None:
+        if not isinstance(value, list):
+            raise _wrong_type(param, "an array", value)
         if not value:
             raise InvalidRequestError(
-                f"Invalid '{param}': empty array. Expected an array with minimum length 1.",
+                f"Invalid '{param}': empty array. "
+                "Expected an array with minimum length 1, but got an empty array instead.",
                 param=param,
                 code="empty_array",
             )
-        if all(isinstance(v, str) for v in value):
+        for index, message in enumerate(value):
+            item = f"{param}[{index}]"
+            if not isinstance(message, dict):
+                raise _wrong_type(item, "an object", message)
+            role = message.get("role")
+            if not isinstance(role, str):
+                raise (_missing(f"{item}.role") if role is None else _wrong_type(f"{item}.role", "a string", role))
+
+    def value_schema(self) -> dict[str, Any]:
+        message = {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}}}
+        return {"type": "array", "minItems": 1, "items": message}
+
+
+class PromptLike(BodyField):
+    """A completion's prompt or an embedding's input: text, texts, or token ids."""
+
+    def check_value(self, value: Any, param: str) -> None:
+        if isinstance(value, str):
             return
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return
-        if all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
-            return
-    raise _wrong_type(param, "a string, an array of strings, or an array of token arrays", value)
+        if isinstance(value, list):
+            if not value:
+                raise InvalidRequestError(
+                    f"Invalid '{param}': empty array. Expected an array with minimum length 1.",
+                    param=param,
+                    code="empty_array",
+                )
+            if all(isinstance(v, str) for v in value):
+                return
+            if all(_is_int(v) for v in value):
+                return
+            if all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value):
+                return
+        raise _wrong_type(param, "a string, an array of strings, or an array of token arrays", value)
+
+    def value_schema(self) -> dict[str, Any]:
+        def non_empty(items: dict[str, Any]) -> dict[str, Any]:
+            return {"type": "array", "minItems": 1, "items": items}
+
+        tokens = {"type": "array", "items": {"type": "integer"}}
+        return {
+            "anyOf": [
+                {"type": "string"},
+                non_empty({"type": "string"}),
+                non_empty({"type": "integer"}),
+                non_empty(tokens),
+            ]
+        }
 
 
-def parse_completion(raw: bytes) -> ParsedRequest:
-    body = parse_json_object(raw)
-    model, stream = _model_and_stream(body, streams=True)
-    _check_prompt_like(body, "prompt")
-    return ParsedRequest(body, model, stream)
+class RequestBody:
+    """The fields of one endpoint's body that the gateway checks, in the order it checks them.
+    Any other field is the provider's business and passes through."""
+
+    def __init__(self, title: str, fields: tuple[BodyField, ...]) -> None:
+        self.title = title
+        self.fields = fields
+        self.streams = any(isinstance(f, StreamFlag) and f.streams for f in fields)
+
+    def parse(self, raw: bytes) -> ParsedRequest:
+        body = parse_json_object(raw)
+        for field in self.fields:
+            field.check(body)
+        return ParsedRequest(body, body["model"], body.get("stream") is True)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "type": "object",
+            "required": [f.name for f in self.fields if f.required],
+            "properties": {f.name: f.json_schema() for f in self.fields},
+            # The provider's own parameters (temperature, tools, ...) are relayed as they are.
+            "additionalProperties": True,
+        }
 
 
-def parse_embedding(raw: bytes) -> ParsedRequest:
-    body = parse_json_object(raw)
-    model, stream = _model_and_stream(body, streams=False)
-    _check_prompt_like(body, "input")
-    return ParsedRequest(body, model, stream)
+def _common(streams: bool) -> tuple[BodyField, ...]:
+    return (
+        ModelName("model", required=True, description="a model name of the gateway's configuration"),
+        StreamFlag("stream", streams=streams),
+        OutputCap("max_tokens"),
+        OutputCap("max_completion_tokens"),
+    )
+
+
+CHAT_BODY = RequestBody("ChatCompletionRequest", (*_common(streams=True), Messages("messages", required=True)))
+COMPLETION_BODY = RequestBody("CompletionRequest", (*_common(streams=True), PromptLike("prompt", required=True)))
+EMBEDDING_BODY = RequestBody("EmbeddingRequest", (*_common(streams=False), PromptLike("input", required=True)))
+
+parse_chat = CHAT_BODY.parse
+parse_completion = COMPLETION_BODY.parse
+parse_embedding = EMBEDDING_BODY.parse

@@ -1,7 +1,7 @@
 """Upstream: provider endpoints, the pooled HTTP transport, and choosing a deployment."""
 
 from ._deployments import USER_AGENT, DeploymentTarget, ModelRoutes
-from ._errors import upstream_status_error
+from ._errors import Scrubber, upstream_status_error
 from ._transport import HttpTransport, Transport, UpstreamRequest, UpstreamResponse
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DeploymentTarget",
     "HttpTransport",
     "ModelRoutes",
+    "Scrubber",
     "Transport",
     "UpstreamRequest",
     "UpstreamResponse",

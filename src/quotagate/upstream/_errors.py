@@ -11,6 +11,10 @@ error, at any depth, not only its message (a provider echoing the key in ``type`
 ``code`` reached the client and the ledger, issue 18). Relayed headers are kept only when they
 hold what their name promises (a number of seconds, an HTTP date), so no provider text rides in
 them.
+
+What a provider answers with 2xx is relayed too, and may still carry a key: a stream that breaks
+off with an error event (``data: {"error": ...}``) after its 200 has gone. ``Scrubber`` keeps the
+gateway's own secrets out of every relayed byte, and scrubs error events as errors are scrubbed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ _SCRUB_DEPTH = 32
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    for secret in secrets:
+    # The longest first: a secret that is part of another must not leave the other's rest.
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", text)
@@ -54,6 +59,59 @@ def scrub(value: Any, secrets: tuple[str, ...] = (), depth: int = 0) -> Any:
     if isinstance(value, list):
         return [scrub(item, secrets, depth + 1) for item in value]
     return value
+
+
+# A secret shorter than this is a placeholder ("EMPTY", "none": what keyless vLLM or Ollama
+# deployments are given), not a secret: replacing it would corrupt answers that happen to say it.
+_SHORTEST_SECRET = 8
+_ERROR_FIELD = b'"error"'
+
+
+class Scrubber:
+    """Keeps the gateway's secrets out of relayed 2xx bodies and streams.
+
+    Raw bytes are searched for each secret (one ``bytes.replace`` per secret, which copies nothing
+    when the secret is absent); only the lines of a stream that name an ``"error"`` are parsed,
+    and those that carry one are scrubbed like an error response (keys in JSON escapes and
+    key-like strings included). A stream must be given whole SSE events, as the proxy relays
+    them: no secret has a blank line in it, so none can be split between two calls.
+    """
+
+    __slots__ = ("_raw", "secrets")
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = tuple(sorted({s for s in secrets if len(s) >= _SHORTEST_SECRET}, key=len, reverse=True))
+        self._raw = tuple(s.encode() for s in self.secrets)
+
+    def body(self, data: bytes) -> bytes:
+        """``data`` with every secret replaced."""
+        for raw in self._raw:
+            data = data.replace(raw, b"[redacted]")
+        return data
+
+    def events(self, events: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        """Whole SSE events, scrubbed, and the first error event's error (scrubbed) if one is an error."""
+        events = self.body(events)
+        if _ERROR_FIELD not in events:
+            return events, None
+        error: dict[str, Any] | None = None
+        lines = events.split(b"\n")
+        for index, line in enumerate(lines):
+            if _ERROR_FIELD not in line or not line.startswith(b"data:"):
+                continue
+            try:
+                payload = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue
+            # "error": null is no error (and its answer's text may say "sk-..." for good reasons).
+            if not isinstance(payload, dict) or not payload.get("error"):
+                continue
+            payload = scrub(payload, self.secrets)
+            lines[index] = b"data: " + orjson.dumps(payload) + (b"\r" if line.endswith(b"\r") else b"")
+            if error is None:
+                found = payload["error"]
+                error = found if isinstance(found, dict) else {"message": str(found)}
+        return b"\n".join(lines), error
 
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:

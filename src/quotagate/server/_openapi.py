@@ -1,0 +1,397 @@
+"""The OpenAPI 3.1 description of every route, served at GET /openapi.json.
+
+Request bodies come from the objects that check them: the OpenAI bodies' field tables
+(``_validation.py``) and the admin API's pydantic models (``_admin.py``), so the description cannot
+say something the checks do not do. Response bodies are described here; the schemathesis test
+(tests/server/test_openapi.py) checks every answer the gateway gives against them.
+
+The OpenAI routes are also served without the ``/v1`` prefix; the description lists each once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from .._version import __version__
+from ..keys._store import LABEL_PATTERN
+from ..limits import Unit
+from ._admin import KeyCreate, KeyUpdate
+from ._validation import CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY, RequestBody
+
+_SCHEMAS = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _SCHEMAS + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+_STRING = {"type": "string"}
+_INTEGER = {"type": "integer"}
+_NUMBER = {"type": "number"}
+_BOOLEAN = {"type": "boolean"}
+_ANY_OBJECT = {"type": "object"}
+
+_ERROR = _object(
+    {
+        "error": _object(
+            {"message": _STRING, "type": _STRING},
+            {"param": _nullable(_STRING), "code": _nullable(_STRING)},
+        )
+    }
+)
+
+_KEY = _object(
+    {
+        "object": {"const": "key"},
+        "id": _STRING,
+        "key_hint": _STRING,
+        "name": _nullable(_STRING),
+        "user": _STRING,
+        "tier": _STRING,
+        "models": _nullable({"type": "array", "items": _STRING}),
+        "limits": _nullable(_ANY_OBJECT),
+        "expires_at": _nullable({"type": "string", "format": "date-time"}),
+        "disabled": _BOOLEAN,
+        "created_at": {"type": "string", "format": "date-time"},
+    }
+)
+
+_QUOTA_LIMIT = _object(
+    {
+        "name": _STRING,
+        "scope": _STRING,
+        "unit": {"enum": [unit.value for unit in Unit]},
+        "algorithm": _STRING,
+        "limit": _INTEGER,
+        "used": _INTEGER,
+        "remaining": _INTEGER,
+        "reset_in_seconds": _NUMBER,
+        "resets_at": {"type": "string", "format": "date-time"},
+    },
+    {"limit_usd": _NUMBER, "used_usd": _NUMBER, "remaining_usd": _NUMBER},
+)
+
+_MODEL = _object({"id": _STRING, "object": {"const": "model"}, "created": _INTEGER, "owned_by": _STRING})
+
+
+def _list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return _object({"object": {"const": "list"}, "data": {"type": "array", "items": item}})
+
+
+_COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": _ERROR,
+    "Key": _KEY,
+    "KeyCreated": {"allOf": [_ref("Key"), _object({"key": {"type": "string", "description": "shown only once"}})]},
+    "KeyList": _list_of(_ref("Key")),
+    "KeyDeleted": _object({"id": _STRING, "object": {"const": "key"}, "deleted": {"const": True}}),
+    "Quota": _object(
+        {
+            "object": {"const": "quota"},
+            "key_id": _nullable(_STRING),
+            "user": _nullable(_STRING),
+            "tier": _nullable(_STRING),
+            "model": _nullable(_STRING),
+            "limits": {"type": "array", "items": _QUOTA_LIMIT},
+        }
+    ),
+    "Model": _MODEL,
+    "ModelList": _list_of(_ref("Model")),
+    "TierList": _object({"object": {"const": "list"}, "data": {"type": "object", "additionalProperties": _ANY_OBJECT}}),
+    "DeploymentList": _list_of(
+        _object(
+            {
+                "id": _STRING,
+                "model": _STRING,
+                "label": _STRING,
+                "provider": _STRING,
+                "breaker": {"enum": ["closed", "open", "half-open"]},
+            }
+        )
+    ),
+    "UsageReport": _object(
+        {
+            "object": {"const": "usage_report"},
+            "by": {"enum": ["key", "user", "model", "deployment", "day"]},
+            "currency": _STRING,
+            "rate": _NUMBER,
+            "data": {"type": "array", "items": _ANY_OBJECT},
+            "totals": _ANY_OBJECT,
+        }
+    ),
+    "Reload": _object(
+        {
+            "object": {"const": "reload"},
+            "file": _STRING,
+            "applied": _STRING,
+            "changes": {"type": "array", "items": _STRING},
+            "ignored_until_restart": {"type": "array", "items": _STRING},
+        }
+    ),
+    "Health": _object({"status": {"const": "ok"}}),
+    "Ready": _object(
+        {"status": {"enum": ["ready", "not ready"]}, "checks": {"type": "object", "additionalProperties": _STRING}}
+    ),
+}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": "#/components/responses/Error"} for status in statuses}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_TENANT: list[dict[str, list[str]]] = [{"gatewayKey": []}, {"gatewayKeyHeader": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"masterKey": []}]
+# What any request of a tenant may answer besides its success: a bad request, a bad key, a model
+# the key may not use or that does not exist, a slow or oversized body, a limit, and what the
+# providers answered (502, 503, 504) when no deployment could serve it.
+_TENANT_ERRORS = (400, 401, 403, 404, 408, 413, 429, 502, 503, 504)
+_ADMIN_ERRORS = (400, 401, 403, 404, 405, 408, 413, 503)
+
+
+def _proxy_operation(operation_id: str, body: RequestBody, summary: str) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": _ANY_OBJECT}}
+    if body.streams:
+        # Each event: the provider's JSON chunks in ``data``, then ``data: [DONE]``.
+        content["text/event-stream"] = {"schema": _object({"data": _STRING}, {"event": _STRING})}
+    return {
+        "post": {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": _TENANT,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body.title)}}},
+            "responses": {
+                "200": {
+                    "description": "the provider's answer, relayed (events when stream is true)",
+                    "content": content,
+                },
+                **_error_responses(*_TENANT_ERRORS),
+            },
+        }
+    }
+
+
+def _operation(
+    operation_id: str, summary: str, schema: str, security: list[Any], errors: tuple[int, ...], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": security,
+        "responses": {"200": _json(_ref(schema), summary), **_error_responses(*errors)},
+        **extra,
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or _STRING}
+
+
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": _STRING}
+
+
+def _paths() -> dict[str, Any]:
+    key_link = {"parameters": {"key_id": "$response.body#/id"}}
+    return {
+        "/v1/chat/completions": _proxy_operation("createChatCompletion", CHAT_BODY, "a chat completion"),
+        "/v1/completions": _proxy_operation("createCompletion", COMPLETION_BODY, "a text completion"),
+        "/v1/embeddings": _proxy_operation("createEmbedding", EMBEDDING_BODY, "embeddings"),
+        "/v1/models": {
+            "get": _operation("listModels", "the models this key may use", "ModelList", _TENANT, (401, 503))
+        },
+        "/v1/models/{model}": {
+            "get": _operation(
+                "retrieveModel",
+                "one model",
+                "Model",
+                _TENANT,
+                (401, 403, 404, 503),
+                parameters=[{"name": "model", "in": "path", "required": True, "schema": _STRING}],
+            )
+        },
+        "/v1/quota": {
+            "get": _operation(
+                "getQuota",
+                "this key's limits: used, remaining, reset",
+                "Quota",
+                _TENANT,
+                (400, 401, 403, 404, 503),
+                parameters=[_query("model", "the limits that apply to requests for this model")],
+            )
+        },
+        "/health": {"get": _operation("health", "the process is up", "Health", [], ())},
+        "/ready": {
+            "get": {
+                **_operation("ready", "the database and Redis answer", "Ready", [], ()),
+                "responses": {
+                    "200": _json(_ref("Ready"), "ready"),
+                    "503": _json(_ref("Ready"), "a store does not answer"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (when metrics.enabled; a bearer token when metrics.token is set)",
+                "security": [{}, {"metricsToken": []}],
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": _STRING}}},
+                    **_error_responses(401, 404),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "this description",
+                "security": [],
+                "responses": {"200": _json(_ANY_OBJECT, "OpenAPI 3.1")},
+            }
+        },
+        "/admin/keys": {
+            "get": _operation(
+                "listKeys",
+                "keys (never the keys themselves)",
+                "KeyList",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[_query("user", "only this user's keys", {"type": "string", "pattern": LABEL_PATTERN})],
+            ),
+            "post": {
+                "operationId": "createKey",
+                "summary": "a new key; the response holds the key, the only time it is shown",
+                "security": _ADMIN,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("KeyCreate")}}},
+                "responses": {
+                    "201": {
+                        **_json(_ref("KeyCreated"), "created"),
+                        "links": {
+                            "GetKey": {"operationId": "getKey", **key_link},
+                            "UpdateKey": {"operationId": "updateKey", **key_link},
+                            "GetKeyQuota": {"operationId": "getKeyQuota", **key_link},
+                            "DisableKey": {"operationId": "disableKey", **key_link},
+                            "DeleteKey": {"operationId": "deleteKey", **key_link},
+                        },
+                    },
+                    **_error_responses(*_ADMIN_ERRORS),
+                },
+            },
+        },
+        "/admin/keys/{key_id}": {
+            "parameters": [_KEY_ID],
+            "get": _operation("getKey", "one key", "Key", _ADMIN, _ADMIN_ERRORS),
+            "patch": {
+                "operationId": "updateKey",
+                "summary": "change a key; limits merge ({'tpm': null} removes one, 'limits': null all)",
+                "security": _ADMIN,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("KeyUpdate")}}},
+                "responses": {"200": _json(_ref("Key"), "changed"), **_error_responses(*_ADMIN_ERRORS)},
+            },
+            "delete": {
+                "operationId": "deleteKey",
+                "summary": "delete a key",
+                "security": _ADMIN,
+                "responses": {"200": _json(_ref("KeyDeleted"), "deleted"), **_error_responses(*_ADMIN_ERRORS)},
+            },
+        },
+        "/admin/keys/{key_id}/disable": {
+            "parameters": [_KEY_ID],
+            "post": {**_operation("disableKey", "disable a key", "Key", _ADMIN, _ADMIN_ERRORS)},
+        },
+        "/admin/keys/{key_id}/enable": {
+            "parameters": [_KEY_ID],
+            "post": {**_operation("enableKey", "enable a key", "Key", _ADMIN, _ADMIN_ERRORS)},
+        },
+        "/admin/keys/{key_id}/quota": {
+            "parameters": [_KEY_ID],
+            "get": _operation(
+                "getKeyQuota",
+                "a key's limits: used, remaining, reset",
+                "Quota",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[_query("model", "the limits that apply to requests for this model")],
+            ),
+        },
+        "/admin/tiers": {
+            "get": _operation("listTiers", "the configured tiers and their limits", "TierList", _ADMIN, _ADMIN_ERRORS)
+        },
+        "/admin/usage": {
+            "get": _operation(
+                "usage",
+                "requests, tokens and cost from the ledger, grouped",
+                "UsageReport",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[
+                    _query("by", "the grouping", {"enum": ["key", "user", "model", "deployment", "day"]}),
+                    _query("since", "a date (YYYY-MM-DD) or an ISO 8601 time"),
+                    _query("until", "a date (YYYY-MM-DD) or an ISO 8601 time"),
+                ],
+            )
+        },
+        "/admin/deployments": {
+            "get": _operation(
+                "listDeployments", "every deployment's health and headroom", "DeploymentList", _ADMIN, _ADMIN_ERRORS
+            )
+        },
+        "/admin/reload": {
+            "post": _operation(
+                "reload", "serve the configuration file as it is now (as SIGHUP does)", "Reload", _ADMIN, _ADMIN_ERRORS
+            )
+        },
+    }
+
+
+def _model_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_SCHEMAS + "{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def openapi_document() -> dict[str, Any]:
+    bearer = {"type": "http", "scheme": "bearer"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "quotagate",
+            "version": __version__,
+            "description": "An OpenAI-compatible gateway with exact rate limits, quotas and spend control. "
+            "The /v1 routes are also served without the /v1 prefix. Errors are OpenAI-shaped.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": {
+                **{body.title: body.json_schema() for body in (CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY)},
+                **_model_schemas(KeyCreate, KeyUpdate),
+                **_COMPONENT_SCHEMAS,
+            },
+            "responses": {"Error": _json(_ref("Error"), "an error, OpenAI-shaped")},
+            "securitySchemes": {
+                "gatewayKey": {**bearer, "description": "a gateway key (Authorization: Bearer KEY)"},
+                "gatewayKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "masterKey": {**bearer, "description": "the configured master_key"},
+                "metricsToken": {**bearer, "description": "metrics.token"},
+            },
+        },
+    }
+
+
+def openapi_json() -> bytes:
+    return orjson.dumps(openapi_document())
