@@ -83,6 +83,8 @@ class EndlessEvent:
             while self.sent < 1024 * 1024 * 1024 and not gone.done():
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
                 self.sent += len(piece)
+                # A send to a closed connection returns at once: let the disconnect be seen.
+                await asyncio.sleep(0)
         finally:
             gone.cancel()
             self.stopped = True
