@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -30,3 +32,15 @@ def test_all_lists_exactly_what_the_module_exports(module_name: str) -> None:
         assert hasattr(module, name), f"{module_name}.{name} is in __all__ but missing"
     for name in PUBLIC[module_name]:
         assert name in module.__all__, f"{module_name}.{name} is not public"
+
+
+def test_importing_quotagate_changes_nothing_process_wide() -> None:
+    """Importing the package (the gateway, its ledger, the client library) registers no sqlite3
+    adapter and leaves the garbage collector as it was: an embedding program's process is its own."""
+    code = (
+        "import gc, sqlite3; before = (gc.get_threshold(), gc.isenabled(), dict(sqlite3.adapters));"
+        "import quotagate, quotagate.server, quotagate.accounting, quotagate.client, quotagate.limits;"
+        "assert (gc.get_threshold(), gc.isenabled(), dict(sqlite3.adapters)) == before, 'changed'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import httpx
 
+from quotagate.server._run import YOUNG_GC_THRESHOLD, tune_gc_for_serving
+
 from ..conftest import REDIS_URL, RunningGateway, ServerThread, closed_port, gateway_config
 
 
@@ -48,15 +50,27 @@ def test_gateway_with_keys_in_postgresql(
     assert httpx.get(gw.url + "/ready").json()["checks"] == {"database": "ok"}
 
 
-def test_startup_turns_garbage_collection_back_on(
+def test_an_embedded_gateway_leaves_the_garbage_collector_alone(
     start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
 ) -> None:
-    """`quotagate serve` imports with collection off; once the gateway has started, reference
-    cycles are collected again (a gateway that never collected would grow without bound)."""
+    """A program that runs the gateway in its own process keeps its collector as it set it (the
+    gateway's start froze every object of the process and raised the young threshold to 10,000)."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url))
+    assert httpx.get(gw.url + "/ready").status_code == 200
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == (threshold, frozen, True)
+
+
+def test_serve_turns_garbage_collection_back_on_once_started() -> None:
+    """`quotagate serve` imports with collection off; once the gateway has started it collects
+    again (a gateway that never collected would grow without bound), less often, with what is
+    alive at start frozen."""
+    threshold = gc.get_threshold()
     gc.disable()
     try:
-        gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url))
-        assert httpx.get(gw.url + "/ready").status_code == 200
-        assert gc.isenabled()
+        tune_gc_for_serving()
+        assert gc.isenabled() and gc.get_threshold()[0] == YOUNG_GC_THRESHOLD and gc.get_freeze_count() > 0
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
         gc.enable()

@@ -208,13 +208,15 @@ def _statement_sizes(count: int, largest: int) -> Iterator[int]:
         count -= size
 
 
-# The sqlite3 driver binds int, float and str at once, but None (a row's error_type and
-# client_request_id, mostly) through its adapter protocol: with no adapter registered for
-# NoneType it looks for __adapt__ and __conform__, raising and clearing an AttributeError for
-# each, 3,400 instructions per NULL (callgrind, 2 a row). With one registered, it is a dictionary
-# lookup and a call. The adapter is the bound method of an empty dict, which answers None for any
-# value: C, with no state. NULL is bound either way, for every user of sqlite3 in the process.
-sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
+def _bind_null_directly() -> None:
+    """The sqlite3 driver binds int, float and str at once, but None (a row's error_type and
+    client_request_id, mostly) through its adapter protocol: with no adapter registered for
+    NoneType it looks for __adapt__ and __conform__, raising and clearing an AttributeError for
+    each, 3,400 instructions per NULL (callgrind, 2 a row). With one registered, it is a
+    dictionary lookup and a call. The adapter is the bound method of an empty dict, which answers
+    None for any value: C, with no state. NULL is bound either way, for every user of sqlite3 in
+    the process; registered when a SQLite ledger opens, not when quotagate is imported."""
+    sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 
 
 def _parameters(rows: list[list[Any]]) -> list[Any]:
@@ -348,6 +350,7 @@ class SqlWriter:
 
     def _open_sqlite(self) -> sqlite3.Connection:
         assert self._sqlite_path is not None
+        _bind_null_directly()
         connection = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA busy_timeout=0")  # never wait on the event loop
         connection.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable through a crash

@@ -134,7 +134,8 @@ def serve(
     """
     # The modules imported from here are long-lived objects: the ~200 collections that ran while
     # they loaded freed under 2,000 objects and cost ~3 % of start-up. The gateway collects once,
-    # then freezes what is alive, when it starts serving (Gateway.startup turns collection on).
+    # then freezes what is alive, when it starts serving (server._run.tune_gc_for_serving, which
+    # turns collection back on).
     gc.disable()
     from ..server._run import ListenError, run, serve_demo, serve_workers
     from ..server._run import serve as run_gateway

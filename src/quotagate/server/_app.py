@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import hmac
 import logging
 import os
@@ -67,8 +66,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("quotagate")
 
-YOUNG_GC_THRESHOLD = 10_000
-
 _READY_TIMEOUT = 2.0
 # GET /admin/usage: how long it waits for this node's unwritten rows to be written.
 _REPORT_FLUSH_WAIT = 2.0
@@ -91,8 +88,12 @@ class Gateway:
         transport: Transport | None = None,
         config_file: str | os.PathLike[str] | None = None,
         supervisor: int | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # Called once startup is done: `quotagate serve` tunes its process there (the garbage
+        # collector); a program that embeds the gateway keeps its process as it is.
+        self._on_started = on_started
         self.config_file = Path(config_file) if config_file is not None else None
         self._supervisor = supervisor
         self._reloading = asyncio.Lock()
@@ -312,18 +313,8 @@ class Gateway:
             await self.ledger.start()
         if self._quota_writer is not None:
             await self._quota_writer.start()
-        # Everything alive now (config, modules, pools) lives as long as the process: moving it
-        # out of the collector's generations keeps full collections short under load.
-        gc.collect()
-        gc.freeze()
-        # Requests leave no reference cycles behind (gc.collect() found none after 7,000 requests,
-        # streams and errors included), so a young-generation collection under load only re-scans
-        # the requests in flight: at the default threshold of 700 that took 6 % of the gateway's
-        # CPU at 64 connections (thread time in gc.callbacks). Cycles that do appear are still
-        # collected, after at most this many net allocations.
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
-        # `quotagate serve` turns collection off while it imports and builds the gateway.
-        gc.enable()
+        if self._on_started is not None:
+            self._on_started()
 
     async def shutdown(self) -> None:
         # The ledger's last write stores the quotas' last changes: before the limiter closes.

@@ -97,12 +97,32 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise ListenError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
 
 
+# Requests leave no reference cycles behind (gc.collect() found none after 7,000 requests, streams
+# and errors included), so a young-generation collection under load only re-scans the requests in
+# flight: at the default threshold of 700 that took 6 % of the gateway's CPU at 64 connections
+# (thread time in gc.callbacks). Cycles that do appear are still collected, after at most this many
+# net allocations.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def tune_gc_for_serving() -> None:
+    """The garbage collector of a process that does nothing but serve the gateway, once it has
+    started: what is alive now (configuration, modules, pools) lives as long as the process, so it
+    is moved out of the collector's generations (full collections stay short under load), and
+    young collections run less often. `quotagate serve` turned collection off while it imported
+    and built the gateway; this turns it back on."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+    gc.enable()
+
+
 async def serve(
     config: Config, host: str | None = None, port: int | None = None, config_file: Path | None = None
 ) -> None:
     """Run the gateway until interrupted; SIGHUP reloads ``config_file`` (see Gateway.reload)."""
     configure_logging(config.logging.format, config.logging.level)
-    gateway = Gateway(config, config_file=config_file)
+    gateway = Gateway(config, config_file=config_file, on_started=tune_gc_for_serving)
     server = _Server(
         uvicorn_config(
             gateway,
@@ -163,7 +183,12 @@ def worker_gateway() -> Gateway:
     startup = load_config(os.environ[WORKER_STARTUP_CONFIG_ENV])
     config, _ = keep_restart_settings(load_config(os.environ[WORKER_CONFIG_ENV]), startup)
     configure_logging(config.logging.format, config.logging.level)
-    return Gateway(config, config_file=os.environ[WORKER_SOURCE_ENV], supervisor=os.getppid())
+    return Gateway(
+        config,
+        config_file=os.environ[WORKER_SOURCE_ENV],
+        supervisor=os.getppid(),
+        on_started=tune_gc_for_serving,
+    )
 
 
 class _WorkerConfig:
@@ -294,7 +319,7 @@ async def serve_demo(host: str, port: int, master_key: str | None, announce: Cal
     await store.close()
 
     master = master_key or "qg-admin-" + secrets.token_urlsafe(16)
-    gateway = Gateway(config)
+    gateway = Gateway(config, on_started=tune_gc_for_serving)
     gateway.admin._master_key = master
     server = _Server(uvicorn_config(gateway, host))
     actual_port = gateway_sock.getsockname()[1]
