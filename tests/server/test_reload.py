@@ -144,13 +144,20 @@ def answering_worker(url: str, key: str) -> str:
     return worker(response.headers["x-request-id"])
 
 
-def workers_answering(url: str, key: str, count: int = 2, not_in: frozenset[str] = frozenset()) -> set[str]:
-    """Until ``count`` workers (none of ``not_in``) have answered."""
+def workers_answering(
+    url: str, key: str, count: int = 2, not_in: frozenset[str] = frozenset(), old_gone: bool = False
+) -> set[str]:
+    """Until ``count`` workers (none of ``not_in``) have answered; with ``old_gone``, also until
+    none of ``not_in`` has answered for ten requests in a row: the supervisor starts the last new
+    worker before it tells the last old one to stop, so for a moment both take connections."""
     deadline = time.monotonic() + 90
     seen: set[str] = set()
-    while len(seen - not_in) < count:
+    new_in_a_row = 0
+    while len(seen - not_in) < count or (old_gone and new_in_a_row < 10):
         assert time.monotonic() < deadline, f"workers seen: {seen}, old: {not_in}"
-        seen.add(answering_worker(url, key))
+        worker = answering_worker(url, key)
+        seen.add(worker)
+        new_in_a_row = 0 if worker in not_in else new_in_a_row + 1
     return seen - not_in
 
 
@@ -331,7 +338,7 @@ def test_workers_reload_on_sighup(
     write_config(config, tmp_path / "elsewhere.db", slow.url, "{free: {rpm: 50}}", models, extra)
     gateway.hangup()
     # Until both workers are new ones. They find the key: the database is the one they started with.
-    workers_answering(gateway.url, key, not_in=old)
+    workers_answering(gateway.url, key, not_in=old, old_gone=True)
     assert [chat(gateway.url, key, second) for _ in range(4)] == [200] * 4
     assert chat(gateway.url, key, first) == 200  # the raised RPM
     assert f"models added: {second}" in gateway.wait_for_log("configuration reloaded")
