@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -62,6 +63,21 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class RawHttpServer:
+    """A threaded TCP server on 127.0.0.1 whose ``handler`` speaks HTTP/1.1 by hand, for upstreams
+    that misbehave in ways an ASGI app cannot (close unanswered, lie about lengths, stall)."""
+
+    def __init__(self, handler: type[socketserver.BaseRequestHandler]) -> None:
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def wait_until_ready(port: int, timeout: float = 20.0) -> None:

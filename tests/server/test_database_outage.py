@@ -234,6 +234,14 @@ def rows_of(postgres_url: str, load: Load) -> list[Any]:
     return [r for r in ledger_rows(postgres_url) if (r.client_request_id or "").startswith(load.prefix)]
 
 
+def assert_rows_written(postgres_url: str, load: Load, served: set[str], timeout: float = 20) -> None:
+    """Every request in ``served`` has its row in the database, once, and no other of the load has."""
+    rows = wait_for_rows(postgres_url, load, served, timeout)
+    ids = [r.client_request_id for r in rows]
+    assert served <= set(ids), f"{len(served - set(ids))} of {len(served)} rows lost"
+    assert len(ids) == len(set(ids)) == len(served)
+
+
 def wait_for_rows(postgres_url: str, load: Load, ids: set[str], timeout: float) -> list[Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -357,12 +365,8 @@ def test_a_database_that_goes_down_under_load(
     after = [a for a in load.answers if a.started > up + 2.0]
     assert len(after) > 20 and all(a.status == 200 for a in after)
 
-    served = {a.request_id for a in load.answers if a.status == 200}
-    rows = wait_for_rows(postgres_url, load, served, timeout=20)
-    ids = [r.client_request_id for r in rows]
-    assert served <= set(ids), f"{len(served - set(ids))} of {len(served)} rows lost"
     # The refused requests never passed authentication: they have no row, and none is written twice.
-    assert len(ids) == len(set(ids)) == len(served)
+    assert_rows_written(postgres_url, load, {a.request_id for a in load.answers if a.status == 200})
 
 
 def test_a_database_that_stops_answering_under_load(
@@ -426,11 +430,7 @@ def test_a_database_that_stops_answering_under_load(
     after = [a for a in load.answers if a.started > up + 2.0]
     assert len(after) > 20 and all(a.status == 200 for a in after)
 
-    served = {a.request_id for a in load.answers if a.status == 200}
-    rows = wait_for_rows(postgres_url, load, served, timeout=20)
-    ids = [r.client_request_id for r in rows]
-    assert served <= set(ids), f"{len(served - set(ids))} of {len(served)} rows lost"
-    assert len(ids) == len(set(ids)) == len(served)
+    assert_rows_written(postgres_url, load, {a.request_id for a in load.answers if a.status == 200})
 
 
 def test_connections_a_partition_left_silent_do_not_stall_the_ledger(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socketserver
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from quotagate.config import parse_config
 from quotagate.upstream import HttpTransport
 
-from ..conftest import RunningGateway, ServerThread, closed_port
+from ..conftest import RawHttpServer, RunningGateway, ServerThread, closed_port
 from .test_errors import assert_openai_error
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -330,7 +329,7 @@ def test_clients_hanging_up_do_not_open_the_breaker(
     assert post(gw, key).status_code == 200
 
 
-class DroppingUpstream:
+class DroppingUpstream(RawHttpServer):
     """A real HTTP/1.1 upstream on 127.0.0.1 that closes the connection, without a byte of
     answer, on a request whose body holds ``poison`` (as a provider's front end does with a
     request it cannot parse), and answers every other one with a small chat completion."""
@@ -368,14 +367,7 @@ class DroppingUpstream:
                         % (len(upstream.ANSWER), upstream.ANSWER)
                     )
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.mark.parametrize("fault", ["500", "dropped"])
@@ -439,7 +431,7 @@ def test_a_deployment_that_answers_no_one_still_opens_its_breaker(
     assert state["breaker"] == "open" and state["failures"] == 3
 
 
-class FailingUpstream:
+class FailingUpstream(RawHttpServer):
     """A real HTTP/1.1 upstream on 127.0.0.1 that answers every request with ``status`` and an
     OpenAI-shaped error (a provider that is down), counting the requests it was sent."""
 
@@ -463,14 +455,7 @@ class FailingUpstream:
                     upstream.requests += 1
                     self.wfile.write(head % (status, len(answer)) + answer)
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _until_refused(gw: RunningGateway, key: str) -> list[int]:

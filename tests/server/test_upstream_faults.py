@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import socketserver
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from quotagate.config import parse_config
 
 from ..accounting.test_ledger import ledger_rows
 from ..accounting.test_ledger_faults import Gateway
-from ..conftest import RunningGateway, ServerThread, cli_key, closed_port
+from ..conftest import RawHttpServer, RunningGateway, ServerThread, cli_key, closed_port
 
 UPSTREAM_KEY = "sk-upstream-test-key-123456"
 # Each deployment's timeouts, and the router's: a request ends within the router's deadline for
@@ -48,7 +47,7 @@ BOUND = DEADLINE + TOTAL_TIMEOUT
 HUGE_TOKENS = 100_000  # about 550 KB of JSON: over the 256 KiB that once hung a body
 
 
-class RawUpstream:
+class RawUpstream(RawHttpServer):
     """An HTTP/1.1 upstream on 127.0.0.1 that reads each request and then misbehaves in a way
     the ASGI mock cannot: ``"close"`` closes the connection without a byte of answer (a
     provider's front end that crashed); ``"truncate"`` promises a body of 4 MiB, sends 1 MiB of it
@@ -89,14 +88,7 @@ class RawUpstream:
                         self.rfile.read(1)  # until the gateway hangs up
                 # Returning closes the connection.
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
