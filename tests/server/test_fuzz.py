@@ -244,10 +244,11 @@ def test_what_no_http_client_sends_gets_a_4xx_and_leaves_the_gateway_serving(
     }
     for name, data in cases.items():
         began = time.monotonic()
-        received, closed = _raw_exchange(port, data)
+        # Past server.header_timeout (10 s): a head that never ends (HTTP/0.9's) is closed then.
+        received, closed = _raw_exchange(port, data, timeout=15.0)
         # Answered or hung up on, and soon: a connection left waiting is what this looks for.
-        assert received or closed, f"{name}: no answer within 10 s"
-        assert time.monotonic() - began < 12, name
+        assert received or closed, f"{name}: no answer within 15 s"
+        assert time.monotonic() - began < 17, name
         statuses = _statuses(received)
         assert all(status < 500 for status in statuses), (name, received[:500])
         for response in received.split(b"HTTP/1.1 ")[1:]:
