@@ -50,7 +50,9 @@ PY = sys.executable
 QG = [PY, "-m", "quotagate"]
 LITELLM = HERE / ".venv-litellm" / "bin" / "litellm"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-BENCH_REDIS = "redis://127.0.0.1:6379/14"  # the benchmark's own database, emptied before each Redis target
+# The benchmark's own database, emptied before each Redis target; QUOTAGATE_BENCH_REDIS may add
+# ?client=redis-py to measure redis-py's client against the pipelined connection.
+BENCH_REDIS = os.environ.get("QUOTAGATE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
 
 
 def loadgen(
@@ -111,7 +113,7 @@ def quotagate_config(name: str, mock0: int, mock50: int, work: Path, extra: str 
         # that was killed would otherwise be written out by this one while it is measured.
         import redis
 
-        redis.Redis.from_url(BENCH_REDIS).flushdb()
+        redis.Redis.from_url(BENCH_REDIS.partition("?")[0]).flushdb()
     tiers = {"none": "{}", "memory": "{rpm: 1000000000, tpm: 1000000000000, tpd: 1000000000000}"}
     tiers["redis"] = tiers["memory"]
     config = work / f"qg-{name}.yaml"

@@ -55,9 +55,10 @@ def configure(format: str = "json", level: str = "info") -> None:
 
 
 class EveryFewSeconds:
-    """A warning that would otherwise fire once per request while a store is down (1,991 lines
-    in a 5 s Redis outage), logged at most once per ``interval`` seconds; the next line that
-    goes out says how many were held back, so the log still tells how big the outage was.
+    """A warning that would otherwise fire once per request while a store is down (a flood of
+    lines even in a short outage: bench/NOTES.md), logged at most once per ``interval`` seconds;
+    the next line that goes out says how many were held back, so the log still tells how big the
+    outage was.
 
     One per call site: each holds back only its own lines.
     """

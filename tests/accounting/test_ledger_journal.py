@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from quotagate.accounting import Ledger, SqlWriter
-from quotagate.accounting._ledger import journal_path, journal_record, read_journal
+from quotagate.accounting.ledger import journal_path, journal_record, read_journal
 from quotagate.keys import KeyStore
 
 from .test_ledger import ledger_rows

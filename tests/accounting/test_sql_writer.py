@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from quotagate.accounting import Ledger, SqlWriter, UsageRow, usage_table
-from quotagate.accounting._ledger import _statement_sizes
+from quotagate.accounting.ledger._sql import _statement_sizes
 from quotagate.keys import KeyStore
 
 from .test_ledger import ledger_rows

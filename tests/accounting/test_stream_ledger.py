@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from quotagate.accounting import SqlWriter, StreamLedger, UsageRow
-from quotagate.accounting._ledger import row_json
+from quotagate.accounting.ledger import row_json
 from quotagate.keys import KeyStore
 from quotagate.limits import RedisConnection
 

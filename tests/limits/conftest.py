@@ -10,8 +10,11 @@ import pytest
 from redis.asyncio import Redis
 
 from quotagate.limits import InProcessStore, RedisConnection, RedisStore, Store
+from quotagate.redis import RedisClient, connect
 
 from ..conftest import REDIS_URL, closed_port
+from ..redis_servers import LocalCluster
+from ..redis_servers import local_cluster as local_cluster
 
 # 2023-11-14 22:13:20 UTC: an arbitrary, fixed start for injected clocks.
 T0 = 1_700_000_000.0
@@ -46,6 +49,15 @@ StoreFactory = Callable[[FakeClock], Store]
 
 
 @pytest.fixture
+async def cluster_client(local_cluster: LocalCluster) -> AsyncIterator[RedisClient]:
+    """The gateway's client for a Redis Cluster, on a flushed 6-node cluster of the module's own."""
+    local_cluster.flushall()
+    client = connect(local_cluster.url, timeout=5.0, connect_timeout=5.0)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def redis_connection(redis_client: Redis) -> AsyncIterator[RedisConnection]:
     """The gateway's pipelined connection, on the same (flushed) test database."""
     connection = RedisConnection(REDIS_URL)
@@ -53,12 +65,16 @@ async def redis_connection(redis_client: Redis) -> AsyncIterator[RedisConnection
     await connection.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-pipelined", "redis-split"])
+@pytest.fixture(params=["memory", "redis", "redis-pipelined", "redis-split", "redis-cluster"])
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     """The one table: every test using it runs on each store: in-process, Redis through
-    redis-py and through the gateway's pipelined connection, and Redis in per-slot mode."""
+    redis-py and through the gateway's pipelined connection, Redis in per-slot mode, and a real
+    6-node Redis Cluster through the client ``redis+cluster://`` gives the gateway."""
     if request.param == "memory":
         return lambda clock: InProcessStore(clock)
+    if request.param == "redis-cluster":
+        client = request.getfixturevalue("cluster_client")
+        return lambda clock: RedisStore(client, clock=clock)
     if request.param == "redis-pipelined":
         connection = request.getfixturevalue("redis_connection")
         return lambda clock: RedisStore(connection, clock=clock)

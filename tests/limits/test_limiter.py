@@ -132,6 +132,25 @@ async def test_waiting_is_bounded(clock: FakeClock) -> None:
     assert (await first).allowed
 
 
+async def test_a_request_queued_without_a_decision_that_reaches_the_head_at_its_deadline(clock: FakeClock) -> None:
+    """One that joined the line behind another (no decision of its own yet) and becomes its head
+    just as its wait runs out gets a refusal that says which limit and when: the 429's data, not
+    an error (issue 19: an assert here was a 500 for the client)."""
+    time_ = SteppedTime(clock)
+    limiter = Limiter(InProcessStore(clock), clock=clock, sleep=time_.sleep)
+    assert (await limiter.acquire([ONE_PER_SECOND], [1])).allowed
+    first = asyncio.ensure_future(limiter.acquire([ONE_PER_SECOND], [1], max_wait=5))
+    await time_.advance(0)
+    behind = asyncio.ensure_future(limiter.acquire([ONE_PER_SECOND], [1], max_wait=1.0))
+    await time_.advance(0)
+    await time_.advance(1.0)  # the first is admitted as the second's wait runs out
+    assert (await first).allowed
+    decision = await behind
+    assert not decision.allowed
+    assert decision.denied_by is not None and decision.denied_by.limit is ONE_PER_SECOND
+    assert 0 < decision.retry_after <= 1.0
+
+
 async def test_fail_closed(clock: FakeClock) -> None:
     """With fail-closed, a broken store refuses with StoreUnavailableError, and recovers by itself."""
     store = BrokenStore(clock)

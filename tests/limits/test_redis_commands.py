@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from quotagate.limits import Algorithm, Calendar, Limit, RedisConnection, RedisStore, Unit
-from quotagate.limits._connection import _pack
 from quotagate.limits._redis import _PLAIN_HEAD
+from quotagate.redis._pipelined import _pack
 
 from ..conftest import REDIS_URL
 

@@ -22,10 +22,18 @@ import pytest
 from quotagate.config import parse_config
 from quotagate.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from quotagate.limits import InProcessStore, Limiter
-from quotagate.router import DeploymentStates, Exchange, MemoryStateStore, Router, RouteRequest
-from quotagate.router import _router as router_module
+from quotagate.router import (
+    DeploymentStates,
+    Exchange,
+    MemoryStateStore,
+    Router,
+    RouteRequest,
+    _attempt,
+    _capacity,
+    _router,
+)
 from quotagate.tokens import Estimate
-from quotagate.upstream import DeploymentTarget, ModelRoutes, UpstreamRequest, UpstreamResponse
+from quotagate.upstream import DeploymentTarget, ModelRoutes, UpstreamBodies, UpstreamRequest, UpstreamResponse
 from quotagate.upstream._http import ConnectFailed, ConnectTimeout, Disconnected, ReadTimeout
 
 SHORT = Estimate(10, 10)
@@ -157,8 +165,10 @@ class Harness:
         **router: Any,
     ) -> None:
         self.clock = Clock()
-        # The router reads time.monotonic() for deadlines and cooldowns: it reads this clock.
-        monkeypatch.setattr(router_module, "time", types.SimpleNamespace(monotonic=self.clock))
+        # The router's layers read time.monotonic() (the retry loop for its deadline, capacity for
+        # cooldowns and the wait line, an attempt for its start): they read this clock.
+        for module in (_router, _capacity, _attempt):
+            monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=self.clock))
         self.config = parse_config({"models": models, "router": router})
         self.routes = ModelRoutes(self.config)
         self.transport = ScriptedTransport(self.clock, script)
@@ -176,7 +186,8 @@ class Harness:
         self.clock.advance(seconds)
         await asyncio.sleep(0)
 
-    async def switch_model(self, name: str) -> bool:
+    async def move_to(self, name: str) -> bool:
+        """The tenant's charge moving to a fallback model (the router's TenantCharge)."""
         self.switched.append(name)
         return name not in self.refuse
 
@@ -187,7 +198,9 @@ class Harness:
         """One request as the proxy makes it: the exchange, then finish() once relayed."""
         exchange = await self.router.exchange(
             model,
-            RouteRequest("/chat/completions", lambda target: b"{}", False, estimate, 0.0, 0, self.switch_model),
+            RouteRequest(
+                "/chat/completions", UpstreamBodies({}, b"{}", model, False, False), False, estimate, 0.0, 0, self
+            ),
         )
         await self.router.finish(exchange, True, None)
         return exchange
@@ -391,7 +404,7 @@ async def test_a_failed_probe_opens_the_breaker_again(monkeypatch: pytest.Monkey
 
 async def test_fallback_model_serves_when_every_deployment_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """When all of a model's deployments fail, its fallback model serves, and the tenant's
-    limits are moved to the fallback (switch_model)."""
+    limits are moved to the fallback (TenantCharge.move_to)."""
     h = Harness(
         monkeypatch,
         [

@@ -10,16 +10,26 @@ import pytest
 
 from quotagate.config import BreakerSettings
 from quotagate.limits import RedisConnection
+from quotagate.redis import connect
 from quotagate.router import DeploymentStates, MemoryStateStore, RedisStateStore, parse_duration
 from quotagate.router._state import CLOSED, HALF_OPEN, OPEN, StateReply, StateStore
 
 from ..conftest import REDIS_URL
+from ..redis_servers import LocalCluster
+from ..redis_servers import local_cluster as local_cluster
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryStateStore()
+        return
+    if request.param == "redis-cluster":
+        cluster: LocalCluster = request.getfixturevalue("local_cluster")
+        cluster.flushall()
+        client = connect(cluster.url, timeout=5.0, connect_timeout=5.0)
+        yield RedisStateStore(client)
+        await client.aclose()
         return
     connection = RedisConnection(REDIS_URL)
     await connection.execute("FLUSHDB")

@@ -185,12 +185,14 @@ class Load:
         return collections.Counter((a.status, a.code) for a in self.answers)
 
 
-async def ask(session: aiohttp.ClientSession, port: int, key: str, request_id: str = "") -> Answer:
+async def ask(
+    session: aiohttp.ClientSession, port: int, key: str, request_id: str = "", body: dict[str, Any] = BODY
+) -> Answer:
     """One chat completion, and what came of it."""
     headers = {"Authorization": f"Bearer {key}", "x-client-request-id": request_id}
     started = time.monotonic()
     try:
-        async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=BODY, headers=headers) as r:
+        async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers) as r:
             payload = await r.json(content_type=None)
             status = r.status
             json_type = r.headers.get("content-type") == "application/json"

@@ -23,7 +23,8 @@ import orjson
 from .._logging import EveryFewSeconds
 from ..auth import Principal
 from ..config import AlertSettings
-from ..limits import Algorithm, Decision, Limit, LimitStatus, RedisConnection, Unit
+from ..limits import Decision, Limit, LimitStatus, Unit
+from ..redis import RedisClient
 from ..upstream import USER_AGENT
 from ..upstream._http import ConnectFailed, ConnectTimeout, Disconnected, HttpClient, ReadTimeout
 from ._pricing import MICRO
@@ -32,7 +33,6 @@ logger = logging.getLogger("quotagate.alerts")
 _RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 _TRY_SECONDS = 5.0
 _WEBHOOK_HEADERS = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-_CALENDAR = Algorithm.CALENDAR  # a global: through the enum's class it is a slow lookup
 # The marker of a refusal among the thresholds (which are fractions in (0, 1]).
 _REFUSED = -1.0
 # Reads limits' current state from the store (Limiter.status).
@@ -45,7 +45,7 @@ def _claim_key(status: LimitStatus, threshold: float) -> str:
 
 
 class Alerts:
-    def __init__(self, settings: AlertSettings, redis: RedisConnection | None = None) -> None:
+    def __init__(self, settings: AlertSettings, redis: RedisClient | None = None) -> None:
         self.settings = settings
         self.redis = redis
         # (limit key, window, threshold or _REFUSED): what this node has fired or seen fired.
@@ -79,7 +79,7 @@ class Alerts:
         confirm: list[Limit] = []
         for index, limit_status in enumerate(decision.statuses):
             limit = limit_status.limit
-            if limit.algorithm is not _CALENDAR:
+            if limit.algorithm != "calendar":  # by value: see limits/_usage.costs_on
                 continue
             delta = deltas[index] if deltas is not None else 0
             threshold = self._new_threshold(limit, limit_status.window, limit_status.used + delta)
@@ -97,7 +97,7 @@ class Alerts:
         """A quota or budget refused a request: say so, once per window, with what was used and
         what the request needed (a refusal at 92 of 100 is not "100 % used")."""
         denied = decision.denied_by
-        if not self.settings.thresholds or denied is None or denied.limit.algorithm is not _CALENDAR:
+        if not self.settings.thresholds or denied is None or denied.limit.algorithm != "calendar":
             return
         marker = (denied.limit.key, denied.window, _REFUSED)
         if marker in self._fired:

@@ -2,11 +2,12 @@
 from the configuration; keys appear only when ``metrics_per_key`` is on.
 
 Every request updates a handful of counters and histograms. prometheus-client's metric objects
-take a lock and look up their label children on each update (~2 µs a call, ~20 µs a request), so
-the request path counts into plain dictionaries and bucket arrays instead, and this collector
-turns them into metric families when /metrics is scraped (prometheus-client's documented way
-for custom collectors). The exposition is the same as with Counter and Histogram objects.
-prometheus-client itself is imported at the first scrape: it is ~3 % of the gateway's start-up.
+take a lock and look up their label children on each update, which adds up over a request
+(bench/NOTES.md), so the request path counts into plain dictionaries and bucket arrays instead,
+and this collector turns them into metric families when /metrics is scraped (prometheus-client's
+documented way for custom collectors). The exposition is the same as with Counter and Histogram
+objects. prometheus-client itself is imported at the first scrape, to keep it out of the
+gateway's start-up (bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..limits import Limit
-from ._ledger import UsageRow
+from .ledger import UsageRow
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from ..keys import Database
-from ._ledger import usage_table
+from .ledger import usage_table
 
 GroupBy = Literal["key", "user", "model", "deployment", "day"]
 NO_GROUP = "(none)"

@@ -37,13 +37,14 @@ from typing import Any, ParamSpec, TypeVar
 from ..limits import (
     Algorithm,
     Calendar,
-    Decision,
     InProcessStore,
     Limit,
     Limiter,
     RedisStore,
+    Reservation,
     Store,
     Unit,
+    Usage,
     one_second_burst,
 )
 from ._portal import run_sync
@@ -178,19 +179,17 @@ class RateLimiter:
             self._limiters[id(loop)] = limiter
         return limiter
 
-    def _costs(self, tokens: int) -> list[int]:
-        return [tokens if limit.unit is Unit.TOKENS else 1 for limit in self.limits]
-
     # -- acquiring ----------------------------------------------------------------------------
 
     def acquire(self, tokens: int = 0, *, max_wait: float | None = None) -> Permit:
         """A permit for one request of ``tokens`` tokens: use with ``async with`` or ``with``."""
         return Permit(self, tokens, self.max_wait if max_wait is None else max_wait)
 
-    async def _acquire(self, tokens: int, max_wait: float) -> Decision:
-        decision = await self._limiter().acquire(self.limits, self._costs(tokens), max_wait=max_wait)
+    async def _reserve(self, tokens: int, max_wait: float) -> Reservation:
+        reservation = await self._limiter().reserve(self.limits, Usage(input_tokens=tokens), max_wait=max_wait)
+        decision = reservation.decision
         if decision.allowed:
-            return decision
+            return reservation
         status = decision.denied_by
         assert status is not None
         if decision.never_fits:
@@ -203,13 +202,6 @@ class RateLimiter:
             f"(used {status.used} of {status.limit.capacity}; next in {decision.retry_after:.1f}s).",
             decision.retry_after,
         )
-
-    async def _settle(self, decision: Decision, estimated: int, actual: int) -> None:
-        deltas = [actual - estimated if limit.unit is Unit.TOKENS else 0 for limit in self.limits]
-        await self._limiter().settle(decision, self.limits, deltas)
-
-    async def _release(self, decision: Decision) -> None:
-        await self._limiter().release(decision, self.limits)
 
     def limit(self, tokens: int | Callable[..., int] = 0) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate a function (sync or async) so that each call first acquires a permit."""
@@ -257,7 +249,7 @@ class Permit:
         self._limiter = limiter
         self.tokens = tokens
         self._max_wait = max_wait
-        self._decision: Decision | None = None
+        self._reservation: Reservation | None = None
         self._actual: int | None = None
         self.waited = 0.0
 
@@ -267,17 +259,17 @@ class Permit:
 
     async def __aenter__(self) -> Permit:
         started = time.monotonic()
-        self._decision = await self._limiter._acquire(self.tokens, self._max_wait)
+        self._reservation = await self._limiter._reserve(self.tokens, self._max_wait)
         self.waited = time.monotonic() - started
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._decision is not None
-        if self._actual is not None and self._actual != self.tokens:
-            await self._limiter._settle(self._decision, self.tokens, self._actual)
-        await self._limiter._release(self._decision)
+        assert self._reservation is not None
+        if self._actual is not None:
+            await self._reservation.settle(Usage(input_tokens=self._actual))
+        await self._reservation.release()
 
     def __enter__(self) -> Permit:
         run_sync(self.__aenter__())

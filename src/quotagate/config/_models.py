@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..redis import URL_SCHEMES
+
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 
 # Where each known OpenAI-compatible provider lives, so `base_url` may be left out for them.
@@ -383,8 +385,12 @@ class Config(_Strict):
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        if value is not None and not value.startswith(URL_SCHEMES):
+            raise ValueError(
+                "must be redis://HOST:PORT/DB, rediss://... or unix://PATH (one server), "
+                "redis+cluster://HOST:PORT[,HOST:PORT...] (a Cluster) or "
+                "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] (Sentinel)"
+            )
         return value
 
     @field_validator("timezone")

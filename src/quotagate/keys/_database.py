@@ -3,8 +3,8 @@
 PostgreSQL goes through asyncpg and SQLAlchemy's asyncio engine. SQLite goes through the standard
 library's driver on one thread of its own, which is what aiosqlite did: SQLite has no network to
 wait on, and its connections are not to be shared between threads. Keeping SQLAlchemy's asyncio
-extension out of the SQLite path spares every start of the embedded default the ORM it imports
-(about a tenth of the gateway's start-up instructions).
+extension out of the SQLite path spares every start of the embedded default the ORM it imports,
+a sizeable part of the gateway's start-up (bench/NOTES.md).
 
 Work is written once, as a function of a synchronous ``sqlalchemy.Connection``, and runs in a
 transaction on either: on the SQLite thread, or under the asyncio engine's ``run_sync``.

@@ -35,8 +35,9 @@ CONCURRENCY_RETRY_MS = 250.0
 # ok: admitted; retry_ms: when not ok, how long until it would be (NEVER when the cost exceeds the
 # whole capacity); state: what to store when the whole decision admits; window_ms: calendar quotas'
 # window start. A tuple rather than a class: one is made per limit per request, and building an
-# object with an __init__ costs 30 times a tuple here. For the same reason the hot paths spell
-# min/max as conditionals (the builtins parse their arguments as keywords: 95 ns against 19).
+# object with an __init__ costs many times a tuple. For the same reason the hot paths spell
+# min/max as conditionals: the builtins parse their arguments as keywords and cost several times
+# more (figures in bench/NOTES.md).
 Outcome = tuple[bool, float, object, int, int, float, float]
 
 

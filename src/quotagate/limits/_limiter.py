@@ -25,14 +25,15 @@ from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
 from .._logging import EveryFewSeconds
-from ._connection import RedisReplyError
+from ..redis import RedisReplyError
 from ._memory import InProcessStore
 from ._model import Algorithm, Decision, Limit, LimitStatus
 from ._queue import WaitQueue
+from ._reservation import Reservation
 from ._store import Store
+from ._usage import Usage, costs_on
 
 logger = logging.getLogger("quotagate.limits")
-_CONCURRENCY = Algorithm.CONCURRENCY  # a global: through the enum's class it is a slow lookup
 T = TypeVar("T")
 
 
@@ -170,20 +171,10 @@ class Limiter:
     # -- decisions -----------------------------------------------------------------------------
 
     async def _try(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
+        """One decision, now: from the in-process store directly (it answers at once and cannot
+        fail), else from the shared store under the failure policy."""
         if self._direct is not None:
             return self._direct.acquire_now(limits, costs, lease)
-        if self._store_bounded and self._clock() >= self._down_until:
-            # The request path's case, without _guarded's closures (which it takes on failure).
-            try:
-                decision = await self.store.acquire(limits, costs, lease)
-                self._consecutive_failures = 0
-                return decision
-            except Exception as exc:
-                if not _is_store_failure(exc):
-                    raise
-                self._store_failed(exc)
-            local = await self._failover(lambda s: s.acquire(self._local(limits), costs, lease))
-            return replace(local, fallback=True)
         decision, fell_back = await self._guarded(
             lambda s: s.acquire(limits, costs, lease),
             lambda s: s.acquire(self._local(limits), costs, lease),
@@ -202,18 +193,11 @@ class Limiter:
         priority: int = 0,
     ) -> Decision:
         """Charge every limit its cost, all or nothing, waiting up to ``max_wait`` seconds."""
-        if self._direct is not None:
-            # An in-process decision needs no wait, but it takes one turn of the loop, as a shared
-            # store's round trip does: the requests that arrived together then reach this stage
-            # together and the loop runs each stage for all of them back to back, which keeps the
-            # interpreter's caches warm. Measured on the gateway at 64 connections, in two A/B runs
-            # of 8 and 10 interleaved rounds: 3-4 % less CPU per request, 3-4.5 % more requests/s;
-            # at one connection, no change in latency. (A turn taken earlier in the request path,
-            # without limits, gained nothing.)
-            await asyncio.sleep(0)
         lease = None
         for limit in limits:
-            if limit.algorithm is _CONCURRENCY:
+            # By value, as limits/_usage compares units: a member looked up through its enum class
+            # is a slow attribute access, here on every limit of every request (bench/NOTES.md).
+            if limit.algorithm == "concurrency":
                 lease = os.urandom(8).hex()
                 break
         queued_behind = None
@@ -224,10 +208,7 @@ class Limiter:
         if queued_behind is not None:
             decision = await self._wait(limits, costs, lease, None, queued_behind, max_wait, priority)
         else:
-            if self._direct is not None:
-                decision = self._direct.acquire_now(limits, costs, lease)
-            else:
-                decision = await self._try(limits, costs, lease)
+            decision = await self._try(limits, costs, lease)
             if not decision.allowed and max_wait > 0 and not decision.never_fits and decision.denied_by:
                 decision = await self._wait(
                     limits, costs, lease, decision, decision.denied_by.limit.key, max_wait, priority
@@ -235,6 +216,15 @@ class Limiter:
         if decision.allowed and lease is not None:
             self._hold(lease, limits, decision.fallback)
         return decision
+
+    async def reserve(
+        self, limits: Sequence[Limit], usage: Usage, *, max_wait: float = 0.0, priority: int = 0
+    ) -> Reservation:
+        """Charge every limit what ``usage`` costs on it (``cost_on``), all or nothing, waiting up
+        to ``max_wait`` seconds: the reservation to settle, move, refund or release later."""
+        costs = costs_on(limits, usage)
+        decision = await self.acquire(limits, costs, max_wait=max_wait, priority=priority)
+        return Reservation(self, limits, decision, usage, costs)
 
     async def _wait(
         self,
@@ -303,11 +293,13 @@ class Limiter:
         except StoreUnavailableError:
             self._log_settle.warning("could not settle %d limits: the store is unavailable", len(limits))
 
-    async def release(self, decision: Decision, limits: Sequence[Limit]) -> None:
-        """Give back a concurrency lease."""
+    async def release(self, decision: Decision, limits: Sequence[Limit], *, keep_renewing: bool = False) -> None:
+        """Give back a concurrency lease on ``limits``; ``keep_renewing``: the lease goes on
+        holding the decision's other limits (only some of its slots are given back)."""
         if decision.lease is None:
             return
-        self._leases.pop(decision.lease, None)
+        if not keep_renewing:
+            self._leases.pop(decision.lease, None)
         try:
             if decision.fallback:
                 await self._fallback.release(self._local(limits), decision.lease)

@@ -22,9 +22,9 @@ def calendar_bounds(calendar: Calendar, timezone: str, now: float) -> tuple[floa
     return bounds
 
 
-# id of a calendar Limit -> (the Limit, its window's start and end in epoch seconds, its
+# A calendar Limit's key -> (the Limit, its window's start and end in epoch seconds, its
 # parameters): they hold for the whole window, and are asked for on every decision and settle.
-_calendar_params: dict[int, tuple[Limit, float, float, tuple[str, float, float, float, float]]] = {}
+_calendar_params: dict[str, tuple[Limit, float, float, tuple[str, float, float, float, float]]] = {}
 
 
 def params(limit: Limit, now: float) -> tuple[str, float, float, float, float]:
@@ -37,16 +37,16 @@ def params(limit: Limit, now: float) -> tuple[str, float, float, float, float]:
     static = limit.static_params
     if static is not None:
         return static
-    cached = _calendar_params.get(id(limit))
-    # The entry holds the Limit itself, so its id cannot have been reused while it is there.
-    if cached is not None and cached[0] is limit and cached[1] <= now < cached[2]:
+    cached = _calendar_params.get(limit.key)
+    # The entry is for this very definition (a reload may have changed the amount behind a key).
+    if cached is not None and (cached[0] is limit or cached[0] == limit) and cached[1] <= now < cached[2]:
         return cached[3]
     assert limit.calendar is not None
     start, end, after = calendar_bounds(limit.calendar, limit.timezone, now)
     found = ("c", float(limit.amount), start * 1000.0, end * 1000.0, after * 1000.0)
     if len(_calendar_params) >= 50_000:
         _calendar_params.clear()
-    _calendar_params[id(limit)] = (limit, start, end, found)
+    _calendar_params[limit.key] = (limit, start, end, found)
     return found
 
 

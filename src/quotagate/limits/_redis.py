@@ -11,27 +11,28 @@ cluster, a decision is then made one slot group at a time, shared groups first; 
 group denies, the earlier groups' charges are refunded at once. So a shared limit can be held for
 one round trip by a request that another slot then refuses, but nothing is lost or kept.
 
-The store speaks through either a redis-py client (``Redis`` or ``RedisCluster``, as a library
-user may already have one) or a ``RedisConnection`` (``RedisStore.from_url``), the pipelined
-connection the gateway uses on its request path, at a small fraction of redis-py's CPU cost.
+The store speaks through any ``quotagate.redis.RedisClient`` (``RedisStore.from_url`` chooses
+one by the URL: the pipelined ``RedisConnection`` for one server, redis-py for a Cluster or a
+Sentinel), or through a redis-py ``Redis`` or ``RedisCluster`` that a library user already has.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from ..redis import RedisClient, connect
+from ..redis._pipelined import LuaScript, Packed, RedisConnection, _pack
 from ._algorithms import Outcome
-from ._connection import LuaScript, Packed, RedisConnection, _pack
 from ._model import Algorithm, Decision, Limit, LimitStatus
 from ._params import calendar_bounds, make_decision, params
 
 if TYPE_CHECKING:
-    # redis-py is imported only by those who hand the store one of its clients: a gateway talks
-    # through RedisConnection alone, and saves redis-py's ~6 MiB and ~0.1 s of start-up.
+    # redis-py is imported only where it is used: a gateway on one Redis server talks through
+    # RedisConnection alone, and spares its start-up redis-py's memory and import time (bench/NOTES.md).
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
 
@@ -48,15 +49,12 @@ def lua_script(package: str, name: str) -> str:
 
 ACQUIRE_LUA = lua_script("quotagate.limits", "acquire.lua")
 SETTLE_LUA = lua_script("quotagate.limits", "settle.lua")
-_RELEASE_LUA = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end return 1"
-_RENEW_LUA = (
+_RELEASE_LUA = LuaScript("for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end return 1")
+_RENEW_LUA = LuaScript(
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 "
     "for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[i + 1]), ARGV[1]) "
     "redis.call('PEXPIRE', KEYS[i], math.ceil(2 * tonumber(ARGV[i + 1]))) end return 1"
 )
-
-
-ScriptCall = Callable[[list[str], list[Any]], Awaitable[Any]]
 
 
 def _decision(limits: Sequence[Limit], costs: Sequence[int], reply: list[Any], lease: str | None) -> Decision:
@@ -84,65 +82,42 @@ def _decision(limits: Sequence[Limit], costs: Sequence[int], reply: list[Any], l
     return make_decision(limits, costs, outcomes, lease)
 
 
-def _script(client: Redis | RedisCluster | RedisConnection, source: str) -> ScriptCall:
-    """A callable running ``source`` with (keys, args), over whichever client the store has."""
-    if isinstance(client, RedisConnection):
-        script = LuaScript(source)
-
-        def run(keys: list[str], args: list[Any]) -> Awaitable[Any]:
-            return client.evalsha(script, keys, args)
-
-        return run
-    registered = client.register_script(source)
-
-    def run_registered(keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return registered(keys=keys, args=args)
-
-    return run_registered
-
-
 class RedisStore:
     """``RedisStore(redis_client)`` or ``RedisStore.from_url(url)``; ``clock`` only for tests that
     move time by hand."""
 
     def __init__(
         self,
-        client: Redis | RedisCluster | RedisConnection,
+        client: RedisClient | Redis | RedisCluster,
         *,
         prefix: str = "qg:",
         clock: Callable[[], float] | None = None,
         split_by_slot: bool | None = None,
     ) -> None:
         self.client = client
+        self.redis = _as_redis_client(client)
         self.prefix = prefix
         self._clock = clock
-        if split_by_slot is None:
-            split_by_slot = False
-            if not isinstance(client, RedisConnection):
-                from redis.asyncio.cluster import RedisCluster  # the caller has redis-py loaded already
-
-                split_by_slot = isinstance(client, RedisCluster)
-        self._split = split_by_slot
-        self._acquire = _script(client, ACQUIRE_LUA)
-        self._connection = client if isinstance(client, RedisConnection) else None
-        # The deadline the pipelined connection puts on every call itself (None: redis-py's
-        # clients have their socket timeouts, and the limiter adds its own deadline).
-        self.call_timeout: float | None = self._connection.timeout if self._connection is not None else None
+        # On a Cluster, a script's keys must share a slot: decisions go one slot group at a time.
+        self._split = self.redis.cluster if split_by_slot is None else split_by_slot
+        self._connection = self.redis if isinstance(self.redis, RedisConnection) else None
+        # The deadline the client puts on every call itself (None for a redis-py client of the
+        # caller's own: it has its socket timeouts, and the limiter adds its own deadline).
+        self.call_timeout: float | None = self.redis.timeout
         self._acquire_script = LuaScript(ACQUIRE_LUA)
+        self._settle_script = LuaScript(SETTLE_LUA)
         # limit key -> (the Limit, its encoded key, its encoded parameters, the calendar window)
         self._fragments: dict[str, tuple[Limit, Packed, Packed, object]] = {}
-        # id of a tuple of limits -> (the tuple, valid until, the command's fixed head, the limits'
-        # encoded parameters): see _acquire_command
-        self._commands: dict[int, tuple[Sequence[Limit], float, bytes, list[bytes]]] = {}
-        self._settle = _script(client, SETTLE_LUA)
-        self._release = _script(client, _RELEASE_LUA)
-        self._renew = _script(client, _RENEW_LUA)
+        # the keys of a set of limits -> (the limits, valid until, the command's fixed head, the
+        # limits' encoded parameters): see _acquire_command
+        self._commands: dict[tuple[str, ...], tuple[Sequence[Limit], float, bytes, list[bytes]]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.25, **kwargs: Any) -> RedisStore:
-        """A store over the pipelined ``RedisConnection`` (standalone Redis); every call fails
-        with TimeoutError after ``timeout`` seconds."""
-        return cls(RedisConnection(url, timeout=timeout), **kwargs)
+        """A store over the client ``quotagate.redis.connect`` chooses for ``url`` (one server,
+        ``redis+cluster://`` or ``redis+sentinel://``); every call fails with TimeoutError after
+        ``timeout`` seconds."""
+        return cls(connect(url, timeout=timeout, connect_timeout=2.0), **kwargs)
 
     def _now(self) -> tuple[float, str]:
         if self._clock is None:
@@ -164,13 +139,15 @@ class RedisStore:
     def _acquire_command(self, limits: Sequence[Limit], costs: Sequence[int], now: float) -> bytes:
         """The acquire script's EVALSHA, in RESP, for the gateway's decisions.
 
-        All of it but the costs is the same for every request of one key and model: the policy
-        hands out the same tuple of limits for them. That part is encoded once per tuple (and
-        calendar window); a request encodes only its costs, where encoding the whole command
-        took ~500 bytecodes.
+        All of it but the costs is the same for every request that meets the same limits (one key
+        and model). That part is encoded once per set of limits (and calendar window); a request
+        encodes only its costs, a fraction of the work of encoding the whole command
+        (bench/NOTES.md).
         """
-        entry = self._commands.get(id(limits))
-        if entry is None or entry[0] is not limits or now >= entry[1]:
+        names = tuple([limit.key for limit in limits])
+        entry = self._commands.get(names)
+        # The same definitions (a reload may change the amounts behind the same keys).
+        if entry is None or entry[0] != tuple(limits) or now >= entry[1]:
             keys, args = self._encoded_call(limits, costs, now, _PLAIN_HEAD)
             head = _pack(("EVALSHA", self._acquire_script.sha, len(keys), *keys, _PLAIN_HEAD), header=False)
             count = 3 + len(keys) + _PLAIN_HEAD.count + sum(1 + fixed.count for fixed in args[2::2])
@@ -180,9 +157,8 @@ class RedisStore:
             )
             if len(self._commands) >= _FRAGMENTS_MAX:
                 self._commands.clear()
-            # The entry holds the tuple itself: its id cannot be reused while the entry lives.
-            entry = self._commands[id(limits)] = (
-                limits,
+            entry = self._commands[names] = (
+                tuple(limits),
                 valid_until,
                 b"*%d\r\n%s" % (count, head),
                 [fixed.data for fixed in args[2::2]],
@@ -239,11 +215,11 @@ class RedisStore:
             keys, args = self._encoded_call(limits, costs, now, head)
             reply = await self._connection.evalsha(self._acquire_script, keys, args, len(keys))
         else:
-            args = [lease or "", override, "1" if dry_run else "0"]
+            plain: list[Any] = [lease or "", override, "1" if dry_run else "0"]
             for limit, cost in zip(limits, costs, strict=True):
-                args.append(cost)
-                args.extend(params(limit, now))
-            reply = await self._acquire([self.prefix + limit.key for limit in limits], args)
+                plain.append(cost)
+                plain.extend(params(limit, now))
+            reply = await self.redis.evalsha(self._acquire_script, [self.prefix + limit.key for limit in limits], plain)
         return _decision(limits, costs, reply, lease)
 
     async def _acquire_by_slot(self, limits: Sequence[Limit], costs: Sequence[int], lease: str | None) -> Decision:
@@ -306,19 +282,20 @@ class RedisStore:
         for limit, delta, window in items:
             code, a, b, c, _ = params(limit, now)
             args.extend((code, delta, a, b, c, window * 1000.0))
-        await self._settle([self.prefix + item[0].key for item in items], args)
+        await self.redis.evalsha(self._settle_script, [self.prefix + item[0].key for item in items], args)
 
     async def release(self, limits: Sequence[Limit], lease: str) -> None:
         keys = [self.prefix + lim.key for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
         if keys:
             for key in keys if self._split else [None]:
-                await self._release([key] if key else keys, [lease])
+                await self.redis.evalsha(_RELEASE_LUA, [key] if key else keys, [lease])
 
     async def renew(self, limits: Sequence[Limit], lease: str) -> None:
         chosen = [lim for lim in limits if lim.algorithm is Algorithm.CONCURRENCY]
         for group in [[lim] for lim in chosen] if self._split else [chosen]:
             if group:
-                await self._renew(
+                await self.redis.evalsha(
+                    _RENEW_LUA,
                     [self.prefix + lim.key for lim in group],
                     [lease, *(lim.lease_seconds * 1000.0 for lim in group)],
                 )
@@ -333,10 +310,19 @@ class RedisStore:
 
     async def reset(self, limits: Sequence[Limit]) -> None:
         for limit in limits:
-            if isinstance(self.client, RedisConnection):
-                await self.client.execute("DEL", self.prefix + limit.key)
-            else:
-                await self.client.delete(self.prefix + limit.key)
+            await self.redis.execute("DEL", self.prefix + limit.key)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.redis.aclose()
+
+
+def _as_redis_client(client: RedisClient | Redis | RedisCluster) -> RedisClient:
+    """``client``, or a redis-py client of the caller's own behind the same interface and left as
+    it is (the store sends it scripts and DEL alone, whose replies redis-py does not reshape)."""
+    if isinstance(client, RedisConnection):
+        return client
+    from ..redis._redispy import RedisPyClient  # not a RedisConnection: redis-py is in use
+
+    if isinstance(client, RedisPyClient):
+        return client
+    return RedisPyClient(client, timeout=None, describe=type(client).__name__, raw_replies=False)  # type: ignore[arg-type]

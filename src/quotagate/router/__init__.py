@@ -1,9 +1,15 @@
 """Routing: choosing deployments, provider limits, retries, circuit breakers, fallbacks."""
 
-from ._router import CapacityError, DeploymentStats, Exchange, Router, RouteRequest, parse_duration
-from ._state import DeploymentStates, MemoryStateStore, RedisStateStore
+from ._attempt import Exchange
+from ._capacity import CapacityError
+from ._provider_headers import parse_duration
+from ._request import RouteRequest
+from ._router import Router
+from ._state import STATE_NAMES, DeploymentStates, MemoryStateStore, RedisStateStore
+from ._stats import DeploymentStats
 
 __all__ = [
+    "STATE_NAMES",
     "CapacityError",
     "DeploymentStates",
     "DeploymentStats",

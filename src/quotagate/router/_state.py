@@ -22,9 +22,8 @@ from typing import Protocol
 
 from .._logging import EveryFewSeconds
 from ..config import BreakerSettings
-from ..limits import RedisConnection
-from ..limits._connection import LuaScript
 from ..limits._redis import lua_script
+from ..redis import LuaScript, RedisClient
 
 logger = logging.getLogger("quotagate.router")
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
@@ -89,10 +88,11 @@ class MemoryStateStore:
 
 
 class RedisStateStore:
-    # Over the request path's pipelined connection, like the limits: a redis-py pool would open
-    # a connection per concurrent call and run out of them under load.
-    def __init__(self, connection: RedisConnection, prefix: str = "qg:") -> None:
-        self._connection = connection
+    """Each deployment's state in one Redis key of its own (its own hash tag: any Cluster slot),
+    changed by one script, over the client the limits use."""
+
+    def __init__(self, redis: RedisClient, prefix: str = "qg:") -> None:
+        self._connection = redis
         self._prefix = prefix
         self._script = LuaScript(lua_script("quotagate.router", "state.lua"))
 

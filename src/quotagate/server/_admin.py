@@ -36,7 +36,9 @@ from ..errors import (
 )
 from ..keys import KeyRecord, KeyStore
 from ..keys._store import LABEL_PATTERN, text_problem
+from ..router import Router
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
+from ._deployments_view import describe_deployments
 
 _ADMIN_BODY_LIMIT = 64 * 1024
 
@@ -132,7 +134,7 @@ class AdminAPI:
         authenticator: Authenticator,
         master_key: str | None,
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
-        deployments: Callable[[], Awaitable[list[dict[str, object]]]] | None = None,
+        router: Router | None = None,
         usage: Callable[[str, datetime | None, datetime | None], Awaitable[dict[str, Any]]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
@@ -142,7 +144,7 @@ class AdminAPI:
         self.authenticator = authenticator
         self._master_key = master_key
         self._quota = quota
-        self._deployments = deployments
+        self._router = router
         self._usage = usage
 
     def _check_master_key(self, headers: RequestHeaders) -> None:
@@ -173,9 +175,9 @@ class AdminAPI:
             since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
             await send_json(send, 200, await self._usage(by, since, until))
             return
-        if parts == ["deployments"] and self._deployments is not None:
+        if parts == ["deployments"] and self._router is not None:
             self._allow(method, "GET")
-            await send_json(send, 200, {"object": "list", "data": await self._deployments()})
+            await send_json(send, 200, {"object": "list", "data": await describe_deployments(self._router)})
             return
         if parts == ["reload"] and self._reload is not None:
             self._allow(method, "POST")

@@ -25,9 +25,9 @@ from urllib.parse import parse_qs
 from .._logging import configure as configure_logging
 from .._logging import request_id as request_id_var
 from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
-from ..accounting._ledger import journal_path
 from ..accounting._quotas import DurableQuotas
 from ..accounting._reports import GroupBy
+from ..accounting.ledger import journal_path
 from ..auth import Authenticator, Principal
 from ..config import Config, ConfigError, resolve_secret
 from ..config._reload import Reload, log_reload_failed, log_reloaded, one_line, prepare_reload
@@ -40,8 +40,10 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..keys import KeyStore
-from ..limits import InProcessStore, Limiter, RedisConnection, RedisStore, Store, StoreUnavailableError, Unit
+from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError, Unit
 from ..policy import Policy
+from ..redis import RedisClient
+from ..redis import connect as connect_redis
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
 from ..tokens import encoding_for_model
@@ -58,8 +60,9 @@ from ._asgi import (
     send_bytes,
     send_json,
 )
+from ._books import Books
 from ._openapi import openapi_json
-from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Books, Proxy
+from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
 
 if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
@@ -101,17 +104,17 @@ class Gateway:
         self.authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         self.routes = ModelRoutes(config)  # resolves the upstream keys: fails now if one is missing
         self.transport: Transport = transport or HttpTransport()
-        self.redis: RedisConnection | None = None
+        self.redis: RedisClient | None = None
         # Without Redis the quotas live in this process; a copy in the database outlives it.
         self.quotas: DurableQuotas | None = None
         limit_store: Store
         if config.redis:
             # Every request's limit decision, the deployments' breakers and the alerts go over one
-            # pipelined connection (redis-py costs several times the CPU per command: see
-            # limits/_connection). A tight deadline and no retries: the limiter decides what a
-            # slow or absent Redis means (fail closed or open), and must learn it quickly.
+            # client (for one server, one pipelined connection: see quotagate.redis). A tight
+            # deadline: the limiter decides what a slow or absent Redis means (fail closed or
+            # open), and must learn it quickly.
             timeout = config.limiter.timeout_ms / 1000.0
-            self.redis = RedisConnection(config.redis, timeout=timeout, connect_timeout=timeout)
+            self.redis = connect_redis(config.redis, timeout=timeout, connect_timeout=timeout)
             limit_store = RedisStore(self.redis)
         else:
             memory = InProcessStore(durable_quotas=True)
@@ -140,12 +143,12 @@ class Gateway:
                     writer,
                     # On the request path: the store's deadline, like every Redis call there; a
                     # row not appended in time goes to the journal instead (see StreamLedger).
-                    appender=RedisConnection(
+                    appender=connect_redis(
                         config.redis,
                         timeout=config.limiter.timeout_ms / 1000.0,
                         connect_timeout=config.limiter.timeout_ms / 1000.0,
                     ),
-                    consumer=RedisConnection(config.redis, timeout=settings.flush_seconds + 5.0, connect_timeout=2.0),
+                    consumer=connect_redis(config.redis, timeout=settings.flush_seconds + 5.0, connect_timeout=2.0),
                     batch_size=settings.batch_size,
                     flush_seconds=settings.flush_seconds,
                     claim_after_seconds=settings.claim_after_seconds,
@@ -182,6 +185,7 @@ class Gateway:
             alerts=self.alerts,
             timezone=config.timezone,
             log_requests=config.logging.requests,
+            served_models=frozenset(model.name for model in config.models),
         )
 
     def _make_proxy(
@@ -211,7 +215,7 @@ class Gateway:
             authenticator,
             resolve_secret(config.master_key, "master_key"),
             self.quota,
-            router.describe,
+            router,
             self.usage,
             reload=self._admin_reload,
         )
@@ -309,6 +313,14 @@ class Gateway:
         for model in self.routes.models:
             if self.policy.counts_tokens or self.router.needs_estimate(model):
                 encoding_for_model(model)
+        if self.redis is not None:
+            # Connects (on a Cluster, learns the slot map) before the first request, and says at
+            # once what is wrong with a Redis that cannot serve: a down Redis is not fatal (the
+            # limiter's on_store_failure decides meanwhile), but the operator should know.
+            try:
+                await self.redis.check()
+            except Exception as exc:
+                logger.warning("Redis is not ready: %s: %s", type(exc).__name__, exc)
         if self.ledger is not None:
             await self.ledger.start()
         if self._quota_writer is not None:
@@ -575,7 +587,7 @@ class Gateway:
         checks: dict[str, str] = {}
         checks["database"] = await _check(self.store.ping())
         if self.redis is not None:
-            checks["redis"] = await _check(self.redis.execute("PING"))
+            checks["redis"] = await _check(self.redis.check())
         ready = all(v == "ok" for v in checks.values())
         await send_json(send, 200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 

@@ -10,7 +10,6 @@ from ..errors import GatewayError
 from ..limits import Algorithm, Decision, Limit, LimitStatus, Unit
 
 _TOKEN_UNITS = (Unit.TOKENS, Unit.INPUT_TOKENS, Unit.OUTPUT_TOKENS)
-_REQUESTS = Unit.REQUESTS
 
 
 class RateLimitError(GatewayError):
@@ -41,7 +40,7 @@ def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     tokens: LimitStatus | None = None
     for status in decision.statuses:
         unit = status.limit.unit
-        if unit is _REQUESTS:
+        if unit == "requests":  # by value: see limits/_usage.costs_on
             if requests is None or status.remaining < requests.remaining:
                 requests = status
         elif unit in _TOKEN_UNITS and (tokens is None or status.remaining < tokens.remaining):

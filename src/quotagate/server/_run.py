@@ -40,8 +40,8 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop (where it exists), as uvicorn.run would.
 
     uvicorn's ``loop`` setting only takes effect when uvicorn makes the loop itself; a server
-    started inside ``asyncio.run`` would run on the default loop, which costs a third more CPU
-    per proxied request here (measured with bench/run.py).
+    started inside ``asyncio.run`` would run on the default loop, which costs markedly more CPU
+    per proxied request (bench/NOTES.md).
     """
     if sys.platform == "win32":
         return asyncio.run(main)
@@ -97,11 +97,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
         raise ListenError(f"cannot listen on {host}:{port}: {reason}{hint}") from exc
 
 
-# Requests leave no reference cycles behind (gc.collect() found none after 7,000 requests, streams
-# and errors included), so a young-generation collection under load only re-scans the requests in
-# flight: at the default threshold of 700 that took 6 % of the gateway's CPU at 64 connections
-# (thread time in gc.callbacks). Cycles that do appear are still collected, after at most this many
-# net allocations.
+# Requests leave no reference cycles behind, so a young-generation collection under load only
+# re-scans the requests in flight: at the default threshold of 700 that took a noticeable share of
+# the gateway's CPU (bench/NOTES.md). Cycles that do appear are still collected, after at most this
+# many net allocations.
 YOUNG_GC_THRESHOLD = 10_000
 
 

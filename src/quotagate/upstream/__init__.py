@@ -1,5 +1,6 @@
-"""Upstream: provider endpoints, the pooled HTTP transport, and choosing a deployment."""
+"""Upstream: provider endpoints and deployments, the body each is sent, the pooled HTTP transport."""
 
+from ._body import UpstreamBodies
 from ._deployments import USER_AGENT, DeploymentTarget, ModelRoutes
 from ._errors import Scrubber, upstream_status_error
 from ._transport import HttpTransport, Transport, UpstreamRequest, UpstreamResponse
@@ -12,6 +13,7 @@ __all__ = [
     "ModelRoutes",
     "Scrubber",
     "Transport",
+    "UpstreamBodies",
     "UpstreamRequest",
     "UpstreamResponse",
     "upstream_status_error",

@@ -1,7 +1,7 @@
 """``AiohttpTransport``: the upstream transport over one pooled aiohttp session, for embedders
 who want aiohttp's client (the gateway's own is ``HttpTransport``). Imported only when asked for:
-aiohttp costs the gateway's start-up about a billion instructions (two TLS contexts read the
-system's CA bundle at import).
+aiohttp adds much to the gateway's start-up (two TLS contexts read the system's CA bundle at
+import; bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class AiohttpTransport:
         # The deadlines are aiohttp's own: connect, and its read timeout (the longest silence on the
         # connection) set to the first-byte timeout, then, once the head is in, to the chunk timeout.
         # One timer per connection, rearmed as data arrives: asyncio.timeout() blocks around each
-        # await cost ~10 µs of CPU per request more (measured).
+        # await cost more CPU per request (bench/NOTES.md).
         key = (request.connect_timeout, request.first_byte_timeout)
         timeout = self._timeouts.get(key)
         if timeout is None:

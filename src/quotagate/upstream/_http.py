@@ -5,8 +5,8 @@ parses requests with) takes apart.
 Why not aiohttp's client: a gateway does one kind of request (a POST with a ready-made body to
 a handful of endpoints, the same headers every time) and relays the answer. aiohttp's client
 builds a ClientRequest, a ClientResponse, a payload, header multidicts, a timer context and a
-connection wrapper for each one; it was the largest single cost of a proxied request (about
-3,450 bytecodes). Here the request head of each (endpoint, headers) pair is encoded once, a
+connection wrapper for each one; it was the largest single cost of a proxied request
+(bench/NOTES.md). Here the request head of each (endpoint, headers) pair is encoded once, a
 request is one write, and a response whose body came with its head (the usual case for a
 completion) is read without another turn of the loop. bench/bare_proxy.py measures both clients.
 

@@ -1,11 +1,11 @@
 """One Redis connection that every coroutine of a process shares, for the request path.
 
-redis-py's asyncio client spends ~50 µs of CPU per command here (a pooled connection checked
-out and back, a lock, a command object), which is more than the whole of the rest of a limit
-decision. RESP lets a client write commands without waiting and match the replies in order,
-so this connection does only that: commands issued in the same turn of the event loop go out
-in one write, hiredis parses the replies, and each reply resolves the future of the command
-that asked for it (~8 µs per command, measured with 64 concurrent callers).
+redis-py's asyncio client spends more CPU per command (a pooled connection checked out and
+back, a lock, a command object) than the whole of the rest of a limit decision. RESP lets a
+client write commands without waiting and match the replies in order, so this connection does
+only that: commands issued in the same turn of the event loop go out in one write, hiredis
+parses the replies, and each reply resolves the future of the command that asked for it, at a
+fraction of the cost (bench/NOTES.md).
 
 It is for short commands on the request path (EVALSHA, XADD). A blocking command (XREADGROUP
 BLOCK, BLPOP) would hold up every caller behind it: give it a connection of its own, with a
@@ -35,7 +35,7 @@ import collections
 import hashlib
 import ssl
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
@@ -94,6 +94,20 @@ def _pack(args: tuple[Any, ...], header: bool = True) -> bytes:
     if header:
         parts[0] = b"*%d\r\n" % count
     return b"".join(parts)
+
+
+def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
+    """TLS settings from a ``rediss://`` URL's query: a private CA, a client certificate, and
+    ``ssl_cert_reqs=none`` to skip verifying the server (a test server; never in production)."""
+    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+    if "ssl_certfile" in query:
+        context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"), query.get("ssl_password"))
+    if query.get("ssl_cert_reqs", "required").lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif query.get("ssl_check_hostname", "true").lower() in ("false", "0", "no"):
+        context.check_hostname = False
+    return context
 
 
 class _Protocol(asyncio.Protocol):
@@ -180,7 +194,11 @@ def _consume_error(attempt: asyncio.Future[Any]) -> None:
 
 
 class RedisConnection:
-    """``RedisConnection("redis://[user:password@]host:port/db")`` (``rediss://`` for TLS)."""
+    """``RedisConnection("redis://[user:password@]host:port/db")``; ``rediss://`` for TLS, with
+    ``?ssl_ca_certs=CA.pem&ssl_certfile=CERT.pem&ssl_keyfile=KEY.pem`` for a private CA and a
+    client certificate (redis-py's names for the same settings)."""
+
+    cluster = False  # one server: a script may touch any keys
 
     def __init__(self, url: str, *, timeout: float = 0.25, connect_timeout: float = 2.0) -> None:
         parts = urlsplit(url)
@@ -193,11 +211,10 @@ class RedisConnection:
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         db = parts.path.strip("/") if parts.scheme != "unix" else ""
-        for item in parts.query.split("&"):
-            name, _, value = item.partition("=")
-            if name == "db":
-                db = value
+        query = dict(parse_qsl(parts.query))
+        db = query.get("db", db)
         self._db = int(db) if db else 0
+        self._tls = _tls_context(query) if parts.scheme == "rediss" else None
         self._connect_timeout = connect_timeout
         self.timeout = timeout
         self._protocol: _Protocol | None = None
@@ -220,9 +237,8 @@ class RedisConnection:
                 if self._scheme == "unix":
                     _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self._path)
                 else:
-                    context = ssl.create_default_context() if self._scheme == "rediss" else None
                     _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self), self._host, self._port, ssl=context
+                        lambda: _Protocol(self), self._host, self._port, ssl=self._tls
                     )
                 if handshake:
                     # In one write, like any commands of one turn: one round trip.
@@ -359,6 +375,15 @@ class RedisConnection:
         if protocol.deadline is None:
             protocol.deadline = loop.call_at(now + self.timeout, protocol.check_deadline)
         return future
+
+    async def check(self) -> None:
+        """Raise unless this Redis can serve the gateway: it answers, and it is not a node of a
+        Cluster (which would answer MOVED to most keys: the URL must then say redis+cluster://)."""
+        info = await self.execute("INFO", "cluster")
+        if b"cluster_enabled:1" in info:
+            raise ConnectionError(
+                "this Redis is a node of a Redis Cluster: configure redis: as redis+cluster://HOST:PORT[,HOST:PORT...]"
+            )
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

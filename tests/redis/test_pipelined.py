@@ -11,11 +11,13 @@ import hiredis
 import pytest
 from redis.asyncio import Redis
 
-from quotagate.limits import RedisConnection, RedisReplyError
-from quotagate.limits._connection import LuaScript
+from quotagate.redis import LuaScript, RedisConnection, RedisReplyError
 
 from ..conftest import REDIS_URL, closed_port
-from .conftest import start_redis, wait_for_redis
+from ..limits.conftest import own_redis as own_redis
+from ..limits.conftest import redis_client as redis_client
+from ..limits.conftest import redis_connection as redis_connection
+from ..limits.conftest import start_redis, wait_for_redis
 
 
 async def test_concurrent_callers_each_get_their_own_reply(redis_connection: RedisConnection) -> None:

@@ -1,0 +1,86 @@
+"""The usage table, ``qg_usage``, and ``UsageRow``, one request's row as the gateway makes it.
+
+Contract: ``UsageRow``'s fields are the table's columns, by name and in order (the row is what
+the SQLite writer binds). A column added goes in both, with a default for rows that lack it:
+the row encoding's field list follows the table by itself, and readers fill the default in for
+the rows of versions before it (see _rows). The indexes that earlier versions created and no
+query uses are named in ``usage_table.info["retired_indexes"]``, which KeyStore.create_schema
+drops.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import sqlalchemy as sa
+
+from ...keys._store import metadata
+
+usage_table = sa.Table(
+    "qg_usage",
+    metadata,
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    # Every index is one more B-tree written per row, a cost of the SQLite writer's for each row
+    # (bench/NOTES.md). The reports filter on ts and group by a column, which scans the range
+    # either way; the day, user and key indexes of earlier versions served no query (see
+    # retired_indexes below). Whoever looks rows up by key often can add one under a name of
+    # their own (start-up drops the retired names): CREATE INDEX my_usage_by_key ON qg_usage (key_id).
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("day", sa.String(10), nullable=False),  # in the configured time zone
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("user_id", sa.String(200)),
+    sa.Column("tier", sa.String(100)),
+    sa.Column("model_requested", sa.String(200)),
+    sa.Column("model_served", sa.String(200)),
+    sa.Column("deployment", sa.String(300)),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("upstream_ms", sa.Float),
+    sa.Column("overhead_ms", sa.Float),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.String(100)),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    # The id the client sent (x-client-request-id or x-request-id), for finding its rows. Not the
+    # key: clients reuse ids (retries, fixed values), and a reused key would drop the later rows.
+    # Last: the arrays of versions before it stop short of it (read as NULL, see _rows).
+    sa.Column("client_request_id", sa.String(128)),
+    # Only rows that have one: most clients send no id, and a NULL costs an index entry too.
+    sa.Index(
+        "ix_qg_usage_client_request_id",
+        "client_request_id",
+        sqlite_where=sa.text("client_request_id IS NOT NULL"),
+        postgresql_where=sa.text("client_request_id IS NOT NULL"),
+    ),
+)
+# Indexes of earlier versions that no query uses: KeyStore.create_schema drops them.
+usage_table.info["retired_indexes"] = ("ix_qg_usage_day", "ix_qg_usage_user_id", "ix_qg_usage_key_id")
+
+
+class UsageRow(NamedTuple):
+    """One request's row: its values in the table's column order (the row is what is bound)."""
+
+    request_id: str
+    ts: float  # epoch seconds
+    day: str
+    key_id: str | None
+    user_id: str | None
+    tier: str | None
+    model_requested: str | None
+    model_served: str | None
+    deployment: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    latency_ms: float
+    upstream_ms: float | None
+    overhead_ms: float
+    status: int
+    error_type: str | None
+    stream: bool
+    cache_hit: bool = False
+    client_request_id: str | None = None

@@ -1,0 +1,44 @@
+"""What the router is told of one request (``RouteRequest``), and the tenant's charge that a
+fallback to another model moves (``MovableCharge``: the proxy's limits stage hands one over)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..limits import Usage
+from ..tokens import Estimate
+from ..upstream import UpstreamBodies
+
+
+class MovableCharge(Protocol):
+    """The request's hold on its tenant's limits, and the model it is charged to, which a
+    fallback to another model moves: False when that model's limits refuse the request."""
+
+    async def move_to(self, model: str) -> bool: ...
+
+
+class RouteRequest:
+    """What the router needs to know of one request: where it goes, the bodies each deployment is
+    sent, its estimate (for provider limits and context windows), how long it may wait for a
+    deployment and in which order, and the tenant's charge to move on a fallback (None: nothing
+    to move)."""
+
+    def __init__(
+        self,
+        path: str,
+        bodies: UpstreamBodies,
+        stream: bool,
+        estimate: Estimate,
+        max_wait: float,
+        priority: int,
+        tenant: MovableCharge | None = None,
+    ) -> None:
+        self.path = path
+        self.bodies = bodies
+        self.stream = stream
+        self.estimate = estimate
+        # What the request charges a deployment's provider limits (one request; its tokens).
+        self.usage = Usage(estimate.prompt, estimate.output)
+        self.max_wait = max_wait
+        self.priority = priority
+        self.tenant = tenant

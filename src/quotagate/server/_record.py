@@ -1,0 +1,118 @@
+"""One request on its way through the stages: who asked, what it is charged where, what it used.
+
+The stages write to it as they go (the tokens stage its estimate, the limits stage its tenant
+charge, the router its exchange, the relay what the provider reported); the account stage reads
+it once to make the request's ledger row.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..auth import Principal
+from ..errors import GatewayError
+from ..router import Exchange
+from ..tokens import ZERO, count_generated
+from ._disconnect import DisconnectWatch
+from ._stream_usage import StreamUsage
+from ._tenant import TenantCharge
+
+
+class RequestRecord:
+    """One request on its way through: what it is charged where, what it used, and what the
+    ledger will see. One object rather than three: it is made for every request."""
+
+    __slots__ = (
+        "began",
+        "cached",
+        "client_request_id",
+        "counted",
+        "counted_text",
+        "done",
+        "estimate",
+        "exchange",
+        "generated",
+        "model",
+        "principal",
+        "reported",
+        "request_id",
+        "stream",
+        "stream_usage",
+        "tenant",
+        "upstream_answered",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        client_request_id: str | None,
+        principal: Principal,
+        model: str | None,
+        stream: bool,
+        began: float,
+    ) -> None:
+        self.request_id = request_id
+        self.client_request_id = client_request_id
+        self.principal = principal
+        self.model = model  # None: the request was refused before it named a model
+        self.stream = stream
+        self.began = began
+        self.estimate = ZERO
+        # Its hold on the tenant's limits, and the model that serves it (None: refused before).
+        self.tenant: TenantCharge | None = None
+        # What the request actually used, as learnt from the response (None: nothing yet).
+        self.reported: tuple[int, int] | None = None
+        self.cached = 0
+        self.generated = ""
+        # The tokens of ``counted_text`` as last counted: actual() is asked up to three times.
+        self.counted = 0
+        self.counted_text = ""
+        self.upstream_answered = False
+        self.exchange: Exchange | None = None
+        self.stream_usage: StreamUsage | None = None
+        self.watch: DisconnectWatch | None = None
+        self.done = False
+
+    @property
+    def charged_model(self) -> str:
+        """The model the request is charged to: the one that serves it, after any fallback."""
+        return self.tenant.model if self.tenant is not None else self.model or ""
+
+    def collect_stream_usage(self) -> None:
+        if self.stream_usage is not None and self.reported is None:
+            self.reported = self.stream_usage.usage
+            self.cached = self.stream_usage.cached
+            self.generated = "".join(self.stream_usage.pieces)
+
+    def actual(self) -> tuple[int, int]:
+        """(prompt, completion) tokens used: as reported, else counted, else none."""
+        if self.reported is not None:
+            return self.reported
+        if self.upstream_answered:
+            if self.generated != self.counted_text:
+                self.counted = count_generated(self.generated, self.charged_model)
+                self.counted_text = self.generated
+            return self.estimate.prompt, self.counted
+        return 0, 0  # the provider never took the request
+
+
+# The ledger's error_type is a short code (``invalid_api_key``, ``upstream_timeout``, the provider's
+# ``context_length_exceeded``): never a provider's free text, which once stored the provider's key
+# when it echoed it in ``code`` (issue 18). Anything else is recorded as what kind of error it was.
+_ERROR_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def error_type(exc: GatewayError) -> str:
+    kind = exc.code or exc.type
+    return kind if _ERROR_TYPE.fullmatch(kind) else exc.__class__.type
+
+
+def stream_error_type(error: dict[str, Any]) -> str:
+    """The row's error_type for a stream the provider ended with an error event: its code or type
+    when that is a short code (``error`` is scrubbed, so it is no secret), else upstream_error."""
+    for kind in (error.get("code"), error.get("type")):
+        if isinstance(kind, str | int) and not isinstance(kind, bool) and _ERROR_TYPE.fullmatch(str(kind)):
+            return str(kind)
+    return "upstream_error"
