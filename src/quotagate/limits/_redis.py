@@ -19,6 +19,7 @@ Sentinel), or through a redis-py ``Redis`` or ``RedisCluster`` that a library us
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 # Encoded keys and parameters kept per limit key; beyond this many, the cache starts afresh.
 _FRAGMENTS_MAX = 50_000
 _PLAIN_HEAD = Packed("", "", "0")  # no lease, Redis's own clock, a real decision
+_KEY = operator.attrgetter("key")
 
 
 def lua_script(package: str, name: str) -> str:
@@ -144,7 +146,7 @@ class RedisStore:
         encodes only its costs, a fraction of the work of encoding the whole command
         (bench/NOTES.md).
         """
-        names = tuple([limit.key for limit in limits])
+        names = tuple(map(_KEY, limits))
         entry = self._commands.get(names)
         # The same definitions (a reload may change the amounts behind the same keys).
         if entry is None or entry[0] != tuple(limits) or now >= entry[1]:
