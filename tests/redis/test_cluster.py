@@ -17,21 +17,8 @@ from ..conftest import ServerThread, cli_key
 from ..redis_servers import LocalCluster
 from ..redis_servers import local_cluster as local_cluster
 from ..server.test_database_outage import assert_rows_written
+from ..server.test_database_outage import stopped as stopped
 from .scenario import Load, burst, gateways_on, ready, run_load_on
-
-
-@pytest.fixture
-def stopped() -> list[subprocess.Popen[bytes]]:
-    return []
-
-
-@pytest.fixture(autouse=True)
-def _stop(stopped: list[subprocess.Popen[bytes]]) -> object:
-    yield
-    for process in stopped:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 async def test_the_pipelined_connection_reports_a_cluster_node(local_cluster: LocalCluster) -> None:

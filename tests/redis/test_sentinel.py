@@ -6,28 +6,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from quotagate.redis import connect
 
-from ..conftest import ServerThread
+from ..conftest import ServerThread, cli_key
 from ..redis_servers import LocalSentinel
 from ..redis_servers import local_sentinel as local_sentinel
 from ..server.test_database_outage import assert_rows_written
+from ..server.test_database_outage import stopped as stopped
 from .scenario import Load, burst, gateways_on, ready, run_load_on
-
-
-@pytest.fixture
-def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 async def test_the_client_follows_the_primary_the_sentinels_name(local_sentinel: LocalSentinel) -> None:
@@ -69,8 +59,6 @@ def test_gateways_on_sentinel_hold_limits_and_survive_a_failover(
     assert_rows_written(postgres_url, exact, {a.request_id for a in exact.answers})
 
     # A key of the same tier, fresh: 40 a minute is more than the load below sends.
-    from ..conftest import cli_key
-
     key = cli_key(nodes[0].config, env=nodes[0].env)
     load, stop = Load(), asyncio.Event()
     marks: dict[str, float] = {}
