@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from ..config import Config, RouterSettings, known_secrets
 from ..errors import GatewayError
 from ..limits import Limiter, Usage
-from ..tokens import Estimate
 from ..upstream import ModelRoutes, Transport
 from ._attempt import Attempts, Exchange
 from ._blame import Suspect, judge
@@ -73,11 +72,6 @@ class Router:
     def needs_estimate(self, model: str) -> bool:
         """Whether routing this model needs the request's tokens (TPM limits, context windows)."""
         return self._chains.needs_estimate(model)
-
-    def chain(self, model: str, estimate: Estimate) -> list[str]:
-        """The models to try in order: the context-window fallback first when the request is too
-        long for the model, then the model and its fallbacks."""
-        return self._chains.chain(model, estimate)
 
     async def exchange(self, model: str, request: RouteRequest) -> Exchange:
         """The answer of a deployment of ``model`` or of one of its fallbacks; else the last

@@ -200,7 +200,7 @@ class Proxy:
         needs_estimate = (applied is not None and applied.counts_tokens) or router.needs_estimate(model)
         estimate = ZERO
         if needs_estimate:
-            estimate = record.estimate = tenant.estimate = estimate_tokens(
+            estimate = tenant.estimate = estimate_tokens(
                 endpoint.kind,
                 request.body,
                 model,

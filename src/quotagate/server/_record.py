@@ -13,7 +13,7 @@ from typing import Any
 from ..auth import Principal
 from ..errors import GatewayError
 from ..router import Exchange
-from ..tokens import ZERO, count_generated
+from ..tokens import count_generated
 from ._disconnect import DisconnectWatch
 from ._stream_usage import StreamUsage
 from ._tenant import TenantCharge
@@ -30,7 +30,6 @@ class RequestRecord:
         "counted",
         "counted_text",
         "done",
-        "estimate",
         "exchange",
         "generated",
         "model",
@@ -59,7 +58,6 @@ class RequestRecord:
         self.model = model  # None: the request was refused before it named a model
         self.stream = stream
         self.began = began
-        self.estimate = ZERO
         # Its hold on the tenant's limits, and the model that serves it (None: refused before).
         self.tenant: TenantCharge | None = None
         # What the request actually used, as learnt from the response (None: nothing yet).
@@ -94,7 +92,8 @@ class RequestRecord:
             if self.generated != self.counted_text:
                 self.counted = count_generated(self.generated, self.charged_model)
                 self.counted_text = self.generated
-            return self.estimate.prompt, self.counted
+            prompt = self.tenant.estimate.prompt if self.tenant is not None else 0
+            return prompt, self.counted
         return 0, 0  # the provider never took the request
 
 
