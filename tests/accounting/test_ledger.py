@@ -16,7 +16,8 @@ import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from quotagate.accounting import usage_table
+from quotagate.accounting import SqlWriter, usage_report, usage_table
+from quotagate.accounting.ledger import FIELDS_V1
 from quotagate.keys import Database, KeyStore
 
 from ..conftest import REDIS_URL, RunningGateway, ServerThread, gateway_config
@@ -210,8 +211,9 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
     the indexes no query uses any more are dropped."""
     database = f"sqlite:///{tmp_path / 'old.db'}"
     old = sa.MetaData()
+    earlier = FIELDS_V1[: FIELDS_V1.index("client_request_id")]
     columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in usage_table.columns]
-    sa.Table("qg_usage", old, *(c for c in columns if c.name != "client_request_id"))
+    sa.Table("qg_usage", old, *(c for c in columns if c.name in earlier))
 
     async def upgrade() -> tuple[set[str], set[str], list[Any]]:
         def create_old(conn: sa.Connection) -> None:
@@ -242,6 +244,74 @@ def test_an_existing_ledger_gains_the_client_request_id_column(tmp_path: Any) ->
     assert "client_request_id" in names and "ix_qg_usage_client_request_id" in indexes
     assert not indexes & {"ix_qg_usage_day", "ix_qg_usage_user_id", "ix_qg_usage_key_id"}
     assert [(row.request_id, row.prompt_tokens, row.client_request_id) for row in rows] == [("req_old", 5, None)]
+
+
+def test_an_existing_ledger_gains_the_cache_saved_usd_column(tmp_path: Any) -> None:
+    """A database of the version before cache_saved_usd is upgraded in place at start: its rows
+    stay, saving nothing in the reports, and the rows written after it keep what a hit saved."""
+    from .test_stream_ledger import usage_row  # here: that module imports this one
+
+    database = f"sqlite:///{tmp_path / 'previous.db'}"
+    previous = sa.MetaData()
+    columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in usage_table.columns]
+    sa.Table("qg_usage", previous, *(c for c in columns if c.name in FIELDS_V1))
+    hit = usage_row("req_hit")._replace(cache_hit=True, cost_usd=0.0, cache_saved_usd=0.25)
+
+    async def upgrade() -> tuple[set[str], Any]:
+        def create_previous(conn: sa.Connection) -> None:
+            previous.create_all(conn)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO qg_usage (request_id, ts, day, model_served, prompt_tokens, completion_tokens, "
+                    "cached_tokens, cost_usd, status, stream, cache_hit) VALUES ('req_old', '2026-09-21 10:00:00', "
+                    "'2026-09-21', 'gpt-4o-mini', 5, 3, 0, 0.5, 200, 0, 1)"
+                )
+            )
+
+        db = Database(database)
+        await db.run(create_previous)
+        await db.dispose()
+        store = KeyStore.from_url(database)
+        await store.create_schema()
+        await store.create_schema()  # and again: nothing left to add
+        names = await store.database.run(lambda c: {col["name"] for col in sa.inspect(c).get_columns("qg_usage")})
+        writer = SqlWriter(store.database)
+        await writer.write([hit])
+        await writer.aclose()
+        report = await usage_report(store.database, "model")
+        await store.close()
+        return names, report
+
+    names, report = asyncio.run(upgrade())
+    assert "cache_saved_usd" in names
+    rows = {row.request_id: row for row in ledger_rows(database)}
+    assert (rows["req_old"].cache_saved_usd, rows["req_hit"].cache_saved_usd) == (None, 0.25)
+    (group,) = report.rows
+    assert (group["requests"], group["cache_hits"], group["hit_rate"], group["saved_usd"]) == (2, 2, 1.0, 0.25)
+
+
+def test_a_row_written_without_cache_saved_usd_saves_nothing(tmp_path: Any) -> None:
+    """A node of the version before cache_saved_usd writes rows that do not name it (from the shared
+    stream, into a database this version made): the database's default stands in, not a NULL that
+    NOT NULL refuses."""
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    async def write_as_previous_version() -> None:
+        store = KeyStore.from_url(database)
+        await store.create_schema()
+        await store.database.run(
+            lambda conn: conn.execute(
+                sa.text(
+                    "INSERT INTO qg_usage (request_id, ts, day, prompt_tokens, completion_tokens, cached_tokens, "
+                    "cost_usd, status, stream, cache_hit) "
+                    "VALUES ('req_prev', '2026-09-21 10:00:00', '2026-09-21', 5, 3, 0, 0.5, 200, 0, 0)"
+                )
+            )
+        )
+        await store.close()
+
+    asyncio.run(write_as_previous_version())
+    assert [(row.request_id, row.cache_saved_usd) for row in ledger_rows(database)] == [("req_prev", 0.0)]
 
 
 def test_budget_holds_under_64_concurrent_requests(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -87,3 +88,11 @@ def test_deployment_series_are_unique_per_deployment(
         "gpt-4o-mini#0 (openai-compatible/gpt-4o-mini)": 1,
         "house-model#0 (openai-compatible/gpt-4o-mini)": 1,
     }
+
+
+def test_a_cache_result_outside_the_three_is_refused() -> None:
+    """The result label has three values: another result is a caller's mistake, not a new series."""
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="semantic-hit"):
+        metrics.cache("gpt-4o-mini", "semantic_hit", 0.0)
+    assert "quotagate_cache_lookups_total{" not in metrics.exposition()[0].decode()

@@ -37,14 +37,62 @@ def _rows() -> list[UsageRow]:
     return [served, refused, nameless, unknown]
 
 
-async def _seed(database: str) -> KeyStore:
+async def _seed(database: str, rows: list[UsageRow] | None = None) -> KeyStore:
     store = KeyStore.from_url(database)
     await store.create_schema()
     await store.database.run(lambda conn: conn.exec_driver_sql("DELETE FROM qg_usage"))
     writer = SqlWriter(store.database)
-    await writer.write(_rows())
+    await writer.write(_rows() if rows is None else rows)
     await writer.aclose()
     return store
+
+
+def _cache_rows() -> list[UsageRow]:
+    """For alice, a miss and three hits (exact and semantic alike), the hits saving what the miss
+    cost; for bob, one miss."""
+    miss = usage_row("req_miss")._replace(cost_usd=0.003)
+    hits = [
+        miss._replace(request_id=f"req_hit_{n}", cost_usd=0.0, cache_hit=True, cache_saved_usd=0.003) for n in range(3)
+    ]
+    bob = miss._replace(request_id="req_bob", user_id="bob", cost_usd=0.001)
+    return [miss, *hits, bob]
+
+
+async def test_the_report_shows_the_cache_hits_their_rate_and_savings(database: str) -> None:
+    """Per group and in the totals: the requests the cache answered, their share, and what their
+    answers had cost, in USD and in the display currency like the cost."""
+    store = await _seed(database, _cache_rows())
+    try:
+        report = await usage_report(store.database, "user", currency="EUR", rate=0.5)
+    finally:
+        await store.close()
+    alice, bob = report.rows
+    assert (alice["user"], alice["requests"], alice["cache_hits"], alice["hit_rate"]) == ("alice", 4, 3, 0.75)
+    assert (alice["saved_usd"], alice["saved_eur"], alice["cost_usd"]) == (0.009, 0.0045, 0.003)
+    assert (bob["cache_hits"], bob["hit_rate"], bob["saved_usd"], bob["saved_eur"]) == (0, 0.0, 0.0, 0.0)
+    totals = report.totals
+    assert (totals["requests"], totals["cache_hits"], totals["hit_rate"]) == (5, 3, 0.6)
+    assert (totals["saved_usd"], totals["saved_eur"], totals["cost_usd"], totals["cost_eur"]) == (
+        0.009,
+        0.0045,
+        0.004,
+        0.002,
+    )
+    # The fields of before, in their order, then the cache's.
+    assert list(alice) == [
+        "user",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        "cost_eur",
+        "cache_hits",
+        "hit_rate",
+        "saved_usd",
+        "saved_eur",
+    ]
 
 
 async def test_requests_no_model_served_are_grouped_under_the_model_asked_for(database: str) -> None:

@@ -45,11 +45,13 @@ def next_version_row(row: UsageRow) -> list[Any]:
 
 
 def test_the_fields_are_the_table_columns_and_version_1_is_frozen() -> None:
-    """UsageRow, the table and the names a batch carries agree; version 1 is today's order."""
+    """UsageRow, the table and the names a batch carries agree; version 1's columns come first,
+    in their order, and the columns added since follow them."""
     assert UsageRow._fields == FIELDS
     assert ",".join(FIELDS).encode() == FIELD_NAMES
     assert fields_of(FIELD_NAMES) is FIELDS
-    assert fields_of(None) == FIELDS_V1 == FIELDS  # until a column is added
+    assert fields_of(None) == FIELDS_V1 == FIELDS[: len(FIELDS_V1)]
+    assert FIELDS[len(FIELDS_V1) :] == ("cache_saved_usd",)
 
 
 def test_a_batch_of_this_version_round_trips_untouched() -> None:
@@ -67,13 +69,26 @@ def test_a_batch_of_this_version_round_trips_untouched() -> None:
 
 def test_a_batch_without_names_is_read_as_version_1() -> None:
     """An entry of the previous version (no names) is read in version 1's order, arrays that stop
-    before client_request_id included."""
-    full = orjson.loads(row_json(usage_row("req_full")._replace(client_request_id="c1")))
-    short = orjson.loads(row_json(usage_row("req_short")))[:-1]
+    before client_request_id included; the columns added since get their defaults."""
+    full = orjson.loads(row_json(usage_row("req_full")._replace(client_request_id="c1")))[: len(FIELDS_V1)]
+    short = full[:-1]
     batch = orjson.dumps([full, short])
-    rows = as_current(orjson.loads(current_json(batch, None)), FIELDS)
+    rows = orjson.loads(current_json(batch, None))
     assert [row[FIELDS.index("client_request_id")] for row in rows] == ["c1", None]
-    assert as_current([short], FIELDS_V1)[0] == [*short, None]
+    assert [row[FIELDS.index("cache_saved_usd")] for row in rows] == [0.0, 0.0]
+    assert as_current([short], FIELDS_V1)[0] == [*short, None, 0.0]
+
+
+def test_a_batch_of_the_version_before_cache_saved_usd_gets_0() -> None:
+    """A batch named with the fields of the version before cache_saved_usd (version 1's) reads as
+    saving nothing, and a batch of today's keeps what a hit saved."""
+    hit = usage_row("req_hit")._replace(cache_hit=True, cost_usd=0.0, cache_saved_usd=0.0042)
+    today = orjson.loads(row_json(hit))
+    before = today[: len(FIELDS_V1)]
+    (read,) = orjson.loads(current_json(orjson.dumps([before]), ",".join(FIELDS_V1).encode()))
+    assert read == [*before, 0.0]
+    assert orjson.loads(current_json(batch_json([row_json(hit)]), FIELD_NAMES)) == [today]
+    assert today[FIELDS.index("cache_saved_usd")] == 0.0042
 
 
 def test_a_batch_of_the_next_version_is_read_by_name() -> None:
@@ -86,19 +101,22 @@ def test_a_batch_of_the_next_version_is_read_by_name() -> None:
 
 def test_a_column_missing_from_a_batch_gets_its_default() -> None:
     """Columns a batch does not name get the table's default: 0, false or NULL."""
-    missing = ("prompt_tokens", "cost_usd", "cache_hit", "client_request_id", "upstream_ms")
+    missing = ("prompt_tokens", "cost_usd", "cache_hit", "client_request_id", "upstream_ms", "cache_saved_usd")
     fields = [name for name in FIELDS if name not in missing]
     values = dict(zip(FIELDS, orjson.loads(row_json(usage_row("req_old"))), strict=True))
     batch = orjson.dumps([[values[name] for name in fields]])
     (read,) = orjson.loads(current_json(batch, ",".join(fields).encode()))
     row = dict(zip(FIELDS, read, strict=True))
-    assert [row[name] for name in missing] == [0, 0.0, False, None, None]
+    assert [row[name] for name in missing] == [0, 0.0, False, None, None, 0.0]
     assert (row["request_id"], row["status"], row["completion_tokens"]) == ("req_old", 200, 7)
 
 
 def test_journal_records_round_trip_with_their_names() -> None:
     """A record holds its rows with their field names, and reads back as the same rows."""
-    rows = [usage_row("req_1"), usage_row("req_2")._replace(cache_hit=True, client_request_id="c2")]
+    rows = [
+        usage_row("req_1"),
+        usage_row("req_2")._replace(cache_hit=True, client_request_id="c2", cost_usd=0.0, cache_saved_usd=0.0042),
+    ]
     assert read_journal(journal_record(rows) + journal_record(rows[:1])) == [*rows, rows[0]]
 
 
@@ -107,12 +125,22 @@ def test_a_journal_of_the_previous_version_is_read() -> None:
     rows = [usage_row("req_1"), usage_row("req_2")._replace(client_request_id="c2")]
 
     def old_record(rows: list[UsageRow]) -> bytes:
-        # The previous version's journal_record, byte for byte.
-        payload = marshal.dumps([tuple(row) for row in rows])
+        # The previous version's journal_record, byte for byte: its rows had version 1's fields.
+        payload = marshal.dumps([tuple(row)[: len(FIELDS_V1)] for row in rows])
         return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
     data = old_record(rows) + old_record(rows[:1]) + journal_record([usage_row("req_3")])
     assert read_journal(data) == [*rows, rows[0], usage_row("req_3")]
+
+
+def test_a_journal_of_the_version_before_cache_saved_usd_is_read() -> None:
+    """A record with names, written by the version before cache_saved_usd, reads as saving nothing."""
+    row = usage_row("req_named")._replace(cache_hit=True, client_request_id="c3")
+    names = ",".join(FIELDS_V1).encode()
+    payload = b"\x00" + struct.pack("<H", len(names)) + names + marshal.dumps([tuple(row)[: len(FIELDS_V1)]])
+    record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    assert read_journal(record) == [row]
+    assert read_journal(record)[0].cache_saved_usd == 0.0
 
 
 def test_a_journal_of_the_next_version_is_read_by_name() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from quotagate.accounting import SqlWriter, StreamLedger, UsageRow
-from quotagate.accounting.ledger import row_json
+from quotagate.accounting.ledger import FIELDS_V1, row_json
 from quotagate.keys import KeyStore
 from quotagate.limits import RedisConnection
 
@@ -51,9 +51,9 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     # What nodes of earlier versions appended: one row as a JSON object, and batches of rows as
     # arrays that end before client_request_id.
     single = usage_row(old_id)._asdict()
-    del single["client_request_id"]
+    del single["client_request_id"], single["cache_saved_usd"]
     await client.execute("XADD", StreamLedger.STREAM, "*", "r", orjson.dumps(single))
-    shorter = orjson.loads(row_json(usage_row(batched_id)))[:-1]
+    shorter = orjson.loads(row_json(usage_row(batched_id)))[: len(FIELDS_V1) - 1]
     await client.execute("XADD", StreamLedger.STREAM, "*", "b", orjson.dumps([shorter]), "n", "1")
     ledger = StreamLedger(
         SqlWriter(store.database), RedisConnection(REDIS_URL), RedisConnection(REDIS_URL, timeout=5), flush_seconds=0.1
@@ -73,6 +73,7 @@ async def test_entries_of_earlier_versions_are_written(tmp_path: Path) -> None:
     old, batched, new = rows[old_id], rows[batched_id], rows[new_id]
     assert (old.client_request_id, batched.client_request_id, new.client_request_id) == (None, None, "mine-1")
     assert (batched.prompt_tokens, batched.status, batched.day) == (11, 200, "2026-09-21")
+    assert (old.cache_saved_usd, batched.cache_saved_usd, new.cache_saved_usd) == (0.0, 0.0, 0.0)
     assert (old.prompt_tokens, old.completion_tokens, old.cost_usd, old.status) == (11, 7, 0.0000058, 200)
     assert [getattr(old, c) for c in ("user_id", "deployment", "latency_ms", "day")] == [
         getattr(new, c) for c in ("user_id", "deployment", "latency_ms", "day")

@@ -61,7 +61,7 @@ async def test_an_entry_lives_for_its_ttl() -> None:
     assert await store.get("g:a") == b"answer"
     clock.now += 0.2
     assert await store.get("g:a") is None
-    assert store.stats.expired == 1 and store.stats.entries == 0 and store.stats.bytes == 0
+    assert store.counts.expired == 1 and store.counts.entries == 0 and store.counts.bytes == 0
 
 
 async def test_the_least_recently_used_go_first_when_full() -> None:
@@ -73,7 +73,7 @@ async def test_the_least_recently_used_go_first_when_full() -> None:
     await store.put("g:c", b"c", 60)  # b is the least recently used
     assert await store.get("g:b") is None and await store.get("g:a") == b"a"
     await store.put("g:big", b"x" * 99, 60)  # over 100 bytes with the others: they go
-    assert store.stats.bytes <= 100 and await store.get("g:big") == b"x" * 99
+    assert store.counts.bytes <= 100 and await store.get("g:big") == b"x" * 99
     await store.put("g:huge", b"x" * 101, 60)  # larger than the whole store: not kept
     assert await store.get("g:huge") is None
 
@@ -85,4 +85,4 @@ async def test_purge_drops_one_namespace_or_all() -> None:
         await store.put(key, b"v", 60)
     assert await store.purge("u:alice") == 2
     assert await store.get("u:bob:1") == b"v"
-    assert await store.purge() == 1 and store.stats.entries == 0
+    assert await store.purge() == 1 and store.counts.entries == 0

@@ -132,6 +132,10 @@ def test_serve_with_invalid_config_fails_with_a_message(tmp_path: Path) -> None:
         ["keys", "delete"],
         ["mock-upstream"],
         ["config", "check"],
+        ["usage"],
+        ["cache"],
+        ["cache", "stats"],
+        ["cache", "purge"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -184,8 +188,14 @@ def test_usage_report_from_the_ledger(config_file: Path) -> None:
     csv_out = runner.invoke(app, ["usage", "--by", "user", "--format", "csv", "-c", str(config_file)])
     assert csv_out.exit_code == 0, csv_out.output
     lines = csv_out.output.strip().splitlines()
-    assert lines[0] == "user,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd"
-    assert lines[1:] == ["ann,2,1,20,10,0,0.5", "bob,1,0,10,5,0,0.25", "TOTAL,3,1,30,15,0,0.75"]
+    assert lines[0] == (
+        "user,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd,cache_hits,hit_rate,saved_usd"
+    )
+    assert lines[1:] == [
+        "ann,2,1,20,10,0,0.5,0,0.0,0.0",
+        "bob,1,0,10,5,0,0.25,0,0.0,0.0",
+        "TOTAL,3,1,30,15,0,0.75,0,0.0,0.0",
+    ]
     report = json.loads(
         runner.invoke(
             app, ["usage", "--by", "day", "--format", "json", "--since", "2026-11-01", "-c", str(config_file)]
@@ -195,8 +205,9 @@ def test_usage_report_from_the_ledger(config_file: Path) -> None:
     assert runner.invoke(app, ["usage", "--by", "colour", "-c", str(config_file)]).exit_code == 1
 
 
-def seed_usage(config_file: Path, rows: list[tuple[str, float, str, float]]) -> None:
-    """Ledger rows (request id, epoch seconds, user, cost in USD) in the configured database."""
+def seed_usage(config_file: Path, rows: list[tuple[str, float, str, float]], *, saved: float = 0.0) -> None:
+    """Ledger rows (request id, epoch seconds, user, cost in USD) in the configured database; with
+    ``saved``, each a cache hit that saved that much."""
     import asyncio
 
     from quotagate.accounting import SqlWriter, UsageRow
@@ -228,6 +239,8 @@ def seed_usage(config_file: Path, rows: list[tuple[str, float, str, float]]) -> 
                     200,
                     None,
                     False,
+                    cache_hit=bool(saved),
+                    cache_saved_usd=saved,
                 )
                 for request_id, ts, user, cost in rows
             ]
@@ -292,14 +305,49 @@ def test_usage_costs_are_plain_decimals(config_file: Path) -> None:
         assert "e-0" not in output and "e-7" not in output, output
     assert "0.000054" in table and "0.00000015" in table and "0.0000541500" not in table
     assert csv_out.strip().splitlines()[1:] == [
-        "ann,1,0,1,1,0,0.000054",
-        "bob,1,0,1,1,0,0.00000015",
-        "TOTAL,2,0,2,2,0,0.00005415",
+        "ann,1,0,1,1,0,0.000054,0,0.0,0.0",
+        "bob,1,0,1,1,0,0.00000015,0,0.0,0.0",
+        "TOTAL,2,0,2,2,0,0.00005415,0,0.0,0.0",
     ]
     assert '"cost_usd": 0.00000015' in json_out
     report = json.loads(json_out)
     assert [row["cost_usd"] for row in report["data"]] == [0.000054, 1.5e-7]
     assert report["totals"]["cost_usd"] == 0.00005415
+
+
+def test_usage_shows_cache_hits_and_savings_in_the_display_currency(config_file: Path) -> None:
+    """The cache's columns follow the cost's: hits, hit rate, and the saving in USD and in the
+    display currency, as plain decimals in the table, the CSV and the JSON alike."""
+    config_file.write_text(config_file.read_text() + "currency: {display: EUR, rate: 0.5}\n")
+    seed_usage(config_file, [("r1", 1_795_000_000.0, "ann", 0.0)], saved=3e-7)
+    seed_usage(config_file, [("r2", 1_795_000_001.0, "ann", 0.002), ("r3", 1_795_000_002.0, "bob", 0.001)])
+    table = runner.invoke(app, ["usage", "--by", "user", "-c", str(config_file)], terminal_width=200).output
+    csv_out = runner.invoke(app, ["usage", "--by", "user", "--format", "csv", "-c", str(config_file)])
+    json_out = runner.invoke(app, ["usage", "--by", "user", "--format", "json", "-c", str(config_file)]).output
+    assert csv_out.exit_code == 0, csv_out.output
+    assert csv_out.output.strip().splitlines() == [
+        "user,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cost_usd,cost_eur,"
+        "cache_hits,hit_rate,saved_usd,saved_eur",
+        "ann,2,0,2,2,0,0.002,0.001,1,0.5,0.0000003,0.00000015",
+        "bob,1,0,1,1,0,0.001,0.0005,0,0.0,0.0,0.0",
+        "TOTAL,3,0,3,3,0,0.003,0.0015,1,0.3333,0.0000003,0.00000015",
+    ]
+    header = next(line for line in table.splitlines() if "requests" in line)
+    assert [cell.strip() for cell in header.split("┃")[1:-1]][-5:] == [
+        "cost_eur",
+        "cache_hits",
+        "hit_rate",
+        "saved_usd",
+        "saved_eur",
+    ]
+    assert "0.00000015" in table and "e-0" not in table and "e-0" not in json_out
+    assert '"saved_eur": 0.00000015' in json_out
+    report = json.loads(json_out)
+    assert [(r["user"], r["cache_hits"], r["hit_rate"], r["saved_usd"]) for r in report["data"]] == [
+        ("ann", 1, 0.5, 3e-7),
+        ("bob", 0, 0.0, 0.0),
+    ]
+    assert (report["totals"]["cache_hits"], report["totals"]["saved_eur"]) == (1, 1.5e-7)
 
 
 def test_keys_create_refuses_an_expiry_in_the_past(config_file: Path) -> None:

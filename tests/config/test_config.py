@@ -215,3 +215,45 @@ def test_a_config_file_with_bad_limits_names_the_field(tmp_path: Path) -> None:
         "  tiers.free.usd_per_day: a budget must be between 0.000001 and 1000000000 USD\n"
         "  limits[0].amount: Input should be a finite number"
     )
+
+
+def test_the_cache_contract_loads(tmp_path: Path) -> None:
+    """The shape issue 20 promises works as written."""
+    config = load_config(
+        write(
+            tmp_path,
+            """
+cache:
+  store: memory
+  embedding: local
+tiers:
+  paid:
+    rpm: 600
+    cache: {mode: semantic, ttl: 3600, namespace: user, threshold: 0.92}
+""",
+        )
+    )
+    rule = config.tiers["paid"].cache
+    assert rule is not None and (rule.mode, rule.ttl, rule.namespace, rule.threshold) == (
+        "semantic",
+        3600,
+        "user",
+        0.92,
+    )
+    assert (config.cache.store, config.cache.embedding) == ("memory", "local")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("cache: {store: redis}", "cache.store: redis needs the gateway's redis: URL"),
+        ("cache: {embedding: nowhere}", "cache.embedding 'nowhere' is neither 'local' nor the name of a model"),
+        ("tiers: {free: {cache: {mode: fuzzy}}}", "tiers.free.cache.mode"),
+        ("tiers: {free: {cache: {threshold: 1.5}}}", "tiers.free.cache.threshold"),
+        ("tiers: {free: {cache: {namespace: team}}}", "tiers.free.cache.namespace"),
+    ],
+)
+def test_cache_settings_that_cannot_work_name_their_field(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert problem in str(caught.value)

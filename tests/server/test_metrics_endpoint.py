@@ -73,3 +73,33 @@ def test_the_metrics_token_is_a_secret_reference(
     assert any(p.startswith("metrics.token: ") for p in missing_secrets(config))
     with pytest.raises(ConfigError, match="TEST_MISSING_SCRAPE_TOKEN"):
         Gateway(config)
+
+
+def test_cache_lookups_and_savings_are_exposed(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """The cache's lookups by model and result (hit, semantic_hit, miss) and what its hits saved by
+    model, as counters a scraper reads; a model without savings has no savings series."""
+    gw = start_gateway(gateway_config(sqlite_url, mock_upstream.url))
+    metrics = gw.gateway.metrics
+    for result, saved in (("miss", 0.0), ("hit", 0.003), ("hit", 0.003), ("semantic-hit", 0.002)):
+        metrics.cache("gpt-4o-mini", result, saved)
+    metrics.cache("house-model", "miss", 0.0)
+    families = {family.name: family for family in text_string_to_metric_families(httpx.get(gw.url + "/metrics").text)}
+    lookups = {
+        (sample.labels["model"], sample.labels["result"]): sample.value
+        for sample in families["quotagate_cache_lookups"].samples
+        if sample.name == "quotagate_cache_lookups_total"
+    }
+    assert lookups == {
+        ("gpt-4o-mini", "miss"): 1,
+        ("gpt-4o-mini", "hit"): 2,
+        ("gpt-4o-mini", "semantic_hit"): 1,
+        ("house-model", "miss"): 1,
+    }
+    saved = {
+        sample.labels["model"]: sample.value
+        for sample in families["quotagate_cache_saved_usd"].samples
+        if sample.name == "quotagate_cache_saved_usd_total"
+    }
+    assert saved == {"gpt-4o-mini": pytest.approx(0.008)}

@@ -174,6 +174,8 @@ def test_the_description_is_openapi_3_1_and_lists_every_route(served: Served) ->
         ("GET", "/admin/usage"),
         ("GET", "/admin/deployments"),
         ("POST", "/admin/reload"),
+        ("GET", "/admin/cache"),
+        ("DELETE", "/admin/cache"),
     }
     assert described == table | patterns
 

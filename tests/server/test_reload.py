@@ -381,3 +381,34 @@ def test_workers_keep_the_last_good_configuration(
         assert chat(gateway.url, key, model) == 200
     assert gateway.process.poll() is None
     assert "tiers.free.rpm" in gateway.wait_for_log("failed, still serving the previous configuration")
+
+
+def test_a_reload_turns_the_semantic_cache_on(
+    tmp_path: Path, mock_upstream: ServerThread, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """A tier given `cache: {mode: semantic}` by a reload gets it at once: the embedding model is
+    loaded then (a gateway without a semantic rule never loads it)."""
+    config, database = tmp_path / "quotagate.yaml", tmp_path / "quotagate.db"
+    models = {"gpt-4o-mini": "gpt-4o-mini"}
+    write_config(config, database, mock_upstream.url, "{free: {rpm: 60}}", models)
+    key = create_key(config)
+    gateway = gateway_process(config)
+
+    def ask(question: str) -> str | None:
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        time.sleep(0.2)
+        return response.headers.get("x-quotagate-cache")
+
+    assert ask("How do I reset my password?") is None
+    write_config(config, database, mock_upstream.url, "{free: {rpm: 60, cache: {mode: semantic}}}", models)
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=60) as admin:
+        reloaded = admin.post("/admin/reload")
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["changes"] == ["tiers changed: free"]
+    assert [ask("How do I reset my password?"), ask("How can I reset my password?")] == ["miss", "semantic-hit"]

@@ -1,5 +1,6 @@
 """Prometheus metrics. Labels are bounded: models, deployments, statuses and limit kinds come
-from the configuration; keys appear only when ``metrics_per_key`` is on.
+from the configuration, cache results are three words; keys appear only when ``metrics_per_key``
+is on.
 
 Every request updates a handful of counters and histograms. prometheus-client's metric objects
 take a lock and look up their label children on each update, which adds up over a request
@@ -42,6 +43,11 @@ _LATENCY_BUCKETS = (
     60,
     120,
 )
+
+
+# A cache lookup's result, as the cache names it, and as the label's value: snake_case, like the
+# metric and label names a query writes next to it.
+_CACHE_RESULTS = {"hit": "hit", "semantic-hit": "semantic_hit", "miss": "miss"}
 
 
 def limit_kind(limit: Limit) -> str:
@@ -97,6 +103,8 @@ class Metrics:
         self._cost: dict[str, float] = {}
         self._decisions: dict[str, int] = {}
         self._denials: dict[str, int] = {}
+        self._cache_lookups: dict[tuple[str, str], int] = {}  # (model, result label) -> lookups
+        self._cache_saved: dict[str, float] = {}  # model -> USD
         self.latency = _Histogram("quotagate_request_seconds", "Whole request")
         self.upstream = _Histogram("quotagate_upstream_seconds", "Time in the provider")
         self.overhead = _Histogram("quotagate_overhead_seconds", "Time in the gateway itself")
@@ -138,6 +146,18 @@ class Metrics:
             kind = limit_kind(denied_by)
             self._denials[kind] = self._denials.get(kind, 0) + 1
 
+    def cache(self, model: str, result: str, saved_usd: float) -> None:
+        """Count a response cache lookup for ``model`` (a configured model, as observe's) and
+        what its answer saved: ``result`` is "hit", "semantic-hit" or "miss"."""
+        label = _CACHE_RESULTS.get(result)
+        if label is None:
+            # Not a new label value: the series stay bounded, and a caller's typo shows in its tests.
+            raise ValueError(f"unknown cache result {result!r}; expected one of {', '.join(_CACHE_RESULTS)}")
+        key = (model, label)
+        self._cache_lookups[key] = self._cache_lookups.get(key, 0) + 1
+        if saved_usd:
+            self._cache_saved[model] = self._cache_saved.get(model, 0.0) + saved_usd
+
     # -- scraping -----------------------------------------------------------------------------------
 
     def collect(self) -> Iterable[Any]:
@@ -155,6 +175,12 @@ class Metrics:
             yield histogram.family()
         yield _counter("quotagate_limit_decisions", "Limit decisions", ["result"], self._decisions)
         yield _counter("quotagate_limit_denials", "Refusals by limit kind", ["limit"], self._denials)
+        yield _counter(
+            "quotagate_cache_lookups", "Response cache lookups by result", ["model", "result"], self._cache_lookups
+        )
+        yield _counter(
+            "quotagate_cache_saved_usd", "USD that cache hits saved (their answers' cost)", ["model"], self._cache_saved
+        )
         # Read at scrape time: queue depth, breaker states, store errors, ledger progress.
         for source in self._gauges:
             yield from source()

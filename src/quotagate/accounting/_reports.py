@@ -1,5 +1,9 @@
 """Usage reports: totals grouped by key, user, model, deployment or day.
 
+Each group also shows the response cache's share: ``cache_hits`` (requests the cache answered),
+``hit_rate`` (of all the group's requests) and ``saved_usd`` (what those answers had cost when
+the provider gave them), like the cost also in the display currency.
+
 Every group has a name. Requests the ledger holds without one (a request refused before any
 deployment served it has no deployment, one that never named a valid model has no model) are
 grouped under ``NO_GROUP`` in every form a report takes (the CLI's table, CSV and JSON, and
@@ -28,7 +32,17 @@ _COLUMNS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
     "deployment": (usage_table.c.deployment,),
     "day": (usage_table.c.day,),
 }
-FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
+# Summed per group and in the totals; hit_rate is worked out from two of them.
+FIELDS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cache_hits",
+    "saved_usd",
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ async def usage_report(
     currency: str = "USD",
     rate: float = 1.0,
 ) -> Report:
-    """Sums per group over [since, until); costs also in the display currency."""
+    """Sums per group over [since, until); costs and savings also in the display currency."""
     # The name as SQL text, not a bound parameter: PostgreSQL does not see two parameters (the
     # SELECT's and the GROUP BY's) as the same expression.
     group = sa.func.coalesce(*_COLUMNS[by], sa.literal_column(f"'{NO_GROUP}'"))
@@ -72,6 +86,9 @@ async def usage_report(
             sa.func.sum(table.completion_tokens).label("completion_tokens"),
             sa.func.sum(table.cached_tokens).label("cached_tokens"),
             sa.func.sum(table.cost_usd).label("cost_usd"),
+            sa.func.sum(sa.case((table.cache_hit, 1), else_=0)).label("cache_hits"),
+            # NULL in the rows of a database upgraded in place (see ledger._schema): SUM skips them.
+            sa.func.sum(table.cache_saved_usd).label("saved_usd"),
         )
         .group_by(group)
         .order_by(group)
@@ -83,13 +100,24 @@ async def usage_report(
     result = await database.run(lambda conn: conn.execute(query).all())
     rows = []
     for record in result:
-        row = {by: record.group, **{f: (record._mapping[f] or 0) for f in FIELDS}}
-        row["cost_usd"] = round(float(row["cost_usd"]), 10)
-        if currency != "USD":
-            row[f"cost_{currency.lower()}"] = round(row["cost_usd"] * rate, 10)
-        rows.append(row)
-    totals: dict[str, Any] = {f: sum(r[f] for r in rows) for f in FIELDS}
-    totals["cost_usd"] = round(totals["cost_usd"], 10)
-    if currency != "USD":
-        totals[f"cost_{currency.lower()}"] = round(totals["cost_usd"] * rate, 10)
+        sums = {f: (record._mapping[f] or 0) for f in FIELDS}
+        sums["cost_usd"], sums["saved_usd"] = float(sums["cost_usd"]), float(sums["saved_usd"])
+        rows.append({by: record.group, **_shown(sums, currency, rate)})
+    totals = _shown({f: sum(r[f] for r in rows) for f in FIELDS}, currency, rate)
     return Report(by, rows, totals, currency, rate)
+
+
+def _shown(sums: dict[str, Any], currency: str, rate: float) -> dict[str, Any]:
+    """A group's sums as the report shows them: the cost's and the saving's amounts rounded, and
+    also in the display currency; the cache's hit rate after the hits."""
+    shown: dict[str, Any] = {}
+    for field, value in sums.items():
+        if field in ("cost_usd", "saved_usd"):
+            shown[field] = round(value, 10)
+            if currency != "USD":
+                shown[f"{field.removesuffix('_usd')}_{currency.lower()}"] = round(shown[field] * rate, 10)
+        else:
+            shown[field] = value
+        if field == "cache_hits":
+            shown["hit_rate"] = round(value / sums["requests"], 4) if sums["requests"] else 0.0
+    return shown

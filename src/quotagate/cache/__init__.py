@@ -1,17 +1,43 @@
-"""The response cache (issue 20, in progress): the exact cache's key, its in-process store, and
-the stream form of a cached answer. Not yet a stage of the request path."""
+"""The response cache: answers kept by a request's canonical form (exact) or by the meaning of
+its question (semantic), per namespace, in this process or in Redis (see _cache for the stage).
 
+The semantic parts (``_semantic.SemanticIndex``, ``_shared_index.SharedSemanticIndex``,
+``_embedder.LocalEmbedder``) are imported where a semantic rule needs them: they bring numpy."""
+
+from ._cache import (
+    CacheCounts,
+    CacheHit,
+    CacheRules,
+    CacheStore,
+    CacheTicket,
+    ResponseCache,
+    operator_namespace,
+    question_of,
+)
+from ._controls import CacheControls, read_controls
 from ._key import IGNORED_FIELDS, cache_key, canonical, namespace_of
 from ._memory import CacheStats, MemoryCacheStore
+from ._redis_store import RedisCacheStore
 from ._replay import assemble_stream, replay_as_stream
 
 __all__ = [
     "IGNORED_FIELDS",
+    "CacheControls",
+    "CacheCounts",
+    "CacheHit",
+    "CacheRules",
     "CacheStats",
+    "CacheStore",
+    "CacheTicket",
     "MemoryCacheStore",
+    "RedisCacheStore",
+    "ResponseCache",
     "assemble_stream",
     "cache_key",
     "canonical",
     "namespace_of",
+    "operator_namespace",
+    "question_of",
+    "read_controls",
     "replay_as_stream",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 
@@ -31,14 +32,21 @@ def canonical(body: dict[str, Any], model: str) -> bytes:
 
 
 def namespace_of(scope: Namespace, key_id: str | None, user: str | None, tier: str | None) -> str:
-    """The namespace an entry lives in: one per key, per user, per tier, or one for everyone."""
-    if scope == "key":
-        return f"k:{key_id}"
-    if scope == "user":
-        return f"u:{user}"
-    if scope == "tier":
-        return f"t:{tier}"
-    return "g"
+    """The namespace an entry lives in: one per key, per user, per tier, or one for everyone. A key
+    without a user has the namespace of its key under ``user``: it shares answers with no one."""
+    if scope == "user" and user is not None:
+        return "u:" + _escaped(user)
+    if scope == "tier" and tier is not None:
+        return "t:" + _escaped(tier)
+    if scope == "global":
+        return "g"
+    return "k:" + _escaped(key_id or "")
+
+
+def _escaped(name: str) -> str:
+    # A key is "<namespace>:<hash>", and a purge drops the keys that start with "<namespace>:";
+    # a user named "alice:x" must not be inside alice's namespace.
+    return quote(name, safe="")
 
 
 def cache_key(namespace: str, body: dict[str, Any], model: str) -> str:

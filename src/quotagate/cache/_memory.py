@@ -6,15 +6,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass
 class CacheStats:
     entries: int = 0
     bytes: int = 0
-    hits: int = 0
-    misses: int = 0
     evicted: int = 0
     expired: int = 0
 
@@ -34,21 +32,18 @@ class MemoryCacheStore:
         self._clock = clock
         # key -> (expires at, value); oldest use first.
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self.stats = CacheStats()
+        self.counts = CacheStats()
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
-            self.stats.misses += 1
             return None
         expires, value = entry
         if self._clock() >= expires:
             self._drop(key, value)
-            self.stats.expired += 1
-            self.stats.misses += 1
+            self.counts.expired += 1
             return None
         self._entries.move_to_end(key)
-        self.stats.hits += 1
         return value
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
@@ -57,15 +52,15 @@ class MemoryCacheStore:
             return
         old = self._entries.pop(key, None)
         if old is not None:
-            self.stats.entries -= 1
-            self.stats.bytes -= len(old[1])
+            self.counts.entries -= 1
+            self.counts.bytes -= len(old[1])
         self._entries[key] = (self._clock() + ttl, value)
-        self.stats.entries += 1
-        self.stats.bytes += len(value)
-        while self.stats.entries > self.max_entries or self.stats.bytes > self.max_bytes:
+        self.counts.entries += 1
+        self.counts.bytes += len(value)
+        while self.counts.entries > self.max_entries or self.counts.bytes > self.max_bytes:
             oldest, (_, dropped) = next(iter(self._entries.items()))
             self._drop(oldest, dropped)
-            self.stats.evicted += 1
+            self.counts.evicted += 1
 
     async def purge(self, namespace: str | None = None) -> int:
         """Drop every entry (of ``namespace``, when given); how many were dropped."""
@@ -75,7 +70,10 @@ class MemoryCacheStore:
             self._drop(key, self._entries[key][1])
         return len(doomed)
 
+    async def stats(self) -> dict[str, int]:
+        return asdict(self.counts)
+
     def _drop(self, key: str, value: bytes) -> None:
         del self._entries[key]
-        self.stats.entries -= 1
-        self.stats.bytes -= len(value)
+        self.counts.entries -= 1
+        self.counts.bytes -= len(value)

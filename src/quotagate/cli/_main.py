@@ -32,8 +32,13 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list, disable, enable and delete gateway keys.", no_args_is_help=True)
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="A running gateway's response cache, through its admin API: its figures, and purging it.",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(cache_app, name="cache")
 
 
 class _LazyConsole:
@@ -639,7 +644,9 @@ def usage(
     format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     config: ConfigOption = None,
 ) -> None:
-    """Usage and cost from the ledger, grouped, with totals (costs also in the display currency)."""
+    """Usage and cost from the ledger, grouped, with totals: requests, errors, tokens, cost, and
+    the response cache's hits, hit rate and savings (costs and savings also in the display
+    currency)."""
     import csv
 
     from ..accounting import usage_report
@@ -660,16 +667,29 @@ def usage(
         document = report.to_dict()
         for row in [*document["data"], document["totals"]]:
             for column, value in row.items():
-                if column.startswith("cost_"):
+                if column.startswith(_AMOUNTS):
                     # A raw number: orjson, like repr, writes 1.5e-7 below a millionth.
                     row[column] = orjson.Fragment(_decimal(value))
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
-    columns = [by, "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"]
-    if currency.display != "USD":
-        columns.append(f"cost_{currency.display.lower()}")
+    converted = currency.display != "USD"
+    display = currency.display.lower()
+    columns = [
+        by,
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+        *([f"cost_{display}"] if converted else []),
+        "cache_hits",
+        "hit_rate",
+        "saved_usd",
+        *([f"saved_{display}"] if converted else []),
+    ]
     rows = [
-        {column: _decimal(value) if column.startswith("cost_") else value for column, value in row.items()}
+        {column: _decimal(value) if column.startswith(_AMOUNTS) else value for column, value in row.items()}
         for row in [*report.rows, {by: "TOTAL", **report.totals}]
     ]
     if format == "csv":
@@ -687,11 +707,153 @@ def usage(
     _print_table(table)
 
 
+# The report's amounts of money (cost_usd, saved_usd and their display currency's): printed as
+# plain decimals.
+_AMOUNTS = ("cost_", "saved_")
+
+
 def _decimal(amount: float) -> str:
-    """A cost as a plain decimal: requests cost millionths of a dollar, which str(), the csv module
-    and JSON encoders write as 5.4e-05. Reports round costs to 10 places, so 10 lose nothing."""
+    """An amount (a cost, a saving) as a plain decimal: requests cost millionths of a dollar, which
+    str(), the csv module and JSON encoders write as 5.4e-05. Reports round amounts to 10 places,
+    so 10 lose nothing."""
     text = f"{amount:.10f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="The gateway's address. Default: http://HOST:PORT of the configuration's server "
+        "(127.0.0.1 when it listens on every interface), else http://127.0.0.1:4000.",
+        show_default=False,
+    ),
+]
+MasterKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--master-key",
+        envvar="QUOTAGATE_MASTER_KEY",
+        help="The admin API's master key; $QUOTAGATE_MASTER_KEY is safer (other users of the machine can "
+        "see command lines). Default: the configuration's master_key (its env:NAME read from the environment).",
+        show_default=False,
+    ),
+]
+
+
+def _gateway_url(config: Config | None) -> str:
+    """Where the configured gateway answers, as seen from this machine."""
+    if config is None:
+        return "http://127.0.0.1:4000"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.server.host, config.server.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{config.server.port}"
+
+
+def _admin_call(
+    method: str, path: str, config: Path | None, url: str | None, master_key: str | None, **query: str
+) -> Any:
+    """The admin API's JSON answer to ``method path``, or the command's end with its error message."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from ..config import resolve_secret
+
+    loaded = _config(config)
+    if master_key is None and loaded is not None:
+        try:
+            master_key = resolve_secret(loaded.master_key, "master_key")
+        except ConfigError as exc:
+            raise _fail(f"{exc} (or give --master-key, or set QUOTAGATE_MASTER_KEY)") from None
+    if not master_key:
+        raise _fail(
+            "no master key: give --master-key, set QUOTAGATE_MASTER_KEY, or point --config at the gateway's "
+            "configuration (its master_key)"
+        )
+    base = (url or _gateway_url(loaded)).rstrip("/")
+    address = base + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    request = urllib.request.Request(address, method=method, headers={"Authorization": f"Bearer {master_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            message = orjson.loads(body)["error"]["message"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = body.decode("utf-8", "replace").strip() or exc.reason
+        raise _fail(f"the gateway at {base} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise _fail(f"cannot reach the gateway at {base} ({reason}); is it running? (--url)") from None
+    except orjson.JSONDecodeError:
+        raise _fail(f"the gateway at {base} did not answer JSON: is --url a quotagate gateway?") from None
+
+
+def _flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested figures as (dotted name, value) pairs, in their order."""
+    pairs: list[tuple[str, Any]] = []
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            pairs.extend(_flat(value, f"{prefix}{name}."))
+        else:
+            pairs.append((f"{prefix}{name}", value))
+    return pairs
+
+
+@cache_app.command("stats")
+def cache_stats(
+    json: Annotated[bool, typer.Option("--json", help="The admin API's JSON answer, as it came.")] = False,
+    url: UrlOption = None,
+    master_key: MasterKeyOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show the response cache's figures (GET /admin/cache): its store's entries and size, hits and misses.
+
+    With the in-process store (cache.store: memory), each gateway process has a cache of its own,
+    and these are the figures of the process that answered.
+    """
+    stats = _admin_call("GET", "/admin/cache", config, url, master_key)
+    if json:
+        print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("figure", "value")
+    for name, value in _flat(stats):
+        if name != "object":
+            table.add_row(escape(name), escape(str(value)))
+    _print_table(table)
+
+
+@cache_app.command("purge")
+def cache_purge(
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this namespace's answers: key:ID, user:NAME, tier:NAME or global (the answers "
+            "shared by everyone). Default: every answer.",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOption = None,
+    master_key: MasterKeyOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Drop cached answers (DELETE /admin/cache), so the next requests go to the providers.
+
+    With the in-process store (cache.store: memory), each gateway process has a cache of its own,
+    and only the cache of the process that answered is purged; with cache.store: redis, the one
+    every node shares.
+    """
+    query = {"namespace": namespace} if namespace is not None else {}
+    answer = _admin_call("DELETE", "/admin/cache", config, url, master_key, **query)
+    purged = answer.get("purged", 0)
+    where = f"of namespace {namespace}" if namespace is not None else "of every namespace"
+    out.print(f"purged {purged} cached answer{'' if purged == 1 else 's'} {where}", markup=False)
 
 
 def main() -> None:

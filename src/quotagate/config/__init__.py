@@ -5,6 +5,8 @@ from ._loader import ConfigError, load_config, parse_config
 from ._models import (
     AlertSettings,
     BreakerSettings,
+    CacheRule,
+    CacheSettings,
     Config,
     CurrencySettings,
     Deployment,
@@ -26,6 +28,8 @@ __all__ = [
     "DEMO_MODEL",
     "AlertSettings",
     "BreakerSettings",
+    "CacheRule",
+    "CacheSettings",
     "Config",
     "ConfigError",
     "CurrencySettings",

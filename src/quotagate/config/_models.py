@@ -110,6 +110,30 @@ class LimitValues(_Strict):
 
 RateAlgorithm = Literal["gcra", "sliding-window"]
 
+# The semantic cache's default similarity threshold: the lowest above every pair of different
+# questions among the labelled English and Chinese ones (tests/data/semantic_pairs; the closest,
+# "How do I get a promo code?" and "... use a promo code?", scores 0.954; bench/NOTES.md).
+DEFAULT_SEMANTIC_THRESHOLD = 0.96
+
+
+class CacheRule(_Strict):
+    """How a tier's or a model's answers are cached. A model's rule overrides its tier's field by
+    field (only the fields it sets), so a tier can turn the cache on and a model tune its threshold."""
+
+    mode: Literal["off", "exact", "semantic"] = Field(
+        default="exact", description="exact: the same request; semantic: also the same question reworded"
+    )
+    ttl: float = Field(default=3600.0, gt=0, le=365 * 86400, description="seconds an answer is kept")
+    namespace: Literal["key", "user", "tier", "global"] = Field(
+        default="key", description="who shares answers: each key, each user, each tier, or everyone"
+    )
+    threshold: float = Field(
+        default=DEFAULT_SEMANTIC_THRESHOLD,
+        gt=0,
+        le=1,
+        description="cosine similarity from which a reworded question gets the cached answer",
+    )
+
 
 class TierLimits(LimitValues):
     """A tier: the limits every key on it gets, and how its requests wait for capacity."""
@@ -119,6 +143,7 @@ class TierLimits(LimitValues):
         default=0.0, ge=0, le=600, description="seconds a request may wait for capacity (0: refuse at once)"
     )
     priority: int = Field(default=0, description="waiting requests of higher priority go first")
+    cache: CacheRule | None = Field(default=None, description="answers served from the response cache")
 
 
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "month": 0.0}
@@ -318,6 +343,7 @@ class ModelConfig(_Strict):
     )
     fallbacks: list[str] = Field(default_factory=list, description="models to try when this one fails")
     context_window_fallback: str | None = None
+    cache: CacheRule | None = Field(default=None, description="overrides the tiers' cache rules for this model")
 
 
 class BreakerSettings(_Strict):
@@ -345,6 +371,29 @@ class RouterSettings(_Strict):
     breaker: BreakerSettings = BreakerSettings()
 
 
+class CacheSettings(_Strict):
+    """The response cache's store and embedding model; the tiers and models say what is cached."""
+
+    store: Literal["memory", "redis"] = Field(
+        default="memory", description="memory: this process; redis: the gateway's redis, shared by every node"
+    )
+    embedding: str = Field(
+        default="local",
+        min_length=1,
+        description="local: the shipped offline model; or the name of an embeddings model of this config",
+    )
+    max_entries: PositiveInt = Field(default=10_000, description="answers kept in memory (store: memory)")
+    max_bytes: PositiveInt = Field(default=256 * 1024 * 1024, description="bytes of answers kept (store: memory)")
+    semantic_entries: PositiveInt = Field(
+        default=10_000, description="questions each node's semantic index holds (oldest out first)"
+    )
+    hits_charge: Literal["requests", "tokens"] = Field(
+        default="requests",
+        description="requests: a hit counts on request limits only; tokens: also on token and spend "
+        "limits, as the cached answer's usage",
+    )
+
+
 class Config(_Strict):
     server: ServerSettings = ServerSettings()
     database: str = "sqlite:///./quotagate.db"
@@ -353,6 +402,7 @@ class Config(_Strict):
     tiers: dict[str, TierLimits] = Field(default_factory=lambda: {"default": TierLimits()})
     models: list[ModelConfig] = Field(default_factory=list)
     limits: list[ScopedLimit] = Field(default_factory=list)
+    cache: CacheSettings = CacheSettings()
     limiter: LimiterSettings = LimiterSettings()
     router: RouterSettings = RouterSettings()
     pricing: dict[str, PriceConfig] = Field(default_factory=dict, description="overrides the shipped prices")
@@ -427,6 +477,17 @@ class Config(_Strict):
                     raise ValueError(f"model {model.name!r} falls back to {other!r}, which is not configured")
                 if other == model.name:
                     raise ValueError(f"model {model.name!r} falls back to itself")
+        return self
+
+    @model_validator(mode="after")
+    def _check_cache(self) -> Config:
+        if self.cache.store == "redis" and self.redis is None:
+            raise ValueError("cache.store: redis needs the gateway's redis: URL")
+        embedding = self.cache.embedding
+        if embedding != "local" and self.model_named(embedding) is None:
+            raise ValueError(
+                f"cache.embedding {embedding!r} is neither 'local' nor the name of a model of this configuration"
+            )
         return self
 
     def model_named(self, name: str) -> ModelConfig | None:

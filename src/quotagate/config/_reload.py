@@ -39,6 +39,8 @@ RESTART_ONLY = (
     "limiter.max_queue",
     "ledger",
     "metrics_per_key",
+    # The store, and the embedding model whose vectors the semantic index holds.
+    "cache",
 )
 
 

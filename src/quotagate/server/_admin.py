@@ -11,6 +11,9 @@ POST   /admin/keys/{id}/enable
 DELETE /admin/keys/{id}
 GET    /admin/tiers                the configured tiers and their limits
 POST   /admin/reload               serve the configuration file as it is now (as SIGHUP does)
+GET    /admin/cache                the response cache's figures
+DELETE /admin/cache[?namespace=NS] drop the cache's entries (of key:ID, user:NAME, tier:NAME or
+                                   global only); answers how many
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -79,6 +82,17 @@ class KeyUpdate(KeyCreate):
     disabled: bool | None = None
 
 
+class CacheControl(Protocol):
+    """What the admin API asks of the response cache."""
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def purge(self, namespace: str | None) -> int:
+        """Drop the entries of ``namespace`` (key:ID, user:NAME, tier:NAME or global; None: all),
+        answering how many; ValueError, with a message for the operator, for any other name."""
+        ...
+
+
 def check_key_fields(config: Config, tier: str | None, models: list[str] | None) -> None:
     """A key's tier and models must exist in the configuration: a typo would lock the user out."""
     if tier is not None and tier not in config.tiers:
@@ -137,9 +151,12 @@ class AdminAPI:
         router: Router | None = None,
         usage: Callable[[str, datetime | None, datetime | None], Awaitable[dict[str, Any]]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        cache: Callable[[], CacheControl] | None = None,
     ) -> None:
         self.config = config
         self._reload = reload
+        # Asked at each request: the gateway's cache as it is then.
+        self._cache = cache
         self.store = store
         self.authenticator = authenticator
         self._master_key = master_key
@@ -182,6 +199,9 @@ class AdminAPI:
         if parts == ["reload"] and self._reload is not None:
             self._allow(method, "POST")
             await send_json(send, 200, await self._reload())
+            return
+        if parts == ["cache"] and self._cache is not None:
+            await self._cache_route(method, scope, send, self._cache())
             return
         if parts[:1] != ["keys"] or len(parts) > 3:
             raise NotFoundError(f"Unknown admin route {scope['path']}.")
@@ -241,6 +261,21 @@ class AdminAPI:
             return orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"Invalid JSON body: {exc.args[0]}.", code="invalid_json") from None
+
+    async def _cache_route(self, method: str, scope: Scope, send: Send, cache: CacheControl) -> None:
+        if method == "GET":
+            await send_json(send, 200, {"object": "cache", **await cache.stats()})
+            return
+        if method != "DELETE":
+            raise MethodNotAllowedError(f"{method} is not allowed on /admin/cache.", headers={"Allow": "GET, DELETE"})
+        # Blank values kept: "?namespace=" is a mistake to point out, not "everything".
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        namespace = query.get("namespace", [None])[0]
+        try:
+            purged = await cache.purge(namespace)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="namespace", code="invalid_value") from None
+        await send_json(send, 200, {"object": "cache_purge", "namespace": namespace, "purged": purged})
 
     async def _key_quota(self, key_id: str, scope: Scope, send: Send) -> None:
         record = await self.store.get(key_id)

@@ -29,6 +29,7 @@ from ..accounting._quotas import DurableQuotas
 from ..accounting._reports import GroupBy
 from ..accounting.ledger import journal_path
 from ..auth import Authenticator, Principal
+from ..cache import CacheRules, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCache
 from ..config import Config, ConfigError, resolve_secret
 from ..config._reload import Reload, log_reload_failed, log_reloaded, one_line, prepare_reload
 from ..errors import (
@@ -162,6 +163,7 @@ class Gateway:
             self._quota_writer = Ledger(writer, flush_seconds=config.ledger.flush_seconds)
         self.alerts = Alerts(config.alerts, self.redis)
         self.books = self._make_books(config)
+        self.cache = self._make_cache(config)
         self.metrics.add_gauges(self._gauges)
         self.proxy = self._make_proxy(config, self.routes, self.authenticator, self.router, self.policy, self.books)
         self.admin = self._make_admin(config, self.authenticator, self.router)
@@ -188,6 +190,44 @@ class Gateway:
             served_models=frozenset(model.name for model in config.models),
         )
 
+    def _make_cache(self, config: Config) -> ResponseCache:
+        """The response cache: its store lives as long as the process (a reload changes which tiers
+        and models use it, not where answers are kept)."""
+        settings = config.cache
+        store: CacheStore
+        if settings.store == "redis":
+            assert self.redis is not None  # the configuration requires it
+            store = RedisCacheStore(self.redis)
+        else:
+            store = MemoryCacheStore(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
+        cache = ResponseCache(store, store_kind=settings.store)
+        self._make_semantic(cache, config)
+        return cache
+
+    def _make_semantic(self, cache: ResponseCache, config: Config) -> None:
+        """Give ``cache`` its semantic index and embedding model once a rule of ``config`` is
+        semantic (at start, or at the reload that adds one). Not before: numpy's import alone is
+        0.1 s of start-up, and the local model ~150 MB and a second to load."""
+        if cache.embedder is not None or not CacheRules(config).semantic:
+            return
+        from ..cache._embedder import LocalEmbedder
+        from ..cache._semantic import SemanticIndex
+        from ..cache._shared_index import SharedSemanticIndex
+
+        settings = config.cache
+        cache.index = SemanticIndex(settings.semantic_entries)
+        if self.redis is not None and settings.store == "redis":
+            # The stream keeps a few times what an index holds: a node starting reads no further.
+            cache.shared = SharedSemanticIndex(
+                self.redis, cache.index, max_stream_entries=3 * settings.semantic_entries
+            )
+        if settings.embedding == "local":
+            cache.embedder = LocalEmbedder()
+        else:
+            from ._cache_embedding import RoutedEmbedder
+
+            cache.embedder = RoutedEmbedder(settings.embedding, lambda: self.proxy)
+
     def _make_proxy(
         self,
         config: Config,
@@ -206,6 +246,9 @@ class Gateway:
             limiter=self.limiter,
             expected_output_tokens=config.limiter.expected_output_tokens,
             books=books,
+            cache=self.cache,
+            cache_rules=CacheRules(config),
+            hits_charge=config.cache.hits_charge,
         )
 
     def _make_admin(self, config: Config, authenticator: Authenticator, router: Router) -> AdminAPI:
@@ -218,6 +261,7 @@ class Gateway:
             router,
             self.usage,
             reload=self._admin_reload,
+            cache=lambda: self.cache,
         )
 
     def _route_table(self, proxy: Proxy) -> dict[tuple[str, str], Handler]:
@@ -321,6 +365,7 @@ class Gateway:
                 await self.redis.check()
             except Exception as exc:
                 logger.warning("Redis is not ready: %s: %s", type(exc).__name__, exc)
+        await self.cache.start()
         if self.ledger is not None:
             await self.ledger.start()
         if self._quota_writer is not None:
@@ -329,6 +374,7 @@ class Gateway:
             self._on_started()
 
     async def shutdown(self) -> None:
+        await self.cache.aclose()
         # The ledger's last write stores the quotas' last changes: before the limiter closes.
         if self.ledger is not None:
             await self.ledger.aclose()
@@ -393,6 +439,9 @@ class Gateway:
         if config.auth_cache_seconds != self.config.auth_cache_seconds:
             authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         books = self._make_books(config)
+        if self.cache.embedder is None:
+            self._make_semantic(self.cache, config)
+            await self.cache.start()  # loads the embedding model off the loop
         proxy = self._make_proxy(config, routes, authenticator, router, policy, books)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.

@@ -25,13 +25,23 @@ Send = Callable[[Message], Awaitable[None]]
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
-_READ = frozenset((b"authorization", b"x-api-key", b"content-length", b"x-client-request-id", b"x-request-id"))
+_READ = frozenset(
+    (
+        b"authorization",
+        b"x-api-key",
+        b"content-length",
+        b"x-client-request-id",
+        b"x-request-id",
+        b"cache-control",
+        b"x-quotagate-cache-ttl",
+    )
+)
 
 
 class RequestHeaders:
     """The few request headers the gateway reads, pulled out in one pass."""
 
-    __slots__ = ("authorization", "client_request_id", "content_length", "x_api_key")
+    __slots__ = ("authorization", "cache_control", "cache_ttl", "client_request_id", "content_length", "x_api_key")
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.authorization: str | None = None
@@ -40,6 +50,9 @@ class RequestHeaders:
         # The client's own id for the request: OpenAI's x-client-request-id, or the x-request-id
         # that tracing proxies set. Kept beside the gateway's id, never instead of it.
         self.client_request_id: str | None = None
+        # The request's say over the response cache (see cache/_controls).
+        self.cache_control: str | None = None
+        self.cache_ttl: str | None = None
         for name, value in raw:
             if name not in _READ:
                 continue  # most headers: one set lookup, not five comparisons
@@ -54,6 +67,10 @@ class RequestHeaders:
                     raise InvalidRequestError("Invalid Content-Length header.") from None
             elif name == b"x-client-request-id" or (name == b"x-request-id" and self.client_request_id is None):
                 self.client_request_id = value.decode("latin-1")[:128] or None
+            elif name == b"cache-control":
+                self.cache_control = value.decode("latin-1")
+            elif name == b"x-quotagate-cache-ttl":
+                self.cache_ttl = value.decode("latin-1")
 
 
 def _reseed() -> None:

@@ -71,7 +71,7 @@ class Books:
             user_id=record.principal.user,
             tier=record.principal.tier,
             model_requested=record.model,
-            model_served=exchange.target.model if exchange is not None else None,
+            model_served=exchange.target.model if exchange is not None else (model if record.cache_hit else None),
             deployment=exchange.target.label if exchange is not None else None,
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -86,6 +86,8 @@ class Books:
             error_type=error_type,
             stream=record.stream,
             client_request_id=record.client_request_id,
+            cache_hit=record.cache_hit is not None,
+            cache_saved_usd=record.cache_saved_usd,
         )
         # A name the gateway does not serve is the client's choice: never a metrics label.
         self.metrics.observe(row, row.model_served or (model if model in self.served_models else ""))

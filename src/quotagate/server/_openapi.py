@@ -138,6 +138,18 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "ignored_until_restart": {"type": "array", "items": _STRING},
         }
     ),
+    # Beside these, the store's own figures (entries, bytes ...).
+    "CacheStats": _object(
+        {"object": {"const": "cache"}, "store": {"enum": ["memory", "redis"]}, "node": _ANY_OBJECT},
+        {"semantic_entries": _INTEGER},
+    ),
+    "CachePurge": _object(
+        {
+            "object": {"const": "cache_purge"},
+            "namespace": _nullable(_STRING),
+            "purged": {"type": "integer", "minimum": 0},
+        }
+    ),
     "Health": _object({"status": {"const": "ok"}}),
     "Ready": _object(
         {"status": {"enum": ["ready", "not ready"]}, "checks": {"type": "object", "additionalProperties": _STRING}}
@@ -347,6 +359,23 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "listDeployments", "every deployment's health and headroom", "DeploymentList", _ADMIN, _ADMIN_ERRORS
             )
+        },
+        "/admin/cache": {
+            "get": _operation(
+                "cacheStats",
+                "the response cache's figures: its store's, and this node's lookups",
+                "CacheStats",
+                _ADMIN,
+                _ADMIN_ERRORS,
+            ),
+            "delete": _operation(
+                "purgeCache",
+                "drop the response cache's answers, all or one namespace's (on every node)",
+                "CachePurge",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[_query("namespace", "only this namespace's: key:ID, user:NAME, tier:NAME or global")],
+            ),
         },
         "/admin/reload": {
             "post": _operation(

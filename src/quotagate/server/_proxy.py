@@ -4,12 +4,17 @@
     auth         Proxy.authenticate           auth/: the gateway key -> a principal
     policy       TenantCharge(...)            _tenant, policy/: which of the tenant's limits apply
     tokens       estimate_tokens              tokens/: prompt tokens + the most it may write
+    cache        ResponseCache.lookup         cache/: an earlier answer to the same question
     limits       TenantCharge.admit           _tenant, limits/: one reservation over them all, or 429
     route        Router.exchange              router/: a deployment with room, retries, fallbacks
     upstream     UpstreamBodies, Transport    upstream/: the body each deployment is sent
     relay        relay_body, relay_stream     _relay: the answer to the client as it comes
     settle       Router.finish, .settle       the deployment's and the tenant's limits, exact
     account      Books.account                _books: the ledger row and metrics, once
+    cache        ResponseCache.keep           cache/: the answer stored, after the client has it
+
+A cache hit skips route to settle: it is charged on the tenant's request limits (and, as
+``cache.hits_charge`` says, its tokens), answered from the cache, and accounted with what it saved.
 
 Data flows forward: a later stage never calls back into an earlier one. The tenant's charge is
 handed to the router as an object (``TenantCharge``) that a fallback to another model moves, and
@@ -29,6 +34,7 @@ import orjson
 
 from ..accounting import Price
 from ..auth import Authenticator, Principal, extract_key
+from ..cache import CacheHit, CacheRules, CacheTicket, ResponseCache, assemble_stream, read_controls, replay_as_stream
 from ..errors import (
     GatewayError,
     NotFoundError,
@@ -39,23 +45,27 @@ from ..policy import Policy
 from ..router import Router, RouteRequest
 from ..tokens import (
     ZERO,
+    Estimate,
     estimate_tokens,
+    usage_details,
 )
 from ..tokens._estimate import Kind
 from ..upstream import ModelRoutes, Scrubber, UpstreamBodies
 from ._asgi import (
+    JSON_CONTENT_TYPE,
     Receive,
     RequestHeaders,
     Scope,
     Send,
     read_body,
     request_id_headers,
+    send_bytes,
 )
 from ._books import Books
 from ._disconnect import DisconnectWatch, Watches
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._record import RequestRecord, error_type
-from ._relay import relay_body, relay_stream
+from ._relay import SSE_HEADERS, relay_body, relay_stream
 from ._stream_usage import StreamUsage
 from ._tenant import TenantCharge
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
@@ -103,8 +113,15 @@ class Proxy:
         expected_output_tokens: int = 512,
         clock: Callable[[], float] = time.time,
         books: Books | None = None,
+        cache: ResponseCache | None = None,
+        cache_rules: CacheRules | None = None,
+        hits_charge: str = "requests",
     ) -> None:
         self.books = books or Books()
+        self.cache = cache if cache_rules is not None else None
+        self.cache_rules = cache_rules
+        # "tokens": a hit is charged its answer's tokens and cost on the tenant's limits too.
+        self.hits_charge_tokens = hits_charge == "tokens"
         self.routes = routes
         self.authenticator = authenticator
         self.router = router
@@ -166,7 +183,7 @@ class Proxy:
             raise
         record = RequestRecord(request_id, headers.client_request_id, principal, request.model, request.stream, began)
         try:
-            await self._handle(endpoint, receive, send, request, raw, principal, record)
+            await self._handle(endpoint, receive, send, headers, request, raw, principal, record)
         except GatewayError as exc:
             await self.books.account(record, exc.status, error_type(exc))
             raise
@@ -184,6 +201,7 @@ class Proxy:
         endpoint: Endpoint,
         receive: Receive,
         send: Send,
+        headers: RequestHeaders,
         request: ParsedRequest,
         raw: bytes,
         principal: Principal,
@@ -207,6 +225,20 @@ class Proxy:
                 self.expected_output_tokens,
                 self.routes.models[model].context_window,
             )
+        body = request.body
+        if "cache" in body:
+            # The cache's controls as LiteLLM clients send them: the gateway's, not the provider's.
+            body = {name: value for name, value in body.items() if name != "cache"}
+            raw = orjson.dumps(body)
+        # cache: an earlier answer to the same question, before anything is charged.
+        ticket = self._cache_ticket(endpoint, headers, request, principal)
+        if ticket is not None:
+            assert self.cache is not None
+            hit = await self.cache.lookup(ticket)
+            if hit is not None:
+                await self._answer_from_cache(hit, send, request, record)
+                return
+            books.metrics.cache(model, "miss", 0.0)
         # limits: the estimate reserved on every applicable limit at once, or a 429.
         waited = time.perf_counter()
         reservation = await tenant.admit()
@@ -218,7 +250,7 @@ class Proxy:
 
         # route and upstream: a deployment with room answers (retries, breakers, fallbacks).
         bodies = UpstreamBodies(
-            request.body, raw, model, request.stream, counts_tokens=needs_estimate or books.ledger is not None
+            body, raw, model, request.stream, counts_tokens=needs_estimate or books.ledger is not None
         )
         max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
         route = RouteRequest(endpoint.upstream_path, bodies, request.stream, estimate, max_wait, priority, tenant)
@@ -231,6 +263,8 @@ class Proxy:
                 served = exchange.target
                 extra = request_id_headers(record.request_id, record.client_request_id)
                 extra.append((b"x-quotagate-deployment", served.label_bytes))
+                if ticket is not None:
+                    extra.append((b"x-quotagate-cache", b"miss"))
                 if tenant.reservation is not None:
                     extra.extend(ratelimit_headers(tenant.reservation.decision))
                 # relay: the answer to the client as it comes (the ledger row is written before
@@ -239,7 +273,8 @@ class Proxy:
                 try:
                     if exchange.streamed:
                         stream_usage = record.stream_usage = StreamUsage(
-                            strip_usage_chunk=bodies.asked_for_usage(served)
+                            strip_usage_chunk=bodies.asked_for_usage(served),
+                            keep_events=ticket is not None and ticket.controls.store,
                         )
                         outcome = await relay_stream(
                             exchange, send, extra, stream_usage, record, self._scrubber, self._complete
@@ -247,6 +282,8 @@ class Proxy:
                     else:
                         await relay_body(exchange, send, extra, record, self._scrubber, self._complete)
                         outcome = True
+                    if ticket is not None and outcome and exchange.response.status == 200:
+                        self._keep(ticket, record, body)
                 except asyncio.CancelledError:
                     # The client left: that says nothing about the deployment's health.
                     outcome = None
@@ -271,6 +308,95 @@ class Proxy:
                     # Quotas and budgets as the request left them, settled: what it used, not
                     # the most it could have used.
                     books.alerts.settled(principal, tenant.reservation.decision, deltas, self.limiter.status)
+
+    def _cache_ticket(
+        self, endpoint: Endpoint, headers: RequestHeaders, request: ParsedRequest, principal: Principal
+    ) -> CacheTicket | None:
+        """Where the request's answer is looked up and kept, if a rule caches it. A streamed
+        completion (not chat) is not cached: its cached form would have to be replayed as one."""
+        if self.cache is None or self.cache_rules is None or (request.stream and endpoint.kind != "chat"):
+            return None
+        rule = self.cache_rules.rule_for(principal.tier, request.model)
+        if rule is None:
+            return None
+        controls = read_controls(headers.cache_control, headers.cache_ttl, request.body)
+        return self.cache.ticket(
+            rule,
+            controls,
+            principal.key_id,
+            principal.user,
+            principal.tier,
+            request.body,
+            request.model,
+            semantic_kind=endpoint.kind == "chat",
+        )
+
+    async def _answer_from_cache(
+        self, hit: CacheHit, send: Send, request: ParsedRequest, record: RequestRecord
+    ) -> None:
+        """Answer from the cache: charged on the tenant's request limits (its tokens too, where
+        ``hits_charge`` says so), accounted with the cost the answer saved."""
+        tenant = record.tenant
+        assert tenant is not None
+        response = hit.response
+        used = usage_details(response) or (0, 0, 0)
+        record.cache_hit = hit
+        record.cache_saved_usd = hit.cost_usd
+        tenant.estimate = Estimate(used[0], used[1]) if self.hits_charge_tokens else ZERO
+        reservation = await tenant.admit()
+        if reservation is not None:
+            self._note_decision(record.principal, reservation.decision)
+            if not reservation.decision.allowed:
+                raise rate_limit_error(reservation.decision, self._clock())
+        try:
+            extra = request_id_headers(record.request_id, record.client_request_id)
+            extra.append((b"x-quotagate-cache", hit.kind.encode()))
+            if hit.similarity is not None:
+                extra.append((b"x-quotagate-cache-similarity", f"{hit.similarity:.4f}".encode()))
+            if reservation is not None:
+                extra.extend(ratelimit_headers(reservation.decision))
+            self.books.metrics.cache(record.charged_model, hit.kind, record.cache_saved_usd)
+            await self._complete(record, 200, None)
+            if request.stream:
+                options = request.body.get("stream_options")
+                include_usage = isinstance(options, dict) and options.get("include_usage") is True
+                events = replay_as_stream(response, include_usage)
+                await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *extra]})
+                await send({"type": "http.response.body", "body": events, "more_body": False})
+            else:
+                await send_bytes(send, 200, orjson.dumps(response), [JSON_CONTENT_TYPE, *extra])
+        finally:
+            if tenant.reservation is not None:
+                charged = self.hits_charge_tokens and tenant.counts_spend
+                await tenant.settle(*tenant.estimate, record.cache_saved_usd if charged else 0.0)
+
+    def _keep(self, ticket: CacheTicket, record: RequestRecord, body: dict[str, object]) -> None:
+        """Hand a complete answer to the cache (which stores it in the background); never an
+        error, a stream that broke off, fewer choices than asked for, one with a secret in it, or
+        a fallback model's (the next request for this model may find this model up again)."""
+        assert self.cache is not None
+        if record.charged_model != record.model:
+            return
+        response = record.answer
+        if record.stream_usage is not None and record.stream_usage.events is not None:
+            response = assemble_stream(bytes(record.stream_usage.events))
+        if not isinstance(response, dict) or "error" in response:
+            return
+        choices = response.get("choices")
+        if choices is not None:
+            asked = body.get("n")
+            if not isinstance(choices, list) or len(choices) != (asked if isinstance(asked, int) else 1):
+                return
+            if any(not isinstance(choice, dict) or choice.get("finish_reason") is None for choice in choices):
+                return
+        elif not isinstance(response.get("data"), list):
+            return  # an embeddings answer is its data; anything else is not an answer to keep
+        if self._scrubber.secrets:
+            as_sent = orjson.dumps(response)
+            if self._scrubber.body(as_sent) != as_sent:
+                return
+        record.collect_stream_usage()
+        self.cache.keep(ticket, response, self.books.cost(record, *record.actual()))
 
     async def _complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:
         """The response's last message is next. From here on http.disconnect means the response

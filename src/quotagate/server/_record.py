@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from ..auth import Principal
+from ..cache import CacheHit
 from ..errors import GatewayError
 from ..router import Exchange
 from ..tokens import count_generated
@@ -24,7 +25,10 @@ class RequestRecord:
     ledger will see. One object rather than three: it is made for every request."""
 
     __slots__ = (
+        "answer",
         "began",
+        "cache_hit",
+        "cache_saved_usd",
         "cached",
         "client_request_id",
         "counted",
@@ -72,6 +76,11 @@ class RequestRecord:
         self.stream_usage: StreamUsage | None = None
         self.watch: DisconnectWatch | None = None
         self.done = False
+        # The provider's whole answer, as parsed (the response cache keeps it).
+        self.answer: Any = None
+        # Answered from the response cache: the hit, and what the answer cost when it was made.
+        self.cache_hit: CacheHit | None = None
+        self.cache_saved_usd = 0.0
 
     @property
     def charged_model(self) -> str:

@@ -86,6 +86,7 @@ async def relay_body(
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = None
+    record.answer = payload
     details = usage_details(payload)
     if details is not None:
         record.reported, record.cached = (details[0], details[1]), details[2]

@@ -14,16 +14,20 @@ from ..tokens import generated_text, usage_details
 
 
 class StreamUsage:
-    __slots__ = ("_strip", "cached", "pieces", "usage")
+    __slots__ = ("_strip", "cached", "events", "pieces", "usage")
 
-    def __init__(self, strip_usage_chunk: bool) -> None:
+    def __init__(self, strip_usage_chunk: bool, keep_events: bool = False) -> None:
         self._strip = strip_usage_chunk
+        # The stream as the provider sent it, for the response cache to keep once it is complete.
+        self.events: bytearray | None = bytearray() if keep_events else None
         self.usage: tuple[int, int] | None = None
         self.pieces: list[str] = []
         self.cached = 0
 
     def feed(self, events: bytes) -> bytes:
         """Take complete SSE events; return what the client should receive of them."""
+        if self.events is not None:
+            self.events += events
         if b"\r" in events:
             events = events.replace(b"\r\n", b"\n")  # SSE allows either; one is simpler to split
         parts = events.split(b"\n\n")

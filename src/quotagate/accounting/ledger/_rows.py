@@ -9,8 +9,8 @@ the table says). So a node of the next version, with a column this one lacks, sh
 and journals with this one, both ways.
 
 A batch without names comes from a version before them, and its fields are ``FIELDS_V1``,
-frozen here: the columns of that version, in its order. (Arrays of still earlier versions stop
-before the last of them, ``client_request_id``, and read as NULL there.)
+frozen here: the columns of that version, in its order, before ``cache_saved_usd``. (Arrays of
+still earlier versions stop before the last of them, ``client_request_id``, and read as NULL there.)
 
 The names cost the request path next to nothing: they are joined once, at import, and every
 stream entry and journal record carries the same bytes (the few hundred bytes more are measured
@@ -136,8 +136,8 @@ def current_json(batch: bytes, names: bytes | None) -> bytes:
     """A JSON batch whose arrays have the fields ``names`` (None: version 1), with its arrays in
     today's order: as it came when they are already (the common case), re-encoded otherwise.
 
-    A batch of version 1 in today's order (so long as the two are the same) may hold arrays that
-    stop before client_request_id, from a version before it: the writer binds NULL for it."""
+    A batch of version 1 is re-encoded too (today has columns after version 1's, cache_saved_usd
+    first): its arrays, those that stop before client_request_id included, get the defaults."""
     fields = fields_of(names)
     if fields == FIELDS:
         return batch

@@ -1,11 +1,12 @@
 """The usage table, ``qg_usage``, and ``UsageRow``, one request's row as the gateway makes it.
 
 Contract: ``UsageRow``'s fields are the table's columns, by name and in order (the row is what
-the SQLite writer binds). A column added goes in both, with a default for rows that lack it:
-the row encoding's field list follows the table by itself, and readers fill the default in for
-the rows of versions before it (see _rows). The indexes that earlier versions created and no
-query uses are named in ``usage_table.info["retired_indexes"]``, which KeyStore.create_schema
-drops.
+the SQLite writer binds). A column added goes last in both, with a default for rows that lack
+it: the row encoding's field list follows the table by itself, and readers fill the default in
+for the rows of versions before it (see _rows). A NOT NULL one has the same default in the
+database too, for the nodes of versions before it, which write rows without it. The indexes
+that earlier versions created and no query uses are named in ``usage_table.info["retired_indexes"]``,
+which KeyStore.create_schema drops.
 """
 
 from __future__ import annotations
@@ -46,8 +47,15 @@ usage_table = sa.Table(
     sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
     # The id the client sent (x-client-request-id or x-request-id), for finding its rows. Not the
     # key: clients reuse ids (retries, fixed values), and a reused key would drop the later rows.
-    # Last: the arrays of versions before it stop short of it (read as NULL, see _rows).
+    # After the columns of version 1 (_rows.FIELDS_V1): the arrays of versions before it stop
+    # short of it (read as NULL, see _rows).
     sa.Column("client_request_id", sa.String(128)),
+    # What a cache hit saved: the cost its answer had when the provider gave it (0 for any other
+    # request). The database's own default too: a node of the version before it, writing rows
+    # from the shared stream, names no such column, and NULL would break NOT NULL. A database
+    # upgraded in place gets it without NOT NULL (keys._store._upgrade adds the bare column), its
+    # older rows NULL: the reports' SUM skips them.
+    sa.Column("cache_saved_usd", sa.Float, nullable=False, default=0.0, server_default=sa.text("0")),
     # Only rows that have one: most clients send no id, and a NULL costs an index entry too.
     sa.Index(
         "ix_qg_usage_client_request_id",
@@ -84,3 +92,4 @@ class UsageRow(NamedTuple):
     stream: bool
     cache_hit: bool = False
     client_request_id: str | None = None
+    cache_saved_usd: float = 0.0  # the provider's cost of the answer a cache hit gave again
