@@ -191,6 +191,8 @@ def test_a_hit_counts_on_request_limits(
         statuses.append((response.status_code, response.headers.get("x-quotagate-cache")))
         time.sleep(0.1)
     assert statuses == [(200, "miss"), (200, "hit"), (429, None)]
+    # The refused request's row says it was refused, not answered from the cache.
+    assert [(row["status"], row["cache_hit"]) for row in ledger(sqlite_url, 3)] == [(200, 0), (200, 1), (429, 0)]
 
 
 def test_errors_and_partial_answers_are_not_stored(

@@ -148,13 +148,6 @@ async def test_stats_count_entries_and_namespaces(store: RedisCacheStore) -> Non
     assert await store.stats() == {"entries": 3, "namespaces": 2}
 
 
-async def test_aclose_leaves_the_shared_client_open(store: RedisCacheStore) -> None:
-    """The gateway owns the client: closing the store leaves it working."""
-    await store.aclose()
-    await store.put(f"g:{digest(0)}", b"x", 60)
-    assert await store.get(f"g:{digest(0)}") == b"x"
-
-
 @pytest.mark.parametrize("client", ["pipelined"], indirect=True)
 async def test_an_unreachable_redis_raises_the_redis_errors(client: RedisClient) -> None:
     """Every call raises ConnectionError (or TimeoutError) when Redis is not there: the cache stage

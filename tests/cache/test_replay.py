@@ -7,10 +7,11 @@ import socketserver
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from openai import OpenAI
 
-from quotagate.cache._replay import assemble_stream, replay_as_stream
+from quotagate.cache._replay import assemble_stream, replay_as_stream, replayable
 
 from ..conftest import RawHttpServer
 
@@ -98,3 +99,30 @@ def test_the_openai_sdk_reads_a_replayed_stream(replaying: RawHttpServer) -> Non
     assert text == "We ship with DHL."
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 17
+
+
+def test_answers_whose_other_form_would_lose_something_are_not_kept() -> None:
+    """logprobs, audio or a legacy function_call would not survive the other form: not cached."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    with_logprobs = (
+        b"data: "
+        + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [1]}}]})
+        + b"\n\ndata: "
+        + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        + b"\n\ndata: [DONE]\n\n"
+    )
+    assert assemble_stream(with_logprobs) is None
+    old_call = with_logprobs.replace(b'"logprobs":{"content":[1]}', b'"logprobs":null').replace(
+        b'"delta":{"content":"a"}', b'"delta":{"function_call":{"name":"f","arguments":"{}"}}'
+    )
+    assert assemble_stream(old_call) is None
+    plain = old_call.replace(b'"delta":{"function_call":{"name":"f","arguments":"{}"}}', b'"delta":{"content":"a"}')
+    assert assemble_stream(plain) is not None
+    message = {"role": "assistant", "content": "a", "refusal": None, "annotations": []}
+    assert replayable({"choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]})
+    audio = {**message, "audio": {"id": "x"}}
+    assert not replayable({"choices": [{"index": 0, "message": audio, "finish_reason": "stop"}]})
+    logprobs = {"content": [{"token": "a", "logprob": -0.1}]}
+    assert not replayable(
+        {"choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": logprobs}]}
+    )

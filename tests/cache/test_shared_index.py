@@ -95,13 +95,13 @@ async def test_each_node_sees_the_others_inserts_within_a_second(nodes: Nodes) -
     a, b = await nodes.start(poll_seconds=0.25), await nodes.start(poll_seconds=0.25)
     question = unit()
     await a.add(f"u:alice:{CONTEXT}", question, "u:alice:answer1", later())
-    assert a.nearest(f"u:alice:{CONTEXT}", question) == ("u:alice:answer1", pytest.approx(1.0))
-    await eventually(lambda: b.nearest(f"u:alice:{CONTEXT}", question) is not None)
-    assert b.nearest(f"u:alice:{CONTEXT}", question) == ("u:alice:answer1", pytest.approx(1.0))
+    assert a.index.nearest(f"u:alice:{CONTEXT}", question) == ("u:alice:answer1", pytest.approx(1.0))
+    await eventually(lambda: b.index.nearest(f"u:alice:{CONTEXT}", question) is not None)
+    assert b.index.nearest(f"u:alice:{CONTEXT}", question) == ("u:alice:answer1", pytest.approx(1.0))
     other = unit()
     await b.add(f"u:bob:{CONTEXT}", other, "u:bob:answer1", later())
-    await eventually(lambda: a.nearest(f"u:bob:{CONTEXT}", other) is not None)
-    assert a.nearest(f"u:alice:{CONTEXT}", other) == ("u:alice:answer1", pytest.approx(float(question @ other)))
+    await eventually(lambda: a.index.nearest(f"u:bob:{CONTEXT}", other) is not None)
+    assert a.index.nearest(f"u:alice:{CONTEXT}", other) == ("u:alice:answer1", pytest.approx(float(question @ other)))
 
 
 async def test_nodes_share_inserts_and_purges_through_a_cluster(local_cluster: LocalCluster) -> None:
@@ -111,12 +111,12 @@ async def test_nodes_share_inserts_and_purges_through_a_cluster(local_cluster: L
         a, b = await nodes.start(), await nodes.start()
         question = unit()
         await a.add(f"u:alice:{CONTEXT}", question, "u:alice:answer1", later())
-        await eventually(lambda: b.nearest(f"u:alice:{CONTEXT}", question) is not None)
+        await eventually(lambda: b.index.nearest(f"u:alice:{CONTEXT}", question) is not None)
         await b.purge("u:alice")
-        await eventually(lambda: len(a) == 0)
+        await eventually(lambda: len(a.index) == 0)
         await a.add(f"u:bob:{CONTEXT}", unit(), "u:bob:answer1", later())
         late = await nodes.start()
-        assert len(late) == 1
+        assert len(late.index) == 1
     finally:
         await nodes.stop()
 
@@ -127,10 +127,10 @@ async def test_a_node_reading_its_own_insert_back_changes_nothing(nodes: Nodes) 
     question = unit()
     await a.add(f"g:{CONTEXT}", question, "g:answer", later())
     await asyncio.sleep(0.2)  # several polls
-    assert len(a) == 1
-    assert a.nearest(f"g:{CONTEXT}", question) == ("g:answer", pytest.approx(1.0))
-    a.discard("g:answer")
-    assert a.nearest(f"g:{CONTEXT}", question) is None
+    assert len(a.index) == 1
+    assert a.index.nearest(f"g:{CONTEXT}", question) == ("g:answer", pytest.approx(1.0))
+    a.index.discard("g:answer")
+    assert a.index.nearest(f"g:{CONTEXT}", question) is None
 
 
 async def test_a_purge_reaches_every_node(nodes: Nodes) -> None:
@@ -140,17 +140,17 @@ async def test_a_purge_reaches_every_node(nodes: Nodes) -> None:
     namespaces = ["u:a", "u:a:b", "u:*", "u:{x}"]
     for namespace in namespaces:
         await a.add(f"{namespace}:{CONTEXT}", unit(), f"{namespace}:answer", later())
-    await eventually(lambda: len(b) == 4)
+    await eventually(lambda: len(b.index) == 4)
     assert await b.purge("u:a") == 1
     assert await b.purge("u:*") == 1
-    await eventually(lambda: len(a) == 2)
-    assert {a.nearest(f"{namespace}:{CONTEXT}", unit()) is None for namespace in namespaces} == {True, False}
-    assert a.nearest(f"u:a:b:{CONTEXT}", unit()) is not None
-    assert a.nearest(f"u:{{x}}:{CONTEXT}", unit()) is not None
+    await eventually(lambda: len(a.index) == 2)
+    assert {a.index.nearest(f"{namespace}:{CONTEXT}", unit()) is None for namespace in namespaces} == {True, False}
+    assert a.index.nearest(f"u:a:b:{CONTEXT}", unit()) is not None
+    assert a.index.nearest(f"u:{{x}}:{CONTEXT}", unit()) is not None
     assert await a.purge() == 2
-    await eventually(lambda: len(b) == 0)
+    await eventually(lambda: len(b.index) == 0)
     await asyncio.sleep(0.1)
-    assert len(a) == 0 and len(b) == 0
+    assert len(a.index) == 0 and len(b.index) == 0
 
 
 async def test_a_node_started_later_loads_the_live_backlog(nodes: Nodes) -> None:
@@ -166,14 +166,14 @@ async def test_a_node_started_later_loads_the_live_backlog(nodes: Nodes) -> None
     await a.purge("u:a:b")
     await a.add(f"u:a:b:{CONTEXT}", after, "u:a:b:after", later())
     late = await nodes.start()
-    assert len(late) == 3
-    assert late.nearest(f"u:a:{CONTEXT}", kept) == ("u:a:kept", pytest.approx(1.0))
-    assert late.nearest(f"u:a:{CONTEXT}", newer) == ("u:a:again", pytest.approx(1.0))
+    assert len(late.index) == 3
+    assert late.index.nearest(f"u:a:{CONTEXT}", kept) == ("u:a:kept", pytest.approx(1.0))
+    assert late.index.nearest(f"u:a:{CONTEXT}", newer) == ("u:a:again", pytest.approx(1.0))
     probe = unit()
-    assert late.nearest(f"u:a:b:{CONTEXT}", probe) == ("u:a:b:after", pytest.approx(float(after @ probe)))
+    assert late.index.nearest(f"u:a:b:{CONTEXT}", probe) == ("u:a:b:after", pytest.approx(float(after @ probe)))
     # And it follows the stream from there.
     await a.add(f"t:gold:{CONTEXT}", unit(), "t:gold:next", later())
-    await eventually(lambda: len(late) == 4)
+    await eventually(lambda: len(late.index) == 4)
 
 
 async def test_the_backlog_stops_at_a_purge_of_everything_and_at_capacity(nodes: Nodes) -> None:
@@ -187,23 +187,23 @@ async def test_the_backlog_stops_at_a_purge_of_everything_and_at_capacity(nodes:
     for n, question in enumerate(questions):
         await a.add(f"g:{CONTEXT}", question, f"g:{n}", later())
     everything = await nodes.start()
-    assert len(everything) == 1200
-    assert everything.nearest(f"g:{CONTEXT}", before) != ("g:before", pytest.approx(1.0))
+    assert len(everything.index) == 1200
+    assert everything.index.nearest(f"g:{CONTEXT}", before) != ("g:before", pytest.approx(1.0))
     small = await nodes.start(max_entries=700)
-    assert len(small) == 700
-    assert small.nearest(f"g:{CONTEXT}", questions[499]) != ("g:499", pytest.approx(1.0))
-    assert small.nearest(f"g:{CONTEXT}", questions[500]) == ("g:500", pytest.approx(1.0))
+    assert len(small.index) == 700
+    assert small.index.nearest(f"g:{CONTEXT}", questions[499]) != ("g:499", pytest.approx(1.0))
+    assert small.index.nearest(f"g:{CONTEXT}", questions[500]) == ("g:500", pytest.approx(1.0))
     await small.add(f"g:{CONTEXT}", unit(), "g:one-more", later())
-    assert len(small) == 700
-    assert small.nearest(f"g:{CONTEXT}", questions[500]) != ("g:500", pytest.approx(1.0))
-    assert small.nearest(f"g:{CONTEXT}", questions[501]) == ("g:501", pytest.approx(1.0))
+    assert len(small.index) == 700
+    assert small.index.nearest(f"g:{CONTEXT}", questions[500]) != ("g:500", pytest.approx(1.0))
+    assert small.index.nearest(f"g:{CONTEXT}", questions[501]) == ("g:501", pytest.approx(1.0))
 
 
 async def test_an_entry_no_node_can_use_is_skipped(nodes: Nodes) -> None:
     """A malformed entry, or one of another dimension, is skipped; the entries after it are applied."""
     a, b = await nodes.start(), await nodes.start()
     await a.add(f"g:{CONTEXT}", unit(), "g:first", later())
-    await eventually(lambda: len(b) == 1)
+    await eventually(lambda: len(b.index) == 1)
     client = nodes.client()
     await client.execute("XADD", nodes.stream_key, "*", "op", "add", "partition", f"g:{CONTEXT}")
     await client.execute(
@@ -212,9 +212,9 @@ async def test_an_entry_no_node_can_use_is_skipped(nodes: Nodes) -> None:
     )  # fmt: skip
     await client.execute("XADD", nodes.stream_key, "*", "op", "rename")
     await a.add(f"g:{CONTEXT}", unit(), "g:second", later())
-    await eventually(lambda: len(b) == 2)
+    await eventually(lambda: len(b.index) == 2)
     late = await nodes.start()
-    assert len(late) == 2
+    assert len(late.index) == 2
 
 
 class RedisProcess:
@@ -267,21 +267,21 @@ async def test_a_redis_that_goes_away_does_not_stop_the_poll(
     try:
         a, b = await nodes.start(), await nodes.start()
         await a.add(f"g:{CONTEXT}", unit(), "g:before", later())
-        await eventually(lambda: len(b) == 1)
+        await eventually(lambda: len(b.index) == 1)
         redis_process.kill()
         with caplog.at_level(logging.WARNING, logger="quotagate.cache"):
             with pytest.raises((ConnectionError, TimeoutError)):
                 await a.add(f"g:{CONTEXT}", unit(), "g:during", later())
-            assert len(a) == 2  # indexed here all the same
+            assert len(a.index) == 2  # indexed here all the same
             with pytest.raises((ConnectionError, TimeoutError)):
                 await b.purge("g")
-            assert len(b) == 0
+            assert len(b.index) == 0
             await asyncio.sleep(0.5)  # about ten polls
         assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 2  # once per node
         assert all(node._poller is not None and not node._poller.done() for node in (a, b))
         redis_process.start()  # empty: the stream is gone with the old process
         await a.add(f"g:{CONTEXT}", unit(), "g:after", later())
-        await eventually(lambda: b.nearest(f"g:{CONTEXT}", unit()) is not None, within=2.0)  # "g:after"
+        await eventually(lambda: b.index.nearest(f"g:{CONTEXT}", unit()) is not None, within=2.0)  # "g:after"
     finally:
         await nodes.stop()
 
@@ -291,10 +291,10 @@ async def test_a_node_started_while_redis_is_away_loads_the_backlog_later(redis_
     nodes = Nodes(url=redis_process.url)
     try:
         late = await nodes.start()
-        assert len(late) == 0
+        assert len(late.index) == 0
         redis_process.start()
         writer = SharedSemanticIndex(nodes.client(), SemanticIndex(), nodes.stream_key)
         await writer.add(f"g:{CONTEXT}", unit(), "g:one", later())
-        await eventually(lambda: len(late) == 1, within=2.0)
+        await eventually(lambda: len(late.index) == 1, within=2.0)
     finally:
         await nodes.stop()

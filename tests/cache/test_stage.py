@@ -54,7 +54,7 @@ def test_a_models_rule_overrides_its_tiers_field_by_field() -> None:
     assert tuned is not None
     assert (tuned.mode, tuned.ttl, tuned.namespace, tuned.threshold) == ("semantic", 60, "user", 0.99)
     assert rules.rule_for("paid", "b") is None  # the model turns it off
-    assert rules.rule_for("free", "a") == CacheRule(threshold=0.99)  # the model's own rule, defaults filled
+    assert rules.rule_for("free", "a") is None  # a threshold alone turns nothing on
     assert rules.semantic
 
 
@@ -147,3 +147,21 @@ async def test_a_failing_store_is_a_miss_and_a_write_that_fails_is_nothing(caplo
     assert cache.counts.errors == 3 and cache.counts.misses == 2
     # Logged once per outage, not once per request.
     assert sum("served uncached" in record.message for record in caplog.records) == 1
+
+
+async def test_a_request_can_shorten_the_ttl_but_not_lengthen_it() -> None:
+    cache = ResponseCache(MemoryCacheStore())
+    rule = CacheRule(ttl=60)
+    longer = cache.ticket(rule, CacheControls(ttl=86400), "k1", "u", "t", BODY, "m", semantic_kind=False)
+    shorter = cache.ticket(rule, CacheControls(ttl=5), "k1", "u", "t", BODY, "m", semantic_kind=False)
+    assert (longer.ttl, shorter.ttl) == (60, 5)
+
+
+async def test_an_entry_the_cache_cannot_read_is_a_miss() -> None:
+    store = MemoryCacheStore()
+    cache = ResponseCache(store)
+    ticket = cache.ticket(CacheRule(), CacheControls(), "k1", "u", "t", BODY, "m", semantic_kind=False)
+    for garbage in (b"not json", b'{"response": {}}', b"[1, 2]"):
+        await store.put(ticket.key, garbage, 60)
+        assert await cache.lookup(ticket) is None
+    assert cache.counts.errors == 3

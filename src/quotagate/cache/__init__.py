@@ -18,7 +18,7 @@ from ._controls import CacheControls, read_controls
 from ._key import IGNORED_FIELDS, cache_key, canonical, namespace_of
 from ._memory import CacheStats, MemoryCacheStore
 from ._redis_store import RedisCacheStore
-from ._replay import assemble_stream, replay_as_stream
+from ._replay import assemble_stream, replay_as_stream, replayable
 
 __all__ = [
     "IGNORED_FIELDS",
@@ -40,4 +40,5 @@ __all__ = [
     "question_of",
     "read_controls",
     "replay_as_stream",
+    "replayable",
 ]

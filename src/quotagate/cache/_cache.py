@@ -31,7 +31,7 @@ from ..config import CacheRule, Config
 from ..errors import ServiceUnavailableError
 from ..redis import RedisReplyError
 from ._controls import CacheControls
-from ._key import Namespace, canonical, namespace_of
+from ._key import Namespace, cache_key, canonical, namespace_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,9 +83,14 @@ class CacheRules:
     def _merge(tier: CacheRule | None, model: CacheRule | None) -> CacheRule | None:
         rule = tier
         if model is not None:
-            # Only the fields the model sets override the tier's: its threshold alone tunes the
-            # tier's semantic cache for that model.
-            rule = model if tier is None else tier.model_copy(update=model.model_dump(exclude_unset=True))
+            if tier is not None:
+                # Only the fields the model sets override the tier's: its threshold alone tunes
+                # the tier's semantic cache for that model.
+                rule = tier.model_copy(update=model.model_dump(exclude_unset=True))
+            elif "mode" in model.model_fields_set:
+                # A model's rule caches for tiers without one only when it says so: a threshold
+                # alone is a tuning, not a cache turned on for every tier.
+                rule = model
         return rule if rule is not None and rule.mode != "off" else None
 
 
@@ -105,7 +110,9 @@ class CacheTicket:
 
     @property
     def ttl(self) -> float:
-        return self.controls.ttl if self.controls.ttl is not None else self.rule.ttl
+        """The rule's TTL, or the request's where it is shorter (a request cannot keep an answer
+        that others share for longer than the operator allows)."""
+        return min(self.controls.ttl, self.rule.ttl) if self.controls.ttl is not None else self.rule.ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +215,6 @@ class ResponseCache:
         # Writes in flight: kept so that they are not collected half-done, and awaited at close.
         self._writes: set[asyncio.Task[object]] = set()
         self._failing = False
-        self._started_shared = False
         self._started_embedder: Embedder | None = None
 
     def ticket(
@@ -225,8 +231,7 @@ class ResponseCache:
         """Where ``body``, asked of ``model`` by this tenant, is looked up and kept;
         ``semantic_kind``: whether the endpoint's requests have a question to compare (chat)."""
         namespace = namespace_of(rule.namespace, key_id, user, tier)
-        key = f"{namespace}:{hashlib.sha256(canonical(body, model)).hexdigest()}"
-        ticket = CacheTicket(rule, controls, namespace, key)
+        ticket = CacheTicket(rule, controls, namespace, cache_key(namespace, body, model))
         if rule.mode == "semantic" and semantic_kind and self.index is not None and self.embedder is not None:
             asked = question_of(body)
             if asked is not None:
@@ -253,16 +258,22 @@ class ResponseCache:
 
     async def _nearest(self, ticket: CacheTicket) -> CacheHit | None:
         assert self.index is not None and ticket.partition is not None
+        if self.index.rows(ticket.partition) is None:
+            return None  # nothing to compare with: the question is embedded when its answer is kept
         vector = await self._embed(ticket)
         if vector is None:
             return None
-        rows = self.index.rows(ticket.partition)
-        if rows is not None and len(rows) >= OFF_LOOP_ROWS:
-            # numpy lets go of the GIL for the product: the loop serves other requests meanwhile.
-            scores = await asyncio.to_thread(rows.__matmul__, vector)
-            found = self.index.nearest(ticket.partition, vector, scores)
-        else:
-            found = self.index.nearest(ticket.partition, vector)
+        try:
+            rows = self.index.rows(ticket.partition)
+            if rows is not None and len(rows) >= OFF_LOOP_ROWS:
+                # numpy lets go of the GIL for the product: the loop serves other requests meanwhile.
+                scores = await asyncio.to_thread(rows.__matmul__, vector)
+                found = self.index.nearest(ticket.partition, vector, scores)
+            else:
+                found = self.index.nearest(ticket.partition, vector)
+        except ValueError as exc:  # a vector of another length: an embeddings model that changed
+            self._failed("semantic index", exc)
+            return None
         if found is None or found[1] < ticket.rule.threshold:
             return None
         key, similarity = found
@@ -271,9 +282,11 @@ class ResponseCache:
             # Expired or purged in the store (on another node, perhaps): the index forgets it.
             self.index.discard(key)
             return None
-        if ticket.controls.store:
-            # Under this wording's own key too: asked again, it is an exact hit, with no embedding.
-            self._in_background(self._put(ticket.key, orjson.dumps(entry), ticket.ttl))
+        left = entry["at"] + ticket.ttl - self._clock()
+        if ticket.controls.store and left > 0:
+            # Under this wording's own key too, for what is left of its time: asked again, it is
+            # an exact hit, with no embedding.
+            self._in_background(self._put(ticket.key, orjson.dumps(entry), left))
         return CacheHit("semantic-hit", entry["response"], entry["cost"], similarity)
 
     async def _embed(self, ticket: CacheTicket) -> np.ndarray | None:
@@ -294,15 +307,20 @@ class ResponseCache:
         self._recovered()
         if value is None:
             return None
-        entry: dict[str, Any] = orjson.loads(value)
-        if max_age is not None and self._clock() - entry["at"] > max_age:
+        try:
+            entry: dict[str, Any] = orjson.loads(value)
+            stored_at, _, _ = entry["at"], entry["cost"], entry["response"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self._failed("store (an entry it cannot read)", exc)
+            return None
+        if max_age is not None and self._clock() - stored_at > max_age:
             return None
         return entry
 
     def keep(self, ticket: CacheTicket, response: dict[str, Any], cost_usd: float) -> None:
         """Store ``response`` (which cost ``cost_usd``) as ``ticket``'s answer, in the background:
         the client has it already, and a write must not hold anything up."""
-        if ticket.controls.store:
+        if ticket.controls.store and ticket.ttl > 0:
             self._in_background(self._keep(ticket, response, cost_usd))
 
     def _in_background(self, write: Coroutine[Any, Any, object]) -> None:
@@ -334,7 +352,7 @@ class ResponseCache:
                 await self.shared.add(ticket.partition, vector, ticket.key, now + ticket.ttl)
             else:
                 self.index.add(ticket.partition, vector, ticket.key, now + ticket.ttl)
-        except _STORE_ERRORS as exc:
+        except (ValueError, *_STORE_ERRORS) as exc:
             self._failed("semantic index", exc)
 
     def _failed(self, what: str, exc: BaseException) -> None:
@@ -395,9 +413,8 @@ class ResponseCache:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(limits=1, user_api="blas")
-        if self.shared is not None and not self._started_shared:
-            self._started_shared = True
-            await self.shared.start()
+        if self.shared is not None:
+            await self.shared.start()  # once: it keeps following the stream
         start = getattr(self.embedder, "start", None)
         if start is not None and self.embedder is not self._started_embedder:
             self._started_embedder = self.embedder

@@ -18,7 +18,7 @@ class CacheStats:
 
 
 class MemoryCacheStore:
-    """``get``/``put``/``purge`` on answers kept in this process; ``clock`` for tests."""
+    """``get``/``put``/``purge``/``stats`` on answers kept in this process; ``clock`` for tests."""
 
     def __init__(
         self,

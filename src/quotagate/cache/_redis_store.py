@@ -156,9 +156,6 @@ class RedisCacheStore:
                     break
         return {"entries": sum(counts.values()), "namespaces": len(counts)}
 
-    async def aclose(self) -> None:
-        """Nothing to release: the client is the gateway's, closed by it."""
-
     def _pattern(self, tag: str) -> str:
         return f"{_glob_escaped(self.prefix)}{{{tag}}}:*"
 

@@ -46,11 +46,13 @@ def assemble_stream(events: bytes) -> dict[str, Any] | None:
         if chunk.get("usage"):
             completion["usage"] = chunk["usage"]
         for delta_choice in chunk.get("choices") or ():
+            delta = delta_choice.get("delta") or {} if isinstance(delta_choice, dict) else None
+            if not isinstance(delta, dict) or not _replayable(delta_choice, delta):
+                return None
             index = delta_choice.get("index", 0)
             choice = choices.setdefault(
                 index, {"index": index, "message": {"role": "assistant", "content": ""}, "finish_reason": None}
             )
-            delta = delta_choice.get("delta") or {}
             message = choice["message"]
             if delta.get("role"):
                 message["role"] = delta["role"]
@@ -75,6 +77,31 @@ def assemble_stream(events: bytes) -> dict[str, Any] | None:
         return None
     completion["choices"] = [choices[index] for index in sorted(choices)]
     return completion
+
+
+# What both forms of an answer carry, so that a cached one is the same streamed or not. An answer
+# with anything more (logprobs, audio, a legacy function_call) is not cached: its other form would
+# lose it.
+_CHOICE_FIELDS = frozenset({"index", "message", "delta", "finish_reason", "logprobs"})
+_MESSAGE_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "annotations"})
+
+
+def _replayable(choice: dict[str, Any], message: dict[str, Any]) -> bool:
+    return (
+        not choice.get("logprobs")
+        and all(name in _CHOICE_FIELDS or not value for name, value in choice.items())
+        and all(name in _MESSAGE_FIELDS or not value for name, value in message.items())
+        and not message.get("annotations")
+    )
+
+
+def replayable(completion: dict[str, Any]) -> bool:
+    """Whether ``completion``'s choices hold only what its stream form carries too."""
+    choices = completion.get("choices")
+    return isinstance(choices, list) and all(
+        isinstance(choice, dict) and isinstance(choice.get("message"), dict) and _replayable(choice, choice["message"])
+        for choice in choices
+    )
 
 
 def replay_as_stream(completion: dict[str, Any], include_usage: bool) -> bytes:

@@ -121,14 +121,6 @@ class SharedSemanticIndex:
             b"op", b"add", b"partition", partition, b"key", key, b"vector", data, b"expires_at", repr(expires_at)
         )
 
-    def nearest(self, partition: str, vector: Vector) -> tuple[str, float] | None:
-        """The nearest entry of ``partition``, from this node's copy of the index."""
-        return self.index.nearest(partition, vector)
-
-    def discard(self, key: str) -> None:
-        """Forget ``key`` here (its answer is gone from the shared store, which every node sees)."""
-        self.index.discard(key)
-
     async def purge(self, namespace: str | None = None) -> int:
         """Drop ``namespace``'s entries (all, when None) here at once and on every node through the
         stream; how many were dropped here. A failing write raises Redis's error."""
@@ -138,9 +130,6 @@ class SharedSemanticIndex:
         else:
             await self._append(b"op", b"purge", b"namespace", namespace)
         return dropped
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     async def _append(self, *fields: Any) -> None:
         await self.client.execute("XADD", self.stream_key, "MAXLEN", "~", self.max_stream_entries, "*", *fields)

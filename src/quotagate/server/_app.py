@@ -439,9 +439,8 @@ class Gateway:
         if config.auth_cache_seconds != self.config.auth_cache_seconds:
             authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
         books = self._make_books(config)
-        if self.cache.embedder is None:
-            self._make_semantic(self.cache, config)
-            await self.cache.start()  # loads the embedding model off the loop
+        self._make_semantic(self.cache, config)
+        await self.cache.start()  # a semantic rule's first: loads the embedding model off the loop
         proxy = self._make_proxy(config, routes, authenticator, router, policy, books)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.

@@ -68,7 +68,9 @@ class RequestHeaders:
             elif name == b"x-client-request-id" or (name == b"x-request-id" and self.client_request_id is None):
                 self.client_request_id = value.decode("latin-1")[:128] or None
             elif name == b"cache-control":
-                self.cache_control = value.decode("latin-1")
+                # A header sent twice is one list of directives (RFC 9110 5.3).
+                text = value.decode("latin-1")
+                self.cache_control = text if self.cache_control is None else f"{self.cache_control}, {text}"
             elif name == b"x-quotagate-cache-ttl":
                 self.cache_ttl = value.decode("latin-1")
 

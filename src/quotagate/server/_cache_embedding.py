@@ -10,6 +10,7 @@ question, and its hit or miss is charged as that.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,17 +55,27 @@ class RoutedEmbedder:
             raise
         record.exchange, record.upstream_answered = exchange, True
         vector = None
+        left = False
         try:
             payload = orjson.loads(await exchange.response.read())
             details = usage_details(payload)
             record.reported = (details[0], 0) if details is not None else (estimate.prompt, 0)
-            vector = np.asarray(payload["data"][0]["embedding"], dtype=np.float32)
+            # A fallback model's vectors are of another space than the index's: not comparable.
+            if exchange.target.model == model:
+                vector = np.asarray(payload["data"][0]["embedding"], dtype=np.float32)
+        except asyncio.CancelledError:
+            left = True  # the request that asked went away: no verdict on the deployment
+            raise
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             pass
         finally:
-            await proxy.router.finish(exchange, vector is not None, Usage(*record.actual()))
-            status = exchange.response.status if vector is not None else 502
-            await proxy.books.account(record, status, None if vector is not None else "invalid_embedding")
+            await proxy.router.finish(exchange, None if left else vector is not None, Usage(*record.actual()))
+            if vector is not None:
+                await proxy.books.account(record, exchange.response.status, None)
+            else:
+                await proxy.books.account(
+                    record, *((499, "client_disconnected") if left else (502, "invalid_embedding"))
+                )
         norm = float(np.linalg.norm(vector)) if vector is not None else 0.0
         if vector is None or norm == 0.0:
             raise UpstreamError(f"The embeddings model {model} did not answer with an embedding.")

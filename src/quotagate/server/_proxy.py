@@ -13,8 +13,9 @@
     account      Books.account                _books: the ledger row and metrics, once
     cache        ResponseCache.keep           cache/: the answer stored, after the client has it
 
-A cache hit skips route to settle: it is charged on the tenant's request limits (and, as
-``cache.hits_charge`` says, its tokens), answered from the cache, and accounted with what it saved.
+A cache hit skips route, upstream and relay (``_answer_from_cache``): it is admitted and settled
+on the tenant's request limits (and, as ``cache.hits_charge`` says, its tokens), answered from the
+cache, and accounted with what it saved.
 
 Data flows forward: a later stage never calls back into an earlier one. The tenant's charge is
 handed to the router as an object (``TenantCharge``) that a fallback to another model moves, and
@@ -26,6 +27,7 @@ Requests go upstream as the client sent them, apart from what a deployment needs
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +36,16 @@ import orjson
 
 from ..accounting import Price
 from ..auth import Authenticator, Principal, extract_key
-from ..cache import CacheHit, CacheRules, CacheTicket, ResponseCache, assemble_stream, read_controls, replay_as_stream
+from ..cache import (
+    CacheHit,
+    CacheRules,
+    CacheTicket,
+    ResponseCache,
+    assemble_stream,
+    read_controls,
+    replay_as_stream,
+    replayable,
+)
 from ..errors import (
     GatewayError,
     NotFoundError,
@@ -82,6 +93,8 @@ CHAT = Endpoint("/chat/completions", parse_chat, "chat")
 COMPLETIONS = Endpoint("/completions", parse_completion, "completion")
 EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
 
+
+logger = logging.getLogger("quotagate.cache")
 
 # qg_usage.model_requested is VARCHAR(200): PostgreSQL refuses a longer value, and with it the
 # whole batch of rows it came in. The name a client asks for is the client's to choose.
@@ -283,7 +296,10 @@ class Proxy:
                         await relay_body(exchange, send, extra, record, self._scrubber, self._complete)
                         outcome = True
                     if ticket is not None and outcome and exchange.response.status == 200:
-                        self._keep(ticket, record, body)
+                        try:
+                            self._keep(ticket, record, body)
+                        except Exception:  # the client has its answer: a bug here only loses the entry
+                            logger.exception("the response cache could not keep an answer")
                 except asyncio.CancelledError:
                     # The client left: that says nothing about the deployment's health.
                     outcome = None
@@ -340,14 +356,15 @@ class Proxy:
         assert tenant is not None
         response = hit.response
         used = usage_details(response) or (0, 0, 0)
-        record.cache_hit = hit
-        record.cache_saved_usd = hit.cost_usd
         tenant.estimate = Estimate(used[0], used[1]) if self.hits_charge_tokens else ZERO
         reservation = await tenant.admit()
         if reservation is not None:
             self._note_decision(record.principal, reservation.decision)
             if not reservation.decision.allowed:
                 raise rate_limit_error(reservation.decision, self._clock())
+        # Only now: a refused request's row says it was refused, not answered from the cache.
+        record.cache_hit = hit
+        record.cache_saved_usd = hit.cost_usd
         try:
             extra = request_id_headers(record.request_id, record.client_request_id)
             extra.append((b"x-quotagate-cache", hit.kind.encode()))
@@ -389,6 +406,8 @@ class Proxy:
                 return
             if any(not isinstance(choice, dict) or choice.get("finish_reason") is None for choice in choices):
                 return
+            if not replayable(response):
+                return  # it holds what its stream form could not replay (logprobs, audio ...)
         elif not isinstance(response.get("data"), list):
             return  # an embeddings answer is its data; anything else is not an answer to keep
         if self._scrubber.secrets:

@@ -12,6 +12,10 @@ import orjson
 
 from ..tokens import generated_text, usage_details
 
+# The most of a stream kept for the response cache: a chat answer is a few kB; the rest of such a
+# stream is relayed, never buffered whole.
+MAX_KEPT_BYTES = 4 * 1024 * 1024
+
 
 class StreamUsage:
     __slots__ = ("_strip", "cached", "events", "pieces", "usage")
@@ -28,6 +32,8 @@ class StreamUsage:
         """Take complete SSE events; return what the client should receive of them."""
         if self.events is not None:
             self.events += events
+            if len(self.events) > MAX_KEPT_BYTES:
+                self.events = None  # an answer this long is not one to keep in a cache
         if b"\r" in events:
             events = events.replace(b"\r\n", b"\n")  # SSE allows either; one is simpler to split
         parts = events.split(b"\n\n")
