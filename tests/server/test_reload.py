@@ -336,8 +336,16 @@ def test_workers_reload_on_sighup(
 
     models = {first: "gpt-4o-mini", second: "gpt-4.1"}
     write_config(config, tmp_path / "elsewhere.db", slow.url, "{free: {rpm: 50}}", models, extra)
+    old_processes = set(gateway.workers())
     gateway.hangup()
-    # Until both workers are new ones. They find the key: the database is the one they started with.
+    # Until both old worker processes are gone (the one with the stream once the stream is done),
+    # and both workers answering are new ones. They find the key: the database is the one they
+    # started with. (Ten new answers in a row alone were not enough: the kernel may hand every
+    # connection to the new workers for a while as an old one still takes some.)
+    deadline = time.monotonic() + 90
+    while old_processes & set(gateway.workers()):
+        assert time.monotonic() < deadline, f"old workers {old_processes} still running"
+        time.sleep(0.1)
     workers_answering(gateway.url, key, not_in=old, old_gone=True)
     assert [chat(gateway.url, key, second) for _ in range(4)] == [200] * 4
     assert chat(gateway.url, key, first) == 200  # the raised RPM
