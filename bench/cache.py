@@ -72,7 +72,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import random
 import re
@@ -89,11 +88,12 @@ from pathlib import Path
 import httpx
 from _common import HERE, cpu_seconds, cpu_speed_ms, free_port
 from run import QG, create_key, wait_serving
+from semantic_quality import load_pairs
+from semantic_quality import question_classes as classes_of
 
 from quotagate.config._models import DEFAULT_SEMANTIC_THRESHOLD
 
 SCRIPT = HERE / "cache.lua"
-PAIRS = HERE.parent / "tests" / "data" / "semantic_pairs"
 MASTER_ENV = "QG_BENCH_CACHE_MASTER_KEY"
 MASTER = "bench-cache-master-key"
 QUESTION = "Say hello in three words."  # cache.lua's default, the question of off and exact
@@ -135,6 +135,11 @@ def machine(when: str) -> str:
     )
     print(line, flush=True)
     return line
+
+
+def run_line(before: str) -> str:
+    """The line above a part's results: the command, and the machine before and after the run."""
+    return f"`{' '.join(['.venv/bin/python bench/cache.py', *sys.argv[1:]])}`; {before}; {machine('after')}."
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -307,12 +312,7 @@ def split_target(name: str) -> tuple[str, bool]:
 
 
 def dataset_texts() -> list[str]:
-    texts = set()
-    for language in ("en", "zh"):
-        for line in (PAIRS / f"pairs_{language}.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            texts.update((row["a"], row["b"]))
-    return sorted(texts)
+    return sorted(question_classes())
 
 
 async def ask_all(gateway: Gateway, questions: list[str], concurrency: int = 8) -> None:
@@ -430,10 +430,10 @@ def latency(args: argparse.Namespace) -> None:
     finally:
         stop_all(gateways.values())
         mock.stop()
-    after_line = machine("after")
+    header = run_line(before)
     mock_p50 = statistics.median(mock_p50s)
     lines = [
-        f"`{' '.join(['.venv/bin/python bench/cache.py', *sys.argv[1:]])}`; {before}; {after_line}.",
+        header,
         "",
         "| target | x-quotagate-cache | p50 @1 ms (median) | p99 @1 ms (median) | added p50 ms (median of rounds, min to max) |",
         "|---|---|---:|---:|---:|",
@@ -546,9 +546,9 @@ def throughput(args: argparse.Namespace) -> None:
     finally:
         stop_all(gateways.values())
         mock.stop()
-    after_line = machine("after")
+    header = run_line(before)
     lines = [
-        f"`{' '.join(['.venv/bin/python bench/cache.py', *sys.argv[1:]])}`; {before}; {after_line}.",
+        header,
         "",
         f"| target | req/s @{args.connections} (median) | vs off (median of rounds, min-max) | CPU µs/request | "
         "p99 ms (median) | answers: hit / semantic-hit / miss / non-200 | hit share |",
@@ -610,9 +610,9 @@ def stall(args: argparse.Namespace) -> None:
     finally:
         stop_all(gateways.values())
         mock.stop()
-    after_line = machine("after")
+    header = run_line(before)
     lines = [
-        f"`{' '.join(['.venv/bin/python bench/cache.py', *sys.argv[1:]])}`; {before}; {after_line}.",
+        header,
         "",
         "| gateway | load on it | load req/s | GET /health p50 ms | p99 ms | max ms (worst run) | health req/s |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -665,26 +665,9 @@ class Request:
 def question_classes() -> dict[str, tuple[str, int]]:
     """Every text of the pairs: its language and its class (texts linked by a "paraphrase" label
     share a class, every other text is a class of its own)."""
-    parent: dict[str, str] = {}
-
-    def root(text: str) -> str:
-        parent.setdefault(text, text)
-        while parent[text] != text:
-            parent[text] = parent[parent[text]]
-            text = parent[text]
-        return text
-
-    language_of: dict[str, str] = {}
-    for language in ("en", "zh"):
-        for line in (PAIRS / f"pairs_{language}.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            for text in (row["a"], row["b"]):
-                root(text)
-                language_of[text] = language
-            if row["paraphrase"]:
-                parent[root(row["a"])] = root(row["b"])
-    roots: dict[str, int] = {}
-    return {text: (language_of[text], roots.setdefault(root(text), len(roots))) for text in sorted(parent)}
+    pairs = {language: load_pairs(language) for language in ("en", "zh")}
+    language_of = {text: language for language, found in pairs.items() for pair in found for text in (pair.a, pair.b)}
+    return {text: (language_of[text], number) for text, number in classes_of([*pairs["en"], *pairs["zh"]]).items()}
 
 
 def build_workload(requests: int, new_share: float, gap: int, seed: int) -> list[Request]:
@@ -820,10 +803,10 @@ def workload(args: argparse.Namespace) -> None:
             print(f"{label}: {took:.1f} s", flush=True)
     finally:
         mock.stop()
-    after_line = machine("after")
+    header = run_line(before)
     off_cost = runs["off"][1]["cost"]
     lines = [
-        f"`{' '.join(['.venv/bin/python bench/cache.py', *sys.argv[1:]])}`; {before}; {after_line}.",
+        header,
         "",
         f"Workload: {len(requests)} requests ({', '.join(f'{v} {k}' for k, v in kinds.items())}; "
         f"{', '.join(f'{v} {k}' for k, v in languages.items())}), {args.concurrency} at a time, seed {args.seed}.",

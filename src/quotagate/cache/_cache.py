@@ -18,7 +18,6 @@ a write nothing, never a failed request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -31,7 +30,7 @@ from ..config import CacheRule, Config
 from ..errors import ServiceUnavailableError
 from ..redis import RedisReplyError
 from ._controls import CacheControls
-from ._key import Namespace, cache_key, canonical, namespace_of
+from ._key import Namespace, cache_key, namespace_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -192,24 +191,18 @@ def operator_namespace(name: str) -> str:
 
 
 class ResponseCache:
-    """Lookups and writes of answers, in ``store`` (and, for the semantic cache, ``index``, fed
-    through ``shared`` where every node shares it, with questions embedded by ``embedder``)."""
+    """Lookups and writes of answers, in ``store``. For the semantic cache, the gateway gives it
+    ``index`` (fed through ``shared`` where every node shares it) and ``embedder`` once a rule is
+    semantic; until then they are None and lookups are exact."""
 
     def __init__(
-        self,
-        store: CacheStore,
-        *,
-        store_kind: str = "memory",
-        index: SemanticIndex | None = None,
-        shared: SharedSemanticIndex | None = None,
-        embedder: Embedder | None = None,
-        clock: Callable[[], float] = time.time,
+        self, store: CacheStore, *, store_kind: str = "memory", clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.store_kind = store_kind
-        self.index = index
-        self.shared = shared
-        self.embedder = embedder
+        self.index: SemanticIndex | None = None
+        self.shared: SharedSemanticIndex | None = None
+        self.embedder: Embedder | None = None
         self._clock = clock
         self.counts = CacheCounts()
         # Writes in flight: kept so that they are not collected half-done, and awaited at close.
@@ -236,7 +229,8 @@ class ResponseCache:
             asked = question_of(body)
             if asked is not None:
                 ticket.question = asked[0]
-                ticket.partition = f"{namespace}:{hashlib.sha256(canonical(asked[1], model)).hexdigest()}"
+                # The key of the request without its question: what a semantic match must share.
+                ticket.partition = cache_key(namespace, asked[1], model)
         return ticket
 
     async def lookup(self, ticket: CacheTicket) -> CacheHit | None:

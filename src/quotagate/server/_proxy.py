@@ -131,7 +131,7 @@ class Proxy:
         hits_charge: str = "requests",
     ) -> None:
         self.books = books or Books()
-        self.cache = cache if cache_rules is not None else None
+        self.cache = cache
         self.cache_rules = cache_rules
         # "tokens": a hit is charged its answer's tokens and cost on the tenant's limits too.
         self.hits_charge_tokens = hits_charge == "tokens"
