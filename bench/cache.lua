@@ -9,6 +9,7 @@
 --                  the thread and a counter, under RUN (default 0)
 --   RUN            a number that makes this run's unique questions differ from other runs'
 --   CACHE_CONTROL  a Cache-Control header on the requests that are not unique (e.g. no-store)
+--   MODEL          the model asked for (default gpt-4o-mini); MAX_TOKENS its max_tokens (default 16)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local key = os.getenv("KEY")
@@ -60,9 +61,12 @@ local function escape(text)
    return (string.gsub(text, '[%c"\\]', function(c) return string.format("\\u%04x", string.byte(c)) end))
 end
 
+local model = os.getenv("MODEL") or "gpt-4o-mini"
+local max_tokens = os.getenv("MAX_TOKENS") or "16"
+
 local function body(question)
-   return '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' .. escape(question)
-      .. '"}], "max_tokens": 16}'
+   return '{"model": "' .. model .. '", "messages": [{"role": "user", "content": "' .. escape(question)
+      .. '"}], "max_tokens": ' .. max_tokens .. '}'
 end
 
 local fixed = {}

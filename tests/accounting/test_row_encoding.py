@@ -51,7 +51,7 @@ def test_the_fields_are_the_table_columns_and_version_1_is_frozen() -> None:
     assert ",".join(FIELDS).encode() == FIELD_NAMES
     assert fields_of(FIELD_NAMES) is FIELDS
     assert fields_of(None) == FIELDS_V1 == FIELDS[: len(FIELDS_V1)]
-    assert FIELDS[len(FIELDS_V1) :] == ("cache_saved_usd",)
+    assert FIELDS[len(FIELDS_V1) :] == ("cache_saved_usd", "route_class", "downgraded_from", "baseline_usd")
 
 
 def test_a_batch_of_this_version_round_trips_untouched() -> None:
@@ -76,7 +76,7 @@ def test_a_batch_without_names_is_read_as_version_1() -> None:
     rows = orjson.loads(current_json(batch, None))
     assert [row[FIELDS.index("client_request_id")] for row in rows] == ["c1", None]
     assert [row[FIELDS.index("cache_saved_usd")] for row in rows] == [0.0, 0.0]
-    assert as_current([short], FIELDS_V1)[0] == [*short, None, 0.0]
+    assert as_current([short], FIELDS_V1)[0] == [*short, None, 0.0, None, None, None]
 
 
 def test_a_batch_of_the_version_before_cache_saved_usd_gets_0() -> None:
@@ -86,7 +86,7 @@ def test_a_batch_of_the_version_before_cache_saved_usd_gets_0() -> None:
     today = orjson.loads(row_json(hit))
     before = today[: len(FIELDS_V1)]
     (read,) = orjson.loads(current_json(orjson.dumps([before]), ",".join(FIELDS_V1).encode()))
-    assert read == [*before, 0.0]
+    assert read == [*before, 0.0, None, None, None]
     assert orjson.loads(current_json(batch_json([row_json(hit)]), FIELD_NAMES)) == [today]
     assert today[FIELDS.index("cache_saved_usd")] == 0.0042
 
@@ -190,3 +190,16 @@ async def test_stream_entries_carry_the_names_of_their_fields(tmp_path: Path) ->
     entry = dict(zip(flat[::2], flat[1::2], strict=True))
     assert (entry[b"f"], entry[b"n"]) == (FIELD_NAMES, b"2")
     assert [row[0] for row in orjson.loads(entry[b"b"])] == ["req_1", "req_2"]
+
+
+def test_a_batch_of_the_version_before_tiering_reads_as_not_routed() -> None:
+    """Rows of a node without the tiering columns read as neither routed nor downgraded (NULL),
+    and today's rows keep the class, the model refused and the baseline cost."""
+    routed = usage_row("req_routed")._replace(route_class="simple", downgraded_from="big", baseline_usd=0.01)
+    today = orjson.loads(row_json(routed))
+    before = today[: FIELDS.index("route_class")]
+    names = ",".join(FIELDS[: FIELDS.index("route_class")]).encode()
+    (read,) = orjson.loads(current_json(orjson.dumps([before]), names))
+    assert read == [*before, None, None, None]
+    (kept,) = orjson.loads(current_json(batch_json([row_json(routed)]), FIELD_NAMES))
+    assert kept[FIELDS.index("route_class") :] == ["simple", "big", 0.01]

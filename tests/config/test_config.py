@@ -76,7 +76,7 @@ def test_provider_default_base_url() -> None:
         ({"server": {"port": 70000}}, "server.port: Input should be less than or equal to 65535"),
         (
             {"models": [{"name": "m", "deployments": []}]},
-            "models[m].deployments: List should have at least 1 item",
+            "models[m]: model 'm' needs deployments (or a route, for a routed model)",
         ),
         (
             {"models": [{"name": "m", "deployments": [{"provider": "vllm"}]}]},

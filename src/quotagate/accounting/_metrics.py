@@ -105,6 +105,8 @@ class Metrics:
         self._denials: dict[str, int] = {}
         self._cache_lookups: dict[tuple[str, str], int] = {}  # (model, result label) -> lookups
         self._cache_saved: dict[str, float] = {}  # model -> USD
+        self._routed: dict[tuple[str, str, str], int] = {}  # (routed model, class, served model)
+        self._downgrades: dict[tuple[str, str], int] = {}  # (requested model, served model)
         self.latency = _Histogram("quotagate_request_seconds", "Whole request")
         self.upstream = _Histogram("quotagate_upstream_seconds", "Time in the provider")
         self.overhead = _Histogram("quotagate_overhead_seconds", "Time in the gateway itself")
@@ -158,6 +160,17 @@ class Metrics:
         if saved_usd:
             self._cache_saved[model] = self._cache_saved.get(model, 0.0) + saved_usd
 
+    def tiering(self, routed: str | None, route_class: str | None, downgraded_from: str | None, served: str) -> None:
+        """Count a request that model tiering moved: a routed model's (``routed``, ``route_class``)
+        and a downgraded one's (from ``downgraded_from``), served by ``served`` ("" for none).
+        Every name is a configured one, never a client's."""
+        if routed is not None and route_class is not None:
+            key = (routed, route_class, served)
+            self._routed[key] = self._routed.get(key, 0) + 1
+        if downgraded_from is not None:
+            pair = (downgraded_from, served)
+            self._downgrades[pair] = self._downgrades.get(pair, 0) + 1
+
     # -- scraping -----------------------------------------------------------------------------------
 
     def collect(self) -> Iterable[Any]:
@@ -180,6 +193,18 @@ class Metrics:
         )
         yield _counter(
             "quotagate_cache_saved_usd", "USD that cache hits saved (their answers' cost)", ["model"], self._cache_saved
+        )
+        yield _counter(
+            "quotagate_routed_requests",
+            "Requests for routed models by class and the model that served them",
+            ["model", "class", "served"],
+            self._routed,
+        )
+        yield _counter(
+            "quotagate_downgrades",
+            "Requests a cheaper model served instead of the one the limits refused",
+            ["requested", "served"],
+            self._downgrades,
         )
         # Read at scrape time: queue depth, breaker states, store errors, ledger progress.
         for source in self._gauges:

@@ -1,4 +1,4 @@
-"""Usage reports: totals grouped by key, user, model, deployment or day.
+"""Usage reports: totals grouped by key, user, model, deployment, day or route.
 
 Each group also shows the response cache's share: ``cache_hits`` (requests the cache answered),
 ``hit_rate`` (of all the group's requests) and ``saved_usd`` (what those answers had cost when
@@ -8,6 +8,13 @@ Every group has a name. Requests the ledger holds without one (a request refused
 deployment served it has no deployment, one that never named a valid model has no model) are
 grouped under ``NO_GROUP`` in every form a report takes (the CLI's table, CSV and JSON, and
 GET /admin/usage), never under a blank, a ``None`` or a ``null``.
+
+The route report covers only the requests model tiering moved: a routed model's, grouped by the
+name asked for and the class (``auto/simple``), and the downgraded ones, under the model asked
+for (``gpt-4o/downgrade``; a routed request that was also downgraded stays under its class). Its
+groups also show ``baseline_usd``, what the requests would have cost at the routed model's
+strongest class's model (or at the model a downgrade moved them from), and ``routing_saved_usd``,
+that less what they cost.
 """
 
 from __future__ import annotations
@@ -21,8 +28,23 @@ import sqlalchemy as sa
 from ..keys import Database
 from .ledger import usage_table
 
-GroupBy = Literal["key", "user", "model", "deployment", "day"]
+GroupBy = Literal["key", "user", "model", "deployment", "day", "route"]
 NO_GROUP = "(none)"
+
+
+def _text(value: str) -> sa.ColumnElement[str]:
+    # SQL text, not a bound parameter: PostgreSQL does not see two parameters (the SELECT's and
+    # the GROUP BY's) as the same expression.
+    return sa.literal_column(f"'{value}'", sa.String)
+
+
+# "auto/simple", or "gpt-4o/downgrade": ``+`` on strings is SQL's ||, which SQLite and PostgreSQL
+# both have (SQLite's concat() is recent).
+_ROUTE = (
+    sa.func.coalesce(usage_table.c.model_requested, _text(NO_GROUP), type_=sa.String)
+    + _text("/")
+    + sa.func.coalesce(usage_table.c.route_class, _text("downgrade"), type_=sa.String)
+)
 _COLUMNS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
     "key": (usage_table.c.key_id,),
     "user": (usage_table.c.user_id,),
@@ -31,6 +53,7 @@ _COLUMNS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
     "model": (usage_table.c.model_served, usage_table.c.model_requested),
     "deployment": (usage_table.c.deployment,),
     "day": (usage_table.c.day,),
+    "route": (_ROUTE,),
 }
 # Summed per group and in the totals; hit_rate is worked out from two of them.
 FIELDS = (
@@ -43,6 +66,9 @@ FIELDS = (
     "cache_hits",
     "saved_usd",
 )
+# The route report's fields besides those; routing_saved_usd is worked out from baseline_usd and cost_usd.
+ROUTE_FIELDS = ("baseline_usd", "routing_saved_usd")
+_AMOUNTS = ("cost_usd", "saved_usd", *ROUTE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -73,10 +99,9 @@ async def usage_report(
     rate: float = 1.0,
 ) -> Report:
     """Sums per group over [since, until); costs and savings also in the display currency."""
-    # The name as SQL text, not a bound parameter: PostgreSQL does not see two parameters (the
-    # SELECT's and the GROUP BY's) as the same expression.
-    group = sa.func.coalesce(*_COLUMNS[by], sa.literal_column(f"'{NO_GROUP}'"))
+    group = sa.func.coalesce(*_COLUMNS[by], _text(NO_GROUP))
     table = usage_table.c
+    routes = by == "route"
     query = (
         sa.select(
             group.label("group"),
@@ -89,30 +114,37 @@ async def usage_report(
             sa.func.sum(sa.case((table.cache_hit, 1), else_=0)).label("cache_hits"),
             # NULL in the rows of a database upgraded in place (see ledger._schema): SUM skips them.
             sa.func.sum(table.cache_saved_usd).label("saved_usd"),
+            *([sa.func.sum(table.baseline_usd).label("baseline_usd")] if routes else []),
         )
         .group_by(group)
         .order_by(group)
     )
+    if routes:
+        query = query.where(sa.or_(table.route_class.is_not(None), table.downgraded_from.is_not(None)))
     if since is not None:
         query = query.where(table.ts >= since.astimezone(UTC))
     if until is not None:
         query = query.where(table.ts < until.astimezone(UTC))
     result = await database.run(lambda conn: conn.execute(query).all())
+    fields = (*FIELDS, *ROUTE_FIELDS) if routes else FIELDS
     rows = []
     for record in result:
         sums = {f: (record._mapping[f] or 0) for f in FIELDS}
         sums["cost_usd"], sums["saved_usd"] = float(sums["cost_usd"]), float(sums["saved_usd"])
+        if routes:
+            sums["baseline_usd"] = float(record.baseline_usd or 0)
+            sums["routing_saved_usd"] = sums["baseline_usd"] - sums["cost_usd"]
         rows.append({by: record.group, **_shown(sums, currency, rate)})
-    totals = _shown({f: sum(r[f] for r in rows) for f in FIELDS}, currency, rate)
+    totals = _shown({f: sum(r[f] for r in rows) for f in fields}, currency, rate)
     return Report(by, rows, totals, currency, rate)
 
 
 def _shown(sums: dict[str, Any], currency: str, rate: float) -> dict[str, Any]:
-    """A group's sums as the report shows them: the cost's and the saving's amounts rounded, and
+    """A group's sums as the report shows them: the amounts (cost, savings, baseline) rounded, and
     also in the display currency; the cache's hit rate after the hits."""
     shown: dict[str, Any] = {}
     for field, value in sums.items():
-        if field in ("cost_usd", "saved_usd"):
+        if field in _AMOUNTS:
             shown[field] = round(value, 10)
             if currency != "USD":
                 shown[f"{field.removesuffix('_usd')}_{currency.lower()}"] = round(shown[field] * rate, 10)

@@ -11,6 +11,7 @@ from ._cache import (
     CacheStore,
     CacheTicket,
     ResponseCache,
+    normalized,
     operator_namespace,
     question_of,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "cache_key",
     "canonical",
     "namespace_of",
+    "normalized",
     "operator_namespace",
     "question_of",
     "read_controls",

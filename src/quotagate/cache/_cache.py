@@ -208,7 +208,6 @@ class ResponseCache:
         # Writes in flight: kept so that they are not collected half-done, and awaited at close.
         self._writes: set[asyncio.Task[object]] = set()
         self._failing = False
-        self._started_embedder: Embedder | None = None
 
     def ticket(
         self,
@@ -397,28 +396,13 @@ class ResponseCache:
         return stats
 
     async def start(self) -> None:
-        """Start feeding the shared index and load the embedding model (each once: a reload that
-        turns the semantic cache on calls this again, with an embedder that is new)."""
-        if self.embedder is not None:
-            # numpy's BLAS (OpenBLAS) would spread the index's search and the model's forward pass
-            # over every core; for vectors this small one thread is as fast, and on a busy machine
-            # the extra threads' tails reached 150 ms (bench/NOTES.md). Process-wide: the cache is
-            # the gateway's only user of numpy.
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=1, user_api="blas")
+        """Start feeding the shared index (once: it keeps following the stream). The embedding
+        model is the gateway's (the route classifier shares it), started and closed by it."""
         if self.shared is not None:
-            await self.shared.start()  # once: it keeps following the stream
-        start = getattr(self.embedder, "start", None)
-        if start is not None and self.embedder is not self._started_embedder:
-            self._started_embedder = self.embedder
-            await start()
+            await self.shared.start()
 
     async def aclose(self) -> None:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=5.0)
         if self.shared is not None:
             await self.shared.aclose()
-        close = getattr(self.embedder, "aclose", None)
-        if close is not None:
-            await close()

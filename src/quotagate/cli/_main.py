@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ..keys import KeyStore
+    from ..tiering import RoutePlan
 
 app = typer.Typer(
     name="quotagate",
@@ -36,9 +37,11 @@ cache_app = typer.Typer(
     help="A running gateway's response cache, through its admin API: its figures, and purging it.",
     no_args_is_help=True,
 )
+route_app = typer.Typer(help="Model tiering: how a routed model classifies requests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(cache_app, name="cache")
+app.add_typer(route_app, name="route")
 
 
 class _LazyConsole:
@@ -63,9 +66,16 @@ err = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 def _print_table(table: Table) -> None:
     from rich.console import Console
+    from rich.measure import Measurement
 
-    # Piped output has no terminal width to honour; keep rows whole for grep and friends.
-    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Piped output has no terminal width to honour; keep rows whole for grep and friends, however
+    # many columns (a usage report in a display currency has up to 16).
+    console = Console(highlight=False, width=200)
+    widest = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(highlight=False, width=max(200, widest)).print(table)
 
 
 ConfigOption = Annotated[
@@ -630,7 +640,13 @@ def keys_delete(
 
 @app.command()
 def usage(
-    by: Annotated[str, typer.Option(help="Group by key, user, model, deployment or day.")] = "key",
+    by: Annotated[
+        str,
+        typer.Option(
+            help="Group by key, user, model, deployment, day or route (the requests model tiering moved: "
+            "by routed model and class, and the downgraded ones, with what they would have cost and the saving)."
+        ),
+    ] = "key",
     since: Annotated[
         str | None,
         typer.Option(
@@ -651,8 +667,8 @@ def usage(
 
     from ..accounting import usage_report
 
-    if by not in ("key", "user", "model", "deployment", "day"):
-        raise _fail("--by must be key, user, model, deployment or day")
+    if by not in ("key", "user", "model", "deployment", "day", "route"):
+        raise _fail("--by must be key, user, model, deployment, day or route")
     if format not in ("table", "csv", "json"):
         raise _fail("--format must be table, csv or json")
     cfg = _key_config(config)
@@ -672,22 +688,8 @@ def usage(
                     row[column] = orjson.Fragment(_decimal(value))
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
-    converted = currency.display != "USD"
-    display = currency.display.lower()
-    columns = [
-        by,
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "cost_usd",
-        *([f"cost_{display}"] if converted else []),
-        "cache_hits",
-        "hit_rate",
-        "saved_usd",
-        *([f"saved_{display}"] if converted else []),
-    ]
+    # The totals have every column of the report, in its order (a report of no rows too).
+    columns = [by, *report.totals]
     rows = [
         {column: _decimal(value) if column.startswith(_AMOUNTS) else value for column, value in row.items()}
         for row in [*report.rows, {by: "TOTAL", **report.totals}]
@@ -707,9 +709,9 @@ def usage(
     _print_table(table)
 
 
-# The report's amounts of money (cost_usd, saved_usd and their display currency's): printed as
-# plain decimals.
-_AMOUNTS = ("cost_", "saved_")
+# The report's amounts of money (cost_usd, saved_usd, the route report's baseline_usd and
+# routing_saved_usd, and their display currency's): printed as plain decimals.
+_AMOUNTS = ("cost_", "saved_", "baseline_", "routing_saved_")
 
 
 def _decimal(amount: float) -> str:
@@ -854,6 +856,113 @@ def cache_purge(
     purged = answer.get("purged", 0)
     where = f"of namespace {namespace}" if namespace is not None else "of every namespace"
     out.print(f"purged {purged} cached answer{'' if purged == 1 else 's'} {where}", markup=False)
+
+
+# -- route ------------------------------------------------------------------------------------
+
+
+@route_app.command("explain")
+def route_explain(
+    prompt: Annotated[str, typer.Argument(help="The question: the user message of the chat request.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="The routed model asked for. Default: the configuration's only one.", show_default=False),
+    ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            help="The caller's tier, for rules on tiers. Default: the configuration's first.", show_default=False
+        ),
+    ] = None,
+    key_id: Annotated[str, typer.Option(help="The caller's key id, for rules on keys.")] = "explain",
+    json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show which class and model a routed model gives a chat request, and why.
+
+    PROMPT is classified as the gateway classifies a chat request
+    with it as the user's message: by the classes' rules, then by
+    their examples (with the local embedding model, which takes a
+    second or so to load), then the default class. Nothing is sent
+    to any provider.
+    """
+    from ..auth import Principal
+    from ..tiering import RoutePlanner
+
+    cfg = _key_config(config)
+    routed = [m.name for m in cfg.models if m.route is not None]
+    if model is None:
+        if not routed:
+            raise _fail("the configuration has no routed model (a model with `route:`); give --config FILE")
+        if len(routed) > 1:
+            raise _fail(f"the configuration has several routed models ({', '.join(routed)}): choose one with --model")
+        model = routed[0]
+    chosen = cfg.model_named(model)
+    if chosen is None:
+        raise _fail(f"no model named {model!r} in the configuration")
+    if chosen.route is None:
+        listed = f"; its routed models: {', '.join(routed)}" if routed else ""
+        raise _fail(f"{model!r} is not a routed model (it has no `route:`){listed}")
+    if tier is None:
+        tier = next(iter(cfg.tiers))
+    elif tier not in cfg.tiers:
+        raise _fail(f"no tier named {tier!r}; the configuration's tiers: {', '.join(cfg.tiers)}")
+    # The examples need the embedding model; this command has only the local one (an embeddings
+    # model of the configuration is served through a running gateway).
+    examples = any(route_class.examples for route_class in chosen.route.classes)
+    if examples and cfg.cache.embedding != "local":
+        raise _fail(
+            f"{model}'s classes have examples, which the gateway compares with cache.embedding "
+            f"{cfg.cache.embedding!r}: explain needs the local embedding model (cache.embedding: local); "
+            "with another, send the request to a running gateway and read its x-quotagate-route header",
+            code=2,
+        )
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    principal = Principal(key_id=key_id, user=key_id, tier=tier, models=None)
+
+    async def explain(name: str) -> RoutePlan:
+        embedder = None
+        if examples:
+            from ..cache._embedder import LocalEmbedder
+
+            embedder = LocalEmbedder()
+        try:
+            if embedder is not None:
+                try:
+                    await embedder.start()
+                except Exception as exc:
+                    raise _fail(f"cannot load the local embedding model: {type(exc).__name__}: {exc}") from None
+            planner = RoutePlanner(cfg, embedder)
+            await planner.start()
+            return await planner.plan(name, body, principal)
+        finally:
+            if embedder is not None:
+                await embedder.aclose()
+
+    plan = asyncio.run(explain(model))
+    answer = {
+        "routed": plan.routed,
+        "route_class": plan.route_class,
+        "model": plan.model,
+        "models": list(plan.models),
+        "strongest": plan.strongest,
+        "reason": plan.reason,
+        "detail": plan.detail,
+        "tier": tier,
+        "key_id": key_id,
+    }
+    if json:
+        print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+        return
+    for label, value in (
+        ("routed model", plan.routed),
+        ("class", plan.route_class),
+        ("model", plan.model),
+        ("move-up chain", " -> ".join(plan.models)),
+        ("why", plan.reason),
+        ("detail", plan.detail),
+    ):
+        out.print(f"{label + ':':<15}{value}", markup=False)
 
 
 def main() -> None:

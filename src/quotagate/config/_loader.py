@@ -27,6 +27,8 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
             parts[-1:] = [f"{parts[-1]}[{label or item}]"] if parts else [f"[{item}]"]
             node = entry
             continue
+        if isinstance(item, int) and item == 0 and isinstance(node, dict):
+            continue  # one mapping where a list of them may stand (a class's rules): no position
         parts.append(str(item))
         node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts) or "(top level)"

@@ -136,6 +136,22 @@ class CacheRule(_Strict):
     )
 
 
+class OnLimit(_Strict):
+    """What a request gets instead of a 429 when its tenant's limits for the model refuse it
+    (a tier's, for every model; a model's, for that model, before the tier's): the ``downgrade``
+    model, within the tenant's limits for that one. Off unless set; a request that sends
+    ``x-quotagate-downgrade: off`` gets the 429."""
+
+    downgrade: str = Field(min_length=1, description="the cheaper model that serves instead")
+    at_budget: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="also downgrade, before any refusal, once a USD budget on the request is this "
+        "fraction used (e.g. 0.8), for the rest of the budget's window",
+    )
+
+
 class TierLimits(LimitValues):
     """A tier: the limits every key on it gets, and how its requests wait for capacity."""
 
@@ -145,6 +161,9 @@ class TierLimits(LimitValues):
     )
     priority: int = Field(default=0, description="waiting requests of higher priority go first")
     cache: CacheRule | None = Field(default=None, description="answers served from the response cache")
+    on_limit: OnLimit | None = Field(
+        default=None, description="serve a cheaper model instead of refusing when a limit would refuse"
+    )
 
 
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "month": 0.0}
@@ -334,10 +353,132 @@ class Deployment(_Strict):
 
 Routing = Literal["weighted", "least-busy", "usage-based", "latency-based"]
 
+# Class names go in a response header and in metrics labels: plain ASCII.
+_CLASS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The semantic classifier's default confidence floor: the similarity to the nearest class's
+# examples (their centroid) below which a request gets the default class. On the labelled support
+# prompts it sends 1 % of them to the default and 8 of 10 off-topic ones (bench/NOTES.md, "Model
+# tiering quality").
+DEFAULT_MIN_SIMILARITY = 0.3
+
+
+class RouteRules(_Strict):
+    """Conditions that give a request its class; all that are set must hold, and a list holds
+    when any of its items does. Text conditions read the last user message."""
+
+    min_prompt_tokens: Count | None = None
+    max_prompt_tokens: Count | None = None
+    min_turns: PositiveInt | None = Field(default=None, description="user messages, at least")
+    max_turns: PositiveInt | None = Field(default=None, description="user messages, at most")
+    tools: bool | None = Field(default=None, description="true: requests with tools; false: without")
+    images: bool | None = Field(default=None, description="true: requests with an image; false: without")
+    response_format: bool | None = Field(
+        default=None, description="true: requests asking for JSON (response_format); false: the others"
+    )
+    keywords: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="any of these words or phrases, ignoring case"
+    )
+    regex: list[str] = Field(default_factory=list, description="any of these regular expressions (Python's)")
+    tiers: list[str] = Field(default_factory=list, description="requests of keys on these tiers")
+    keys: list[str] = Field(default_factory=list, description="requests of these key ids")
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> RouteRules:
+        if not self.model_dump(exclude_defaults=True):
+            raise ValueError("rules: {} would match every request; leave rules out instead")
+        for low, high in (("min_prompt_tokens", "max_prompt_tokens"), ("min_turns", "max_turns")):
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is not None and high_value is not None and low_value > high_value:
+                raise ValueError(f"{low} ({low_value}) is above {high} ({high_value})")
+        return self
+
+
+class RouteClass(_Strict):
+    """One class of requests and the model that serves it."""
+
+    name: str = Field(pattern=_CLASS_NAME)
+    model: str = Field(min_length=1, description="a model of this configuration with deployments")
+    rules: list[RouteRules] = Field(
+        default_factory=list,
+        description="requests meeting all of these get this class; a list of such sets: any one of them",
+    )
+    examples: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="prompts of this class, for the semantic classifier"
+    )
+
+    @field_validator("examples")
+    @classmethod
+    def _check_examples(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty example set: give example prompts of the class, or leave examples out")
+        return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _one_or_more_sets(cls, value: object) -> object:
+        # One set (a mapping) is a list of one: its errors then name its fields, not a union's arms.
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list of rule sets: give one, or leave rules out")
+        return [value] if isinstance(value, dict) else value
+
+
+class RouteConfig(_Strict):
+    """A routed model: each request is classified and served by its class's model.
+
+    ``classes`` go from the cheapest to the strongest. A request gets the strongest class whose
+    ``rules`` it meets (every rule of a set; any one set, where a class has a list of them);
+    failing that, the class whose examples it is nearest to (their centroid), when that similarity
+    reaches ``min_similarity``; failing that, ``default``. A class whose model cannot serve it
+    (down, or its context window too small) moves it up the list, never down.
+    """
+
+    classes: list[RouteClass] = Field(min_length=1, description="from the cheapest to the strongest")
+    default: str | None = Field(
+        default=None, description="the class when nothing else decides (default: the strongest)"
+    )
+    min_similarity: float = Field(
+        default=DEFAULT_MIN_SIMILARITY,
+        ge=-1,
+        le=1,
+        description="the cosine similarity to the nearest class's examples (their mean) below which the "
+        "default class applies",
+    )
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> RouteConfig:
+        names = [route_class.name for route_class in self.classes]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"class {name!r} is defined twice")
+        if self.default is not None and self.default not in names:
+            raise ValueError(f"default {self.default!r} is not one of the classes ({', '.join(names)})")
+        return self
+
+    @property
+    def default_class(self) -> str:
+        return self.default if self.default is not None else self.classes[-1].name
+
 
 class ModelConfig(_Strict):
+    """A model clients ask for: served by its ``deployments``, or, for a routed model (``route``),
+    by the models of its classes."""
+
     name: str = Field(min_length=1)
-    deployments: list[Deployment] = Field(min_length=1)
+    deployments: list[Deployment] = Field(default_factory=list)
+    route: RouteConfig | None = Field(default=None, description="a routed model: classes instead of deployments")
+    on_limit: OnLimit | None = Field(
+        default=None, description="serve a cheaper model instead of refusing (before the tier's on_limit)"
+    )
     routing: Routing = Field(default="weighted", description="how a deployment is chosen among equals")
     context_window: PositiveInt | None = Field(
         default=None, description="caps the token estimate; longer requests go to context_window_fallback"
@@ -345,6 +486,19 @@ class ModelConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list, description="models to try when this one fails")
     context_window_fallback: str | None = None
     cache: CacheRule | None = Field(default=None, description="overrides the tiers' cache rules for this model")
+
+    @model_validator(mode="after")
+    def _check_served(self) -> ModelConfig:
+        if self.route is None:
+            if not self.deployments:
+                raise ValueError(f"model {self.name!r} needs deployments (or a route, for a routed model)")
+            return self
+        # A routed model is served by its classes' models, with their deployments, limits,
+        # context windows and fallbacks: none of its own.
+        for field in ("deployments", "fallbacks", "context_window", "context_window_fallback", "on_limit"):
+            if field in self.model_fields_set:
+                raise ValueError(f"model {self.name!r} is routed: its classes' models have the {field}, not it")
+        return self
 
 
 class BreakerSettings(_Strict):
@@ -478,6 +632,51 @@ class Config(_Strict):
                     raise ValueError(f"model {model.name!r} falls back to {other!r}, which is not configured")
                 if other == model.name:
                     raise ValueError(f"model {model.name!r} falls back to itself")
+                if self.model_named(other).route is not None:  # type: ignore[union-attr]
+                    raise ValueError(f"model {model.name!r} falls back to {other!r}, a routed model")
+        return self
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Config:
+        for model in self.models:
+            if model.route is None:
+                continue
+            for route_class in model.route.classes:
+                served = self.model_named(route_class.model)
+                where = f"models[{model.name}].route.classes[{route_class.name}]"
+                if served is None:
+                    raise ValueError(f"{where}.model: {route_class.model!r} is not a model of this configuration")
+                if served.route is not None:
+                    raise ValueError(f"{where}.model: {route_class.model!r} is a routed model; name a served one")
+                for rules in route_class.rules:
+                    unknown = [tier for tier in rules.tiers if tier not in self.tiers]
+                    if unknown:
+                        raise ValueError(f"{where}.rules.tiers: {', '.join(map(repr, unknown))} is not a tier")
+        return self
+
+    @model_validator(mode="after")
+    def _check_downgrades(self) -> Config:
+        where_set = [(f"tiers.{name}.on_limit", tier.on_limit) for name, tier in self.tiers.items()]
+        where_set += [(f"models[{model.name}].on_limit", model.on_limit) for model in self.models]
+        for where, on_limit in where_set:
+            if on_limit is None:
+                continue
+            target = self.model_named(on_limit.downgrade)
+            if target is None:
+                raise ValueError(f"{where}.downgrade: {on_limit.downgrade!r} is not a model of this configuration")
+            if target.route is not None:
+                raise ValueError(f"{where}.downgrade: {on_limit.downgrade!r} is a routed model; name a served one")
+        # A model's downgrade leads to another model, whose own may lead on: never back round.
+        for model in self.models:
+            path = [model.name]
+            current = model
+            while current.on_limit is not None:
+                following = current.on_limit.downgrade
+                if following in path:
+                    cycle = " -> ".join([*path[path.index(following) :], following])
+                    raise ValueError(f"models[{model.name}].on_limit: a cycle of downgrades: {cycle}")
+                path.append(following)
+                current = self.model_named(following)  # type: ignore[assignment]
         return self
 
     @model_validator(mode="after")
@@ -489,6 +688,8 @@ class Config(_Strict):
             raise ValueError(
                 f"cache.embedding {embedding!r} is neither 'local' nor the name of a model of this configuration"
             )
+        if embedding != "local" and self.model_named(embedding).route is not None:  # type: ignore[union-attr]
+            raise ValueError(f"cache.embedding {embedding!r} is a routed model; name an embeddings model")
         return self
 
     def model_named(self, name: str) -> ModelConfig | None:

@@ -105,6 +105,7 @@ class RecordedRequest:
 @dataclass
 class MockState:
     requests_served: int = 0
+    tokens_served: int = 0  # prompt and completion tokens of the completions answered (usage's total)
     rate_limited: int = 0  # 429s sent because the RPM was exceeded (the gateway's fault)
     poisoned: int = 0  # requests failed because their body held options.poison
     started: deque[float] = field(default_factory=deque)  # start times within the last minute
@@ -153,6 +154,7 @@ class MockUpstream:
                     {
                         "status": "ok",
                         "requests_served": self.state.requests_served,
+                        "tokens_served": self.state.tokens_served,
                         "rate_limited": self.state.rate_limited,
                     },
                 )
@@ -325,6 +327,7 @@ class MockUpstream:
         n, finish = self._budget(body)
         text, _, completion_tokens = _completion(n)
         prompt_tokens = self._prompt_tokens(body, chat)
+        self.state.tokens_served += prompt_tokens + completion_tokens
         response_id, kind = self._ids(chat)
         choice: dict[str, Any]
         if chat:
@@ -358,6 +361,8 @@ class MockUpstream:
         n, finish = self._budget(body)
         _, pieces, completion_tokens = _completion(n)
         prompt_tokens = self._prompt_tokens(body, chat)
+        if not drop:
+            self.state.tokens_served += prompt_tokens + completion_tokens
         response_id, kind = self._ids(chat)
         kind += ".chunk" if chat else ""
         options = body.get("stream_options")

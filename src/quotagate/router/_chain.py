@@ -1,5 +1,6 @@
 """The models that may serve a request, in order: the model, then its fallbacks; a request too
-long for the model's context window starts at its context-window fallback instead."""
+long for the model's context window starts at its context-window fallback instead. A routed
+model's request goes up through its classes' models (``through``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ class ModelChains:
         ):
             return self._from(config.context_window_fallback)
         return self._from(model)
+
+    def through(self, models: tuple[str, ...], estimate: Estimate) -> list[str]:
+        """The chains of ``models`` one after the other (a routed request's class's model, then
+        the stronger classes'), each model once; a model whose context window the prompt does not
+        fit is passed over while a stronger one follows."""
+        chain: list[str] = []
+        for position, model in enumerate(models):
+            window = self._routes.models[model].context_window
+            if window is not None and estimate.prompt >= window and position < len(models) - 1:
+                continue
+            chain.extend(m for m in self.chain(model, estimate) if m not in chain)
+        return chain
 
     def _from(self, start: str) -> list[str]:
         """``start`` and its fallbacks, each once."""

@@ -20,8 +20,9 @@ class MovableCharge(Protocol):
 class RouteRequest:
     """What the router needs to know of one request: where it goes, the bodies each deployment is
     sent, its estimate (for provider limits and context windows), how long it may wait for a
-    deployment and in which order, and the tenant's charge to move on a fallback (None: nothing
-    to move)."""
+    deployment and in which order, the tenant's charge to move on a fallback (None: nothing
+    to move), and for a routed model's request, the models to move up through (its class's, then
+    the stronger classes'; None: the model's own chain)."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class RouteRequest:
         max_wait: float,
         priority: int,
         tenant: MovableCharge | None = None,
+        models: tuple[str, ...] | None = None,
     ) -> None:
         self.path = path
         self.bodies = bodies
@@ -42,3 +44,4 @@ class RouteRequest:
         self.max_wait = max_wait
         self.priority = priority
         self.tenant = tenant
+        self.models = models

@@ -83,7 +83,10 @@ class Router:
         tried: list[str] = []
         last_error: GatewayError | None = None
         capacity_wait: float | None = None
-        chain = self._chains.chain(model, request.estimate)
+        if request.models:
+            chain = self._chains.through(request.models, request.estimate)
+        else:
+            chain = self._chains.chain(model, request.estimate)
         # Failures that may be the request's (see _blame), judged once its fate is known however
         # it ends: a client that leaves during a backoff must not take them along.
         suspects: list[Suspect] = []

@@ -187,8 +187,8 @@ class AdminAPI:
             # Blank values kept: "?by=" is a mistake to point out, not the default.
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             by = query.get("by", ["key"])[0]
-            if by not in ("key", "user", "model", "deployment", "day"):
-                raise InvalidRequestError("by must be key, user, model, deployment or day.", param="by")
+            if by not in ("key", "user", "model", "deployment", "day", "route"):
+                raise InvalidRequestError("by must be key, user, model, deployment, day or route.", param="by")
             since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
             await send_json(send, 200, await self._usage(by, since, until))
             return

@@ -47,6 +47,7 @@ from ..redis import RedisClient
 from ..redis import connect as connect_redis
 from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
+from ..tiering import Downgrades, RoutePlanner
 from ..tokens import encoding_for_model
 from ..upstream import HttpTransport, ModelRoutes, Transport
 from ._admin import AdminAPI
@@ -67,6 +68,8 @@ from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
 
 if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
+
+    from ..cache._embedder import Embedder
 
 logger = logging.getLogger("quotagate")
 
@@ -163,9 +166,17 @@ class Gateway:
             self._quota_writer = Ledger(writer, flush_seconds=config.ledger.flush_seconds)
         self.alerts = Alerts(config.alerts, self.redis)
         self.books = self._make_books(config)
+        # The embedding model, shared by the semantic cache and the route classifier; made once
+        # one of them needs it (at start, or at the reload that adds the first).
+        self.embedder: Embedder | None = None
+        self._started_embedder: Embedder | None = None
+        self._make_embedder(config)
         self.cache = self._make_cache(config)
+        self.planner = self._make_planner(config)
         self.metrics.add_gauges(self._gauges)
-        self.proxy = self._make_proxy(config, self.routes, self.authenticator, self.router, self.policy, self.books)
+        self.proxy = self._make_proxy(
+            config, self.routes, self.authenticator, self.router, self.policy, self.books, self.planner
+        )
         self.admin = self._make_admin(config, self.authenticator, self.router)
         self._started = time.time()
         self._routes = self._route_table(self.proxy)
@@ -204,13 +215,42 @@ class Gateway:
         self._make_semantic(cache, config)
         return cache
 
-    def _make_semantic(self, cache: ResponseCache, config: Config) -> None:
-        """Give ``cache`` its semantic index and embedding model once a rule of ``config`` is
-        semantic (at start, or at the reload that adds one). Not before: numpy's import alone is
-        0.1 s of start-up, and the local model ~150 MB and a second to load."""
-        if cache.embedder is not None or not CacheRules(config).semantic:
+    def _make_embedder(self, config: Config) -> None:
+        """The embedding model, once a semantic cache rule or a routed model's examples need it.
+        Not before: numpy's import alone is 0.1 s of start-up, and the local model ~150 MB and a
+        second to load."""
+        if self.embedder is not None or not (CacheRules(config).semantic or RoutePlanner.uses_examples(config)):
             return
-        from ..cache._embedder import LocalEmbedder
+        if config.cache.embedding == "local":
+            from ..cache._embedder import LocalEmbedder
+
+            self.embedder = LocalEmbedder()
+        else:
+            from ._cache_embedding import RoutedEmbedder
+
+            self.embedder = RoutedEmbedder(config.cache.embedding, lambda: self.proxy)
+
+    async def _start_embedder(self) -> None:
+        """Load the embedding model (once per model: a reload may bring the first)."""
+        if self.embedder is None or self.embedder is self._started_embedder:
+            return
+        # numpy's BLAS (OpenBLAS) would spread the index's search and the model's forward pass
+        # over every core; for vectors this small one thread is as fast, and on a busy machine
+        # the extra threads' tails reached 150 ms (bench/NOTES.md). Process-wide: the cache and
+        # the route classifier are the gateway's only users of numpy.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+        self._started_embedder = self.embedder
+        start = getattr(self.embedder, "start", None)
+        if start is not None:
+            await start()
+
+    def _make_semantic(self, cache: ResponseCache, config: Config) -> None:
+        """Give ``cache`` its semantic index and the embedding model once a rule of ``config`` is
+        semantic (at start, or at the reload that adds one)."""
+        if cache.index is not None or not CacheRules(config).semantic:
+            return
         from ..cache._semantic import SemanticIndex
         from ..cache._shared_index import SharedSemanticIndex
 
@@ -221,12 +261,13 @@ class Gateway:
             cache.shared = SharedSemanticIndex(
                 self.redis, cache.index, max_stream_entries=3 * settings.semantic_entries
             )
-        if settings.embedding == "local":
-            cache.embedder = LocalEmbedder()
-        else:
-            from ._cache_embedding import RoutedEmbedder
+        cache.embedder = self.embedder
 
-            cache.embedder = RoutedEmbedder(settings.embedding, lambda: self.proxy)
+    def _make_planner(self, config: Config) -> RoutePlanner | None:
+        """The routed models' classifier (None: the configuration routes no model)."""
+        if not any(model.route is not None for model in config.models):
+            return None
+        return RoutePlanner(config, self.embedder)
 
     def _make_proxy(
         self,
@@ -236,6 +277,7 @@ class Gateway:
         router: Router,
         policy: Policy,
         books: Books,
+        planner: RoutePlanner | None,
     ) -> Proxy:
         return Proxy(
             routes,
@@ -249,6 +291,8 @@ class Gateway:
             cache=self.cache,
             cache_rules=CacheRules(config),
             hits_charge=config.cache.hits_charge,
+            planner=planner,
+            downgrades=Downgrades(config),
         )
 
     def _make_admin(self, config: Config, authenticator: Authenticator, router: Router) -> AdminAPI:
@@ -365,7 +409,14 @@ class Gateway:
                 await self.redis.check()
             except Exception as exc:
                 logger.warning("Redis is not ready: %s: %s", type(exc).__name__, exc)
+        for model in self.planner.models if self.planner is not None else ():
+            route = self.routes.models[model].route
+            assert route is not None
+            encoding_for_model(route.classes[0].model)  # the tokenizer of the rules' prompt_tokens
+        await self._start_embedder()
         await self.cache.start()
+        if self.planner is not None:
+            await self.planner.start()  # the routed models' examples, embedded
         if self.ledger is not None:
             await self.ledger.start()
         if self._quota_writer is not None:
@@ -375,6 +426,9 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.cache.aclose()
+        close = getattr(self.embedder, "aclose", None)
+        if close is not None:
+            await close()
         # The ledger's last write stores the quotas' last changes: before the limiter closes.
         if self.ledger is not None:
             await self.ledger.aclose()
@@ -438,10 +492,17 @@ class Gateway:
         authenticator = self.authenticator
         if config.auth_cache_seconds != self.config.auth_cache_seconds:
             authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
+        for route in (model.route for model in config.models if model.route is not None):
+            await asyncio.to_thread(encoding_for_model, route.classes[0].model)  # the rules' tokenizer
         books = self._make_books(config)
+        self._make_embedder(config)
+        await self._start_embedder()  # the first that needs it: loads the embedding model off the loop
         self._make_semantic(self.cache, config)
-        await self.cache.start()  # a semantic rule's first: loads the embedding model off the loop
-        proxy = self._make_proxy(config, routes, authenticator, router, policy, books)
+        await self.cache.start()
+        planner = self._make_planner(config)
+        if planner is not None:
+            await planner.start()  # the examples embedded before the new configuration serves
+        proxy = self._make_proxy(config, routes, authenticator, router, policy, books, planner)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.
         if (config.logging.format, config.logging.level) != (self.config.logging.format, self.config.logging.level):
@@ -450,6 +511,7 @@ class Gateway:
         self.alerts.settings = config.alerts
         self.config, self.routes, self.policy, self.router = config, routes, policy, router
         self.authenticator, self.books, self.proxy, self.admin = authenticator, books, proxy, admin
+        self.planner = planner
         self._routes = self._route_table(proxy)
         return reload
 

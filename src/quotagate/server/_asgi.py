@@ -34,6 +34,7 @@ _READ = frozenset(
         b"x-request-id",
         b"cache-control",
         b"x-quotagate-cache-ttl",
+        b"x-quotagate-downgrade",
     )
 )
 
@@ -41,7 +42,15 @@ _READ = frozenset(
 class RequestHeaders:
     """The few request headers the gateway reads, pulled out in one pass."""
 
-    __slots__ = ("authorization", "cache_control", "cache_ttl", "client_request_id", "content_length", "x_api_key")
+    __slots__ = (
+        "authorization",
+        "cache_control",
+        "cache_ttl",
+        "client_request_id",
+        "content_length",
+        "downgrade",
+        "x_api_key",
+    )
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.authorization: str | None = None
@@ -53,6 +62,8 @@ class RequestHeaders:
         # The request's say over the response cache (see cache/_controls).
         self.cache_control: str | None = None
         self.cache_ttl: str | None = None
+        # x-quotagate-downgrade: off forbids serving a cheaper model instead of a 429 (tiering/).
+        self.downgrade: str | None = None
         for name, value in raw:
             if name not in _READ:
                 continue  # most headers: one set lookup, not five comparisons
@@ -73,6 +84,8 @@ class RequestHeaders:
                 self.cache_control = text if self.cache_control is None else f"{self.cache_control}, {text}"
             elif name == b"x-quotagate-cache-ttl":
                 self.cache_ttl = value.decode("latin-1")
+            elif name == b"x-quotagate-downgrade":
+                self.downgrade = value.decode("latin-1").strip().lower()
 
 
 def _reseed() -> None:

@@ -88,9 +88,19 @@ class Books:
             client_request_id=record.client_request_id,
             cache_hit=record.cache_hit is not None,
             cache_saved_usd=record.cache_saved_usd,
+            route_class=record.route.route_class if record.route is not None else None,
+            downgraded_from=record.downgraded_from,
+            baseline_usd=(
+                (cost_usd(record.baseline_price, prompt, completion, record.cached) if prompt or completion else 0.0)
+                if record.tiered
+                else None
+            ),
         )
         # A name the gateway does not serve is the client's choice: never a metrics label.
         self.metrics.observe(row, row.model_served or (model if model in self.served_models else ""))
+        if record.tiered:
+            routed = record.route.routed if record.route is not None else None
+            self.metrics.tiering(routed, row.route_class, row.downgraded_from, row.model_served or "")
         if self.log_requests:
             logger.info(
                 "request",

@@ -122,7 +122,7 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
     "UsageReport": _object(
         {
             "object": {"const": "usage_report"},
-            "by": {"enum": ["key", "user", "model", "deployment", "day"]},
+            "by": {"enum": ["key", "user", "model", "deployment", "day", "route"]},
             "currency": _STRING,
             "rate": _NUMBER,
             "data": {"type": "array", "items": _ANY_OBJECT},
@@ -349,7 +349,7 @@ def _paths() -> dict[str, Any]:
                 _ADMIN,
                 _ADMIN_ERRORS,
                 parameters=[
-                    _query("by", "the grouping", {"enum": ["key", "user", "model", "deployment", "day"]}),
+                    _query("by", "the grouping", {"enum": ["key", "user", "model", "deployment", "day", "route"]}),
                     _query("since", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                     _query("until", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                 ],

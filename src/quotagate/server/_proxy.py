@@ -2,10 +2,12 @@
 
     surface in   Endpoint.parse               _validation: the OpenAI request, checked
     auth         Proxy.authenticate           auth/: the gateway key -> a principal
+    route plan   RoutePlanner.plan            tiering/: a routed model's request -> a class, a model
     policy       TenantCharge(...)            _tenant, policy/: which of the tenant's limits apply
     tokens       estimate_tokens              tokens/: prompt tokens + the most it may write
     cache        ResponseCache.lookup         cache/: an earlier answer to the same question
     limits       TenantCharge.admit           _tenant, limits/: one reservation over them all, or 429
+    downgrade    Proxy._downgrade             tiering/: a cheaper model where a limit refuses (on_limit)
     route        Router.exchange              router/: a deployment with room, retries, fallbacks
     upstream     UpstreamBodies, Transport    upstream/: the body each deployment is sent
     relay        relay_body, relay_stream     _relay: the answer to the client as it comes
@@ -48,12 +50,14 @@ from ..cache import (
 )
 from ..errors import (
     GatewayError,
+    InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
 )
 from ..limits import Decision, Limiter, Usage
 from ..policy import Policy
 from ..router import Router, RouteRequest
+from ..tiering import Downgrades, RoutePlanner
 from ..tokens import (
     ZERO,
     Estimate,
@@ -129,8 +133,12 @@ class Proxy:
         cache: ResponseCache | None = None,
         cache_rules: CacheRules | None = None,
         hits_charge: str = "requests",
+        planner: RoutePlanner | None = None,
+        downgrades: Downgrades | None = None,
     ) -> None:
         self.books = books or Books()
+        self.planner = planner
+        self.downgrades = downgrades if downgrades is not None and downgrades.configured else None
         self.cache = cache
         self.cache_rules = cache_rules
         # "tokens": a hit is charged its answer's tokens and cost on the tenant's limits too.
@@ -223,12 +231,32 @@ class Proxy:
         books = self.books
         router = self.router
         model = request.model
+        if headers.downgrade is not None and headers.downgrade not in ("on", "off"):
+            raise InvalidRequestError(
+                "The x-quotagate-downgrade header must be on or off.", param="x-quotagate-downgrade"
+            )
+        # route plan: a routed model's request gets a class, and is charged to its model.
+        plan = None
+        if self.planner is not None and self.planner.routes(model):
+            if endpoint.kind != "chat":
+                raise InvalidRequestError(
+                    f"`{model}` is a routed model: it serves chat completions only.", param="model"
+                )
+            plan = record.route = await self.planner.plan(model, request.body, principal)
+            model = plan.model
+            record.baseline_price = self._price(plan.strongest)
         # policy: which of the tenant's limits apply to this model.
         tenant = record.tenant = TenantCharge(self.limiter, self.policy, principal, model, ZERO, self._price)
         applied = tenant.applied
         # tokens: estimated only where token or spend limits or a context window need it; the
         # ledger reads the provider's reported usage either way.
-        needs_estimate = (applied is not None and applied.counts_tokens) or router.needs_estimate(model)
+        # A request that may be downgraded is estimated too: the cheaper model's limits may count
+        # tokens where the asked one's do not.
+        needs_estimate = (
+            (applied is not None and applied.counts_tokens)
+            or any(router.needs_estimate(m) for m in (plan.models if plan is not None else (model,)))
+            or (self.downgrades is not None and self.downgrades.first(principal.tier, model) is not None)
+        )
         estimate = ZERO
         if needs_estimate:
             estimate = tenant.estimate = estimate_tokens(
@@ -244,9 +272,11 @@ class Proxy:
             body = {name: value for name, value in body.items() if name != "cache"}
             raw = orjson.dumps(body)
         # cache: an earlier answer to the same question, before anything is charged.
-        ticket = self._cache_ticket(endpoint, headers, request, principal)
+        ticket = self._cache_ticket(endpoint, headers, request, principal, model)
         if ticket is not None:
             assert self.cache is not None
+            if plan is not None and plan.vector is not None and plan.text == ticket.question:
+                ticket.vector = plan.vector  # the classifier embedded the same question: once is enough
             hit = await self.cache.lookup(ticket)
             if hit is not None:
                 await self._answer_from_cache(hit, send, request, record)
@@ -257,25 +287,40 @@ class Proxy:
         reservation = await tenant.admit()
         if reservation is not None:
             books.metrics.wait.observe(time.perf_counter() - waited)
-            self._note_decision(principal, reservation.decision)
-            if not reservation.decision.allowed:
-                raise rate_limit_error(reservation.decision, self._clock())
+            decision = reservation.decision
+            if self.downgrades is not None and headers.downgrade != "off":
+                # downgrade: a cheaper model instead of this refusal, or of a budget nearly spent.
+                decision = await self._downgrade(record, decision)
+            self._note_decision(principal, decision)
+            if not decision.allowed:
+                raise rate_limit_error(decision, self._clock())
 
         # route and upstream: a deployment with room answers (retries, breakers, fallbacks).
         bodies = UpstreamBodies(
-            body, raw, model, request.stream, counts_tokens=needs_estimate or books.ledger is not None
+            body, raw, request.model, request.stream, counts_tokens=needs_estimate or books.ledger is not None
         )
         max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
-        route = RouteRequest(endpoint.upstream_path, bodies, request.stream, estimate, max_wait, priority, tenant)
+        route = RouteRequest(
+            endpoint.upstream_path,
+            bodies,
+            request.stream,
+            estimate,
+            max_wait,
+            priority,
+            tenant,
+            models=plan.models if plan is not None and record.downgraded_from is None else None,
+        )
         watch = record.watch = DisconnectWatch(receive, self._watches)
         try:
             try:
-                exchange = await router.exchange(model, route)
+                exchange = await router.exchange(tenant.model, route)
                 record.exchange = exchange
                 record.upstream_answered = True
                 served = exchange.target
                 extra = request_id_headers(record.request_id, record.client_request_id)
                 extra.append((b"x-quotagate-deployment", served.label_bytes))
+                if record.tiered:
+                    extra.append((b"x-quotagate-route", record.route_header(served.model)))
                 if ticket is not None:
                     extra.append((b"x-quotagate-cache", b"miss"))
                 if tenant.reservation is not None:
@@ -326,10 +371,12 @@ class Proxy:
                     books.alerts.settled(principal, tenant.reservation.decision, deltas, self.limiter.status)
 
     def _cache_ticket(
-        self, endpoint: Endpoint, headers: RequestHeaders, request: ParsedRequest, principal: Principal
+        self, endpoint: Endpoint, headers: RequestHeaders, request: ParsedRequest, principal: Principal, model: str
     ) -> CacheTicket | None:
-        """Where the request's answer is looked up and kept, if a rule caches it. A streamed
-        completion (not chat) is not cached: its cached form would have to be replayed as one."""
+        """Where the request's answer is looked up and kept, if a rule (of the model asked for)
+        caches it: under ``model``, the one planned to serve it (a routed model's class's model:
+        two tenants whose rules class the same question differently never share an answer). A
+        streamed completion (not chat) is not cached: its cached form would be replayed as one."""
         if self.cache is None or self.cache_rules is None or (request.stream and endpoint.kind != "chat"):
             return None
         rule = self.cache_rules.rule_for(principal.tier, request.model)
@@ -343,7 +390,7 @@ class Proxy:
             principal.user,
             principal.tier,
             request.body,
-            request.model,
+            model,
             semantic_kind=endpoint.kind == "chat",
         )
 
@@ -370,6 +417,8 @@ class Proxy:
             extra.append((b"x-quotagate-cache", hit.kind.encode()))
             if hit.similarity is not None:
                 extra.append((b"x-quotagate-cache-similarity", f"{hit.similarity:.4f}".encode()))
+            if record.tiered:
+                extra.append((b"x-quotagate-route", record.route_header(record.charged_model)))
             if reservation is not None:
                 extra.extend(ratelimit_headers(reservation.decision))
             self.books.metrics.cache(record.charged_model, hit.kind, record.cache_saved_usd)
@@ -390,9 +439,11 @@ class Proxy:
     def _keep(self, ticket: CacheTicket, record: RequestRecord, body: dict[str, object]) -> None:
         """Hand a complete answer to the cache (which stores it in the background); never an
         error, a stream that broke off, fewer choices than asked for, one with a secret in it, or
-        a fallback model's (the next request for this model may find this model up again)."""
+        a fallback's, a stronger class's or a downgrade's (the next request may find the model it
+        was meant for up again, or within its limits)."""
         assert self.cache is not None
-        if record.charged_model != record.model:
+        planned = record.route.model if record.route is not None else record.model
+        if record.charged_model != planned or record.downgraded_from is not None:
             return
         response = record.answer
         if record.stream_usage is not None and record.stream_usage.events is not None:
@@ -416,6 +467,37 @@ class Proxy:
                 return
         record.collect_stream_usage()
         self.cache.keep(ticket, response, self.books.cost(record, *record.actual()))
+
+    async def _downgrade(self, record: RequestRecord, decision: Decision) -> Decision:
+        """The tenant's decision after an ``on_limit`` downgrade: a refused request moved to the
+        cheaper model, if that model's limits admit it (else the next downgrade's, else the
+        refusal); an admitted one moved too once a budget it is charged to is ``at_budget`` used."""
+        assert self.downgrades is not None
+        tenant = record.tenant
+        assert tenant is not None
+        asked = tenant.model
+        on_limit = self.downgrades.first(record.principal.tier, asked)
+        if on_limit is None:
+            return decision
+        if decision.allowed:
+            used = tenant.budget_used() if on_limit.at_budget is not None else 0.0
+            if on_limit.at_budget is None or used < on_limit.at_budget:
+                return decision
+            reason = f"budget {used:.0%} used"
+        else:
+            reason = decision.denied_by.limit.label if decision.denied_by is not None else "limit"
+        tried = {asked}
+        while on_limit is not None and on_limit.downgrade not in tried:
+            target = on_limit.downgrade
+            tried.add(target)
+            if await tenant.move_to(target):
+                record.downgraded_from, record.downgrade_reason = asked, reason
+                if record.route is None:
+                    record.baseline_price = self._price(asked)
+                assert tenant.reservation is not None
+                return tenant.reservation.decision
+            on_limit = self.downgrades.following(target)
+        return decision
 
     async def _complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:
         """The response's last message is next. From here on http.disconnect means the response

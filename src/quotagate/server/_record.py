@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..accounting import Price
 from ..auth import Principal
 from ..cache import CacheHit
 from ..errors import GatewayError
 from ..router import Exchange
+from ..tiering import RoutePlan
 from ..tokens import count_generated
 from ._disconnect import DisconnectWatch
 from ._stream_usage import StreamUsage
@@ -26,6 +28,7 @@ class RequestRecord:
 
     __slots__ = (
         "answer",
+        "baseline_price",
         "began",
         "cache_hit",
         "cache_saved_usd",
@@ -34,12 +37,15 @@ class RequestRecord:
         "counted",
         "counted_text",
         "done",
+        "downgrade_reason",
+        "downgraded_from",
         "exchange",
         "generated",
         "model",
         "principal",
         "reported",
         "request_id",
+        "route",
         "stream",
         "stream_usage",
         "tenant",
@@ -81,6 +87,33 @@ class RequestRecord:
         # Answered from the response cache: the hit, and what the answer cost when it was made.
         self.cache_hit: CacheHit | None = None
         self.cache_saved_usd = 0.0
+        # Model tiering: the routed model's plan, the model a downgrade moved the request from
+        # (and the limit that refused it there), and the price of the model it would have had
+        # without either, at which the ledger records what it would have cost.
+        self.route: RoutePlan | None = None
+        self.downgraded_from: str | None = None
+        self.downgrade_reason = ""
+        self.baseline_price: Price | None = None
+
+    @property
+    def tiered(self) -> bool:
+        """Whether tiering moved the request: a routed model's class, or a downgrade."""
+        return self.route is not None or self.downgraded_from is not None
+
+    def route_header(self, served: str) -> bytes:
+        """x-quotagate-route: which class or downgrade sent the request to ``served``, and why
+        (e.g. ``complex -> claude-sonnet-4.5 (rule: keywords)``)."""
+        plan, asked = self.route, self.downgraded_from
+        notes = []
+        if plan is not None:
+            notes.append(plan.reason)
+        if asked is not None:
+            why = self.downgrade_reason
+            notes.append(f"downgraded from {asked}: {why}" if plan is not None else f"downgrade: {why}")
+        elif plan is not None and served != plan.model:
+            notes.append(f"moved up from {plan.model}")
+        origin = plan.route_class if plan is not None else asked
+        return f"{origin} -> {served} ({'; '.join(notes)})".encode("ascii", "backslashreplace")
 
     @property
     def charged_model(self) -> str:

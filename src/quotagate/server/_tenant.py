@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..accounting import Price, cost_usd, micro_usd
 from ..auth import Principal
 from ..errors import ServiceUnavailableError
-from ..limits import Limiter, Reservation, StoreUnavailableError, Usage
+from ..limits import Limiter, Reservation, StoreUnavailableError, Unit, Usage
 from ..policy import AppliedLimits, Policy
 from ..tokens import Estimate
 
@@ -84,12 +84,14 @@ class TenantCharge:
 
     async def move_to(self, model: str) -> bool:
         """Charge ``model``'s limits instead of the current model's (a fallback the router moves
-        on to), without waiting; False, the charge unchanged, when they refuse the request."""
+        on to, a downgrade), without waiting; False, the charge unchanged, when they refuse the
+        request. After ``admit`` refused, this reserves on ``model``'s limits afresh."""
         if model == self.model or self._limiter is None or self._policy is None:
             self.model = model
             return True
         applied = self._policy.limits_for(self._principal, model)
-        if applied.limits == (self.applied.limits if self.applied is not None else ()):
+        held = self.applied.limits if self.applied is not None else ()
+        if applied.limits == held and (self.reservation is not None or not held):
             self.model = model
             return True
         usage = self.usage(model, applied)
@@ -107,6 +109,15 @@ class TenantCharge:
         self.applied, self.reservation, self.model = applied, moved, model
         await moved.finish_move()
         return True
+
+    def budget_used(self) -> float:
+        """The largest fraction used of the USD budgets the reservation holds, as it left them."""
+        if self.reservation is None:
+            return 0.0
+        return max(
+            (s.used / s.limit.amount for s in self.reservation.decision.statuses if s.limit.unit is Unit.SPEND),
+            default=0.0,
+        )
 
     @property
     def counts_spend(self) -> bool:

@@ -56,6 +56,13 @@ usage_table = sa.Table(
     # upgraded in place gets it without NOT NULL (keys._store._upgrade adds the bare column), its
     # older rows NULL: the reports' SUM skips them.
     sa.Column("cache_saved_usd", sa.Float, nullable=False, default=0.0, server_default=sa.text("0")),
+    # Model tiering (NULL on every other row): the class a routed model gave the request, the
+    # model whose limits refused it when a cheaper one served it instead (a downgrade), and what it
+    # would have cost at the price of the model it would have had without either (the routed
+    # model's strongest class's, or the refused one's): the reports' savings are that less cost_usd.
+    sa.Column("route_class", sa.String(100)),
+    sa.Column("downgraded_from", sa.String(200)),
+    sa.Column("baseline_usd", sa.Float),
     # Only rows that have one: most clients send no id, and a NULL costs an index entry too.
     sa.Index(
         "ix_qg_usage_client_request_id",
@@ -93,3 +100,6 @@ class UsageRow(NamedTuple):
     cache_hit: bool = False
     client_request_id: str | None = None
     cache_saved_usd: float = 0.0  # the provider's cost of the answer a cache hit gave again
+    route_class: str | None = None
+    downgraded_from: str | None = None
+    baseline_usd: float | None = None
