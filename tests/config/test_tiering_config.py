@@ -189,5 +189,7 @@ def test_config_check_names_a_routing_mistake(tmp_path: Path, monkeypatch: pytes
     bad.write_text(CONTRACT.replace("model: deepseek-v3.2,", "model: deepseek-v9,"))
     result = runner.invoke(app, ["config", "check", str(bad)])
     assert result.exit_code == 1
-    assert "models[auto].route.classes[routine].model: 'deepseek-v9' is not a model of this configuration" in result.output
+    assert (
+        "models[auto].route.classes[routine].model: 'deepseek-v9' is not a model of this configuration" in result.output
+    )
     assert "Traceback" not in result.output
