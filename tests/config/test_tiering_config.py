@@ -193,3 +193,15 @@ def test_config_check_names_a_routing_mistake(tmp_path: Path, monkeypatch: pytes
         "models[auto].route.classes[routine].model: 'deepseek-v9' is not a model of this configuration" in result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_a_limit_on_a_routed_model_is_refused() -> None:
+    """A limit matching the routed name would never apply (its requests are charged to the
+    classes' models): the configuration says so instead of ignoring it."""
+    data = contract()
+    data.setdefault("limits", []).append(
+        {"scope": "key+model", "unit": "requests", "amount": 5, "match": {"model": ["auto"]}}
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert "limits[0].match.model: 'auto' is a routed model" in str(caught.value)

@@ -5,6 +5,7 @@ where the cheaper model's own limits refuse too, a limit it shares refuses, or t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -465,3 +466,88 @@ def test_a_downgrade_header_other_than_on_or_off_is_a_400(
         )
     assert refused.value.param == "x-quotagate-downgrade"  # type: ignore[attr-defined]
     assert "must be on or off" in refused.value.message
+
+
+def test_past_a_models_concurrency_the_cheaper_model_serves_and_the_slot_comes_back(
+    start_gateway: Callable[..., RunningGateway], start_mock: Callable[..., ServerThread], sqlite_url: str
+) -> None:
+    """With one request in flight on Claude allowed, a second at the same time goes to Gemini; once
+    the first is answered, Claude's slot is free again for the next."""
+    slow = start_mock(latency_ms=300)
+    gateway = start_gateway(tiering_config(sqlite_url, slow.url, limits=[limit(CLAUDE, 1, unit="concurrent")]))
+    key = gateway.create_key()["key"]
+
+    async def two_at_once() -> list[str]:
+        client = AsyncOpenAI(base_url=gateway.v1, api_key=key, max_retries=0)
+        first = asyncio.create_task(client.chat.completions.create(model=CLAUDE, messages=HELLO))
+        await asyncio.sleep(0.1)  # the first holds Claude's slot while its provider answers
+        second = await client.chat.completions.create(model=CLAUDE, messages=HELLO)
+        return [(await first).model, second.model]
+
+    assert asyncio.run(two_at_once()) == [CLAUDE, GEMINI]
+    assert ask(client_for(gateway, key)).parse().model == CLAUDE
+
+
+def test_a_tiers_on_limit_serves_chat_only(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """An embeddings request refused on its model's limit is refused: the tier's cheaper model is
+    a chat model, which cannot answer it."""
+    gateway = start_gateway(
+        gateway_config(
+            sqlite_url,
+            mock_upstream.url,
+            tiers={"free": {"on_limit": {"downgrade": "gpt-4o-mini"}}},
+            limits=[limit("text-embedding-3-small", 1)],
+        )
+    )
+    client = client_for(gateway)
+    client.embeddings.create(model="text-embedding-3-small", input="hello")
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="text-embedding-3-small", input="hello")
+
+
+def test_a_downgrade_never_serves_a_model_the_key_may_not_use(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """A key allowed only Claude gets the 429, not Gemini's answer."""
+    gateway = start_gateway(tiering_config(sqlite_url, mock_upstream.url, limits=[limit(CLAUDE, 1)]))
+    client = client_for(gateway, gateway.create_key(models=[CLAUDE])["key"])
+    assert ask(client).parse().model == CLAUDE
+    refused(client)
+
+
+def test_a_tiers_at_budget_holds_beside_a_models_own_on_limit(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """A model's on_limit without at_budget leaves the tier's at_budget in force: once the tier's
+    budget is half spent, Claude's requests go to the tier's cheaper model."""
+    gateway = start_gateway(
+        tiering_config(
+            sqlite_url,
+            mock_upstream.url,
+            tier={"usd_per_day": 0.002, "on_limit": {"downgrade": GEMINI, "at_budget": 0.5}},
+            on_limit={CLAUDE: {"downgrade": DEEPSEEK}},
+        )
+    )
+    client = client_for(gateway)
+    served = [ask(client, max_tokens=16).parse().model for _ in range(8)]
+    assert served[0] == CLAUDE
+    assert GEMINI in served and DEEPSEEK not in served
+    assert served[served.index(GEMINI) :] == [GEMINI] * (len(served) - served.index(GEMINI))
+
+
+def test_a_cached_answer_over_the_limit_is_downgraded_like_a_miss(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """A repeated question whose cached answer the limits refuse is served by the cheaper model,
+    as the same question uncached would be, not refused."""
+    tier = {"cache": {"mode": "exact"}, "on_limit": {"downgrade": GEMINI}}
+    gateway = start_gateway(tiering_config(sqlite_url, mock_upstream.url, tier=tier, limits=[limit(CLAUDE, 1)]))
+    client = client_for(gateway)
+    first = ask(client)
+    assert (first.parse().model, first.headers["x-quotagate-cache"]) == (CLAUDE, "miss")
+    time.sleep(0.2)  # the answer is kept in the background
+    again = ask(client)
+    assert again.parse().model == GEMINI
+    assert again.headers["x-quotagate-route"] == route(CLAUDE, GEMINI, on_key("requests", CLAUDE))

@@ -27,6 +27,7 @@ def test_keywords_match_whole_words_ignoring_case_and_chinese_anywhere() -> None
     """An English keyword is a whole word in any case; a Chinese one matches inside a sentence."""
     assert matches({"keywords": ["why"]}, "WHY was it cancelled?") == ["keywords 'WHY'"]
     assert matches({"keywords": ["why"]}, "Whyever not?") is None
+    assert matches({"keywords": ["why"]}, "请问why我的订单被取消了") == ["keywords 'why'"]
     assert matches({"keywords": ["为什么"]}, "请问为什么订单被取消了") == ["keywords '为什么'"]
     assert matches({"keywords": ["refund policy"]}, "what is your Refund  policy") is None  # words as written
 

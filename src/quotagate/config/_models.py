@@ -638,6 +638,14 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_routes(self) -> Config:
+        routed = {model.name for model in self.models if model.route is not None}
+        for number, limit in enumerate(self.limits):
+            named = [name for name in limit.match.get("model", []) if name in routed]
+            if named:
+                raise ValueError(
+                    f"limits[{number}].match.model: {named[0]!r} is a routed model, whose requests are "
+                    "charged to its classes' models: limit those"
+                )
         for model in self.models:
             if model.route is None:
                 continue

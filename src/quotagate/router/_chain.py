@@ -49,12 +49,12 @@ class ModelChains:
 
     def through(self, models: tuple[str, ...], estimate: Estimate) -> list[str]:
         """The chains of ``models`` one after the other (a routed request's class's model, then
-        the stronger classes'), each model once; a model whose context window the prompt does not
-        fit is passed over while a stronger one follows."""
+        the stronger classes'), each model once; a model whose context window the request (its
+        prompt and the most it may write) does not fit is passed over while a stronger one follows."""
         chain: list[str] = []
         for position, model in enumerate(models):
             window = self._routes.models[model].context_window
-            if window is not None and estimate.prompt >= window and position < len(models) - 1:
+            if window is not None and estimate.total > window and position < len(models) - 1:
                 continue
             chain.extend(m for m in self.chain(model, estimate) if m not in chain)
         return chain

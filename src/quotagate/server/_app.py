@@ -172,7 +172,7 @@ class Gateway:
         self._started_embedder: Embedder | None = None
         self._make_embedder(config)
         self.cache = self._make_cache(config)
-        self.planner = self._make_planner(config)
+        self.planner = self._make_planner(config, None)
         self.metrics.add_gauges(self._gauges)
         self.proxy = self._make_proxy(
             config, self.routes, self.authenticator, self.router, self.policy, self.books, self.planner
@@ -263,11 +263,12 @@ class Gateway:
             )
         cache.embedder = self.embedder
 
-    def _make_planner(self, config: Config) -> RoutePlanner | None:
-        """The routed models' classifier (None: the configuration routes no model)."""
+    def _make_planner(self, config: Config, earlier: RoutePlanner | None) -> RoutePlanner | None:
+        """The routed models' classifier (None: the configuration routes no model); ``earlier``'s
+        example vectors are reused (a reload embeds only the examples it adds)."""
         if not any(model.route is not None for model in config.models):
             return None
-        return RoutePlanner(config, self.embedder)
+        return RoutePlanner(config, self.embedder, earlier)
 
     def _make_proxy(
         self,
@@ -409,10 +410,8 @@ class Gateway:
                 await self.redis.check()
             except Exception as exc:
                 logger.warning("Redis is not ready: %s: %s", type(exc).__name__, exc)
-        for model in self.planner.models if self.planner is not None else ():
-            route = self.routes.models[model].route
-            assert route is not None
-            encoding_for_model(route.classes[0].model)  # the tokenizer of the rules' prompt_tokens
+        for model in self.planner.tokenizer_models if self.planner is not None else ():
+            encoding_for_model(model)  # the tokenizer of the rules' prompt_tokens
         await self._start_embedder()
         await self.cache.start()
         if self.planner is not None:
@@ -492,16 +491,16 @@ class Gateway:
         authenticator = self.authenticator
         if config.auth_cache_seconds != self.config.auth_cache_seconds:
             authenticator = Authenticator(self.store, ttl=config.auth_cache_seconds)
-        for route in (model.route for model in config.models if model.route is not None):
-            await asyncio.to_thread(encoding_for_model, route.classes[0].model)  # the rules' tokenizer
         books = self._make_books(config)
         self._make_embedder(config)
         await self._start_embedder()  # the first that needs it: loads the embedding model off the loop
         self._make_semantic(self.cache, config)
         await self.cache.start()
-        planner = self._make_planner(config)
+        planner = self._make_planner(config, self.planner)
         if planner is not None:
-            await planner.start()  # the examples embedded before the new configuration serves
+            for model in planner.tokenizer_models:
+                await asyncio.to_thread(encoding_for_model, model)  # the rules' tokenizer
+            await planner.start()  # the examples embedded (those it adds) before it serves
         proxy = self._make_proxy(config, routes, authenticator, router, policy, books, planner)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.

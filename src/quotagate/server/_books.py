@@ -90,9 +90,10 @@ class Books:
             cache_saved_usd=record.cache_saved_usd,
             route_class=record.route.route_class if record.route is not None else None,
             downgraded_from=record.downgraded_from,
+            # NULL where the model it is compared with has no price: a 0 would read as a saving.
             baseline_usd=(
-                (cost_usd(record.baseline_price, prompt, completion, record.cached) if prompt or completion else 0.0)
-                if record.tiered
+                cost_usd(record.baseline_price, prompt, completion, record.cached)
+                if record.tiered and record.baseline_price is not None
                 else None
             ),
         )

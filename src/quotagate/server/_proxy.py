@@ -105,6 +105,28 @@ logger = logging.getLogger("quotagate.cache")
 _MODEL_CHARS = 200
 
 
+# x-quotagate-downgrade's values: off (the 429, never a cheaper model), on (the default).
+_DOWNGRADE_HEADER = {
+    "off": False,
+    "false": False,
+    "no": False,
+    "0": False,
+    "on": True,
+    "true": True,
+    "yes": True,
+    "1": True,
+}
+
+
+def _downgrades_allowed(value: str | None) -> bool:
+    if value is None:
+        return True
+    allowed = _DOWNGRADE_HEADER.get(value)
+    if allowed is None:
+        raise InvalidRequestError("The x-quotagate-downgrade header must be on or off.", param="x-quotagate-downgrade")
+    return allowed
+
+
 def _asked_for(raw: bytes) -> tuple[str | None, bool]:
     """The model and stream flag of a body the endpoint refused, as far as it names them: the
     refused request's row is then grouped under the model it asked for."""
@@ -231,14 +253,13 @@ class Proxy:
         books = self.books
         router = self.router
         model = request.model
-        if headers.downgrade is not None and headers.downgrade not in ("on", "off"):
-            raise InvalidRequestError(
-                "The x-quotagate-downgrade header must be on or off.", param="x-quotagate-downgrade"
-            )
+        # The cheaper models this request may be served by instead of a 429 (None: none).
+        downgrades = self.downgrades if _downgrades_allowed(headers.downgrade) else None
+        chat = endpoint.kind == "chat"
         # route plan: a routed model's request gets a class, and is charged to its model.
         plan = None
         if self.planner is not None and self.planner.routes(model):
-            if endpoint.kind != "chat":
+            if not chat:
                 raise InvalidRequestError(
                     f"`{model}` is a routed model: it serves chat completions only.", param="model"
                 )
@@ -252,10 +273,14 @@ class Proxy:
         # ledger reads the provider's reported usage either way.
         # A request that may be downgraded is estimated too: the cheaper model's limits may count
         # tokens where the asked one's do not.
+        # A routed request, or one that may be downgraded, is estimated too: a stronger class's or
+        # a cheaper model's limits may count tokens where this model's do not. Its output is not
+        # capped at this model's context window: whether the request fits is what moves it up.
         needs_estimate = (
-            (applied is not None and applied.counts_tokens)
-            or any(router.needs_estimate(m) for m in (plan.models if plan is not None else (model,)))
-            or (self.downgrades is not None and self.downgrades.first(principal.tier, model) is not None)
+            plan is not None
+            or (applied is not None and applied.counts_tokens)
+            or router.needs_estimate(model)
+            or (downgrades is not None and downgrades.first(principal.tier, model, chat) is not None)
         )
         estimate = ZERO
         if needs_estimate:
@@ -264,7 +289,7 @@ class Proxy:
                 request.body,
                 model,
                 self.expected_output_tokens,
-                self.routes.models[model].context_window,
+                self.routes.models[model].context_window if plan is None else None,
             )
         body = request.body
         if "cache" in body:
@@ -279,8 +304,10 @@ class Proxy:
                 ticket.vector = plan.vector  # the classifier embedded the same question: once is enough
             hit = await self.cache.lookup(ticket)
             if hit is not None:
-                await self._answer_from_cache(hit, send, request, record)
-                return
+                may_downgrade = downgrades is not None and downgrades.first(principal.tier, model, chat) is not None
+                if await self._answer_from_cache(hit, send, request, record, may_downgrade):
+                    return
+                tenant.estimate = estimate  # refused, where a miss may be downgraded: go on as one
             books.metrics.cache(model, "miss", 0.0)
         # limits: the estimate reserved on every applicable limit at once, or a 429.
         waited = time.perf_counter()
@@ -288,9 +315,13 @@ class Proxy:
         if reservation is not None:
             books.metrics.wait.observe(time.perf_counter() - waited)
             decision = reservation.decision
-            if self.downgrades is not None and headers.downgrade != "off":
+            if downgrades is not None:
                 # downgrade: a cheaper model instead of this refusal, or of a budget nearly spent.
-                decision = await self._downgrade(record, decision)
+                try:
+                    decision = await self._downgrade(downgrades, record, decision, chat)
+                except BaseException:
+                    await tenant.settle(0, 0)  # the limit store failed, or the client left: give it all back
+                    raise
             self._note_decision(principal, decision)
             if not decision.allowed:
                 raise rate_limit_error(decision, self._clock())
@@ -395,16 +426,20 @@ class Proxy:
         )
 
     async def _answer_from_cache(
-        self, hit: CacheHit, send: Send, request: ParsedRequest, record: RequestRecord
-    ) -> None:
+        self, hit: CacheHit, send: Send, request: ParsedRequest, record: RequestRecord, may_downgrade: bool
+    ) -> bool:
         """Answer from the cache: charged on the tenant's request limits (its tokens too, where
-        ``hits_charge`` says so), accounted with the cost the answer saved."""
+        ``hits_charge`` says so), accounted with the cost the answer saved. False, nothing
+        answered or charged, when the limits refuse it and ``may_downgrade``: the request goes on
+        as a miss, which a cheaper model may serve."""
         tenant = record.tenant
         assert tenant is not None
         response = hit.response
         used = usage_details(response) or (0, 0, 0)
         tenant.estimate = Estimate(used[0], used[1]) if self.hits_charge_tokens else ZERO
         reservation = await tenant.admit()
+        if reservation is not None and not reservation.decision.allowed and may_downgrade:
+            return False
         if reservation is not None:
             self._note_decision(record.principal, reservation.decision)
             if not reservation.decision.allowed:
@@ -435,6 +470,7 @@ class Proxy:
             if tenant.reservation is not None:
                 charged = self.hits_charge_tokens and tenant.counts_spend
                 await tenant.settle(*tenant.estimate, record.cache_saved_usd if charged else 0.0)
+        return True
 
     def _keep(self, ticket: CacheTicket, record: RequestRecord, body: dict[str, object]) -> None:
         """Hand a complete answer to the cache (which stores it in the background); never an
@@ -468,35 +504,41 @@ class Proxy:
         record.collect_stream_usage()
         self.cache.keep(ticket, response, self.books.cost(record, *record.actual()))
 
-    async def _downgrade(self, record: RequestRecord, decision: Decision) -> Decision:
+    async def _downgrade(
+        self, downgrades: Downgrades, record: RequestRecord, decision: Decision, chat: bool
+    ) -> Decision:
         """The tenant's decision after an ``on_limit`` downgrade: a refused request moved to the
         cheaper model, if that model's limits admit it (else the next downgrade's, else the
-        refusal); an admitted one moved too once a budget it is charged to is ``at_budget`` used."""
-        assert self.downgrades is not None
+        refusal); an admitted one moved too once a budget it is charged to is ``at_budget`` used.
+        A cheaper model the key may not use, or one held to the limit that refused, is passed over
+        (moving to it could not help, and would cost the limit store a call)."""
         tenant = record.tenant
         assert tenant is not None
-        asked = tenant.model
-        on_limit = self.downgrades.first(record.principal.tier, asked)
-        if on_limit is None:
-            return decision
+        principal, asked = record.principal, tenant.model
+        refused_by = decision.denied_by.limit if decision.denied_by is not None else None
         if decision.allowed:
-            used = tenant.budget_used() if on_limit.at_budget is not None else 0.0
-            if on_limit.at_budget is None or used < on_limit.at_budget:
+            on_limit = downgrades.at_budget(principal.tier, asked, chat)
+            if on_limit is None or on_limit.at_budget is None:
+                return decision
+            used = tenant.budget_used()
+            if used < on_limit.at_budget:
                 return decision
             reason = f"budget {used:.0%} used"
         else:
-            reason = decision.denied_by.limit.label if decision.denied_by is not None else "limit"
+            on_limit = downgrades.first(principal.tier, asked, chat)
+            reason = refused_by.label if refused_by is not None else "limit"
         tried = {asked}
         while on_limit is not None and on_limit.downgrade not in tried:
             target = on_limit.downgrade
             tried.add(target)
-            if await tenant.move_to(target):
+            usable = principal.may_use(target) and (refused_by is None or not tenant.held_to(target, refused_by))
+            if usable and await tenant.move_to(target):
                 record.downgraded_from, record.downgrade_reason = asked, reason
                 if record.route is None:
                     record.baseline_price = self._price(asked)
                 assert tenant.reservation is not None
                 return tenant.reservation.decision
-            on_limit = self.downgrades.following(target)
+            on_limit = downgrades.following(target)
         return decision
 
     async def _complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:

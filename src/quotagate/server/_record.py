@@ -111,7 +111,8 @@ class RequestRecord:
             why = self.downgrade_reason
             notes.append(f"downgraded from {asked}: {why}" if plan is not None else f"downgrade: {why}")
         elif plan is not None and served != plan.model:
-            notes.append(f"moved up from {plan.model}")
+            # A stronger class's model, or a fallback of the class's model (the operator's choice).
+            notes.append(f"{'moved up' if served in plan.models else 'fell back'} from {plan.model}")
         origin = plan.route_class if plan is not None else asked
         return f"{origin} -> {served} ({'; '.join(notes)})".encode("ascii", "backslashreplace")
 

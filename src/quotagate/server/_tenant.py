@@ -15,7 +15,7 @@ from collections.abc import Callable
 from ..accounting import Price, cost_usd, micro_usd
 from ..auth import Principal
 from ..errors import ServiceUnavailableError
-from ..limits import Limiter, Reservation, StoreUnavailableError, Unit, Usage
+from ..limits import Limit, Limiter, Reservation, StoreUnavailableError, Unit, Usage
 from ..policy import AppliedLimits, Policy
 from ..tokens import Estimate
 
@@ -109,6 +109,13 @@ class TenantCharge:
         self.applied, self.reservation, self.model = applied, moved, model
         await moved.finish_move()
         return True
+
+    def held_to(self, model: str, limit: Limit) -> bool:
+        """Whether a request for ``model`` would be charged on ``limit`` too (a tier's RPM: every
+        model is)."""
+        if self._policy is None:
+            return False
+        return limit in self._policy.limits_for(self._principal, model).limits
 
     def budget_used(self) -> float:
         """The largest fraction used of the USD budgets the reservation holds, as it left them."""

@@ -13,6 +13,7 @@ cost without routing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -84,9 +85,15 @@ class RoutePlanner:
     """The routed models of a configuration; ``plan`` classifies one request. ``embedder``: the
     gateway's embedding model (the semantic cache's), needed where classes have examples."""
 
-    def __init__(self, config: Config, embedder: Embedder | None = None) -> None:
+    def __init__(self, config: Config, embedder: Embedder | None = None, earlier: RoutePlanner | None = None) -> None:
         self._routed = {m.name: _RoutedModel(m.name, m.route) for m in config.models if m.route is not None}
         self.embedder = embedder
+        # Every example's vector by its text, kept from ``earlier`` (the planner of the
+        # configuration a reload replaces) while the embedding model is the same.
+        self._vectors: dict[str, Vector] = (
+            earlier._vectors if earlier is not None and earlier.embedder is embedder else {}
+        )
+        self._loading = asyncio.Lock()  # one load at a time: requests that wait for it share it
         self._next_load = 0.0
         self._failing = False
 
@@ -101,8 +108,9 @@ class RoutePlanner:
         return model in self._routed
 
     @property
-    def models(self) -> list[str]:
-        return list(self._routed)
+    def tokenizer_models(self) -> set[str]:
+        """The models whose tokenizers count the rules' prompt tokens (to load before requests)."""
+        return {routed.token_model for routed in self._routed.values()}
 
     async def start(self) -> None:
         """Embed every routed model's examples (at start, and at a reload, before it serves)."""
@@ -147,17 +155,18 @@ class RoutePlanner:
 
     async def _load(self) -> bool:
         """Embed the examples not embedded yet; False while that fails (retried after a while)."""
-        if self.embedder is None or time.monotonic() < self._next_load:
-            return False
-        try:
-            for routed in self._routed.values():
-                if routed.index is not None and not routed.index.loaded:
-                    await routed.index.load(self.embedder)
-        except Exception as exc:
-            self._next_load = time.monotonic() + _RETRY_SECONDS
-            self._failed(exc)
-            return False
-        return True
+        async with self._loading:
+            if self.embedder is None or time.monotonic() < self._next_load:
+                return False
+            try:
+                for routed in self._routed.values():
+                    if routed.index is not None and not routed.index.loaded:
+                        await routed.index.load(self.embedder, self._vectors)
+            except Exception as exc:
+                self._next_load = time.monotonic() + _RETRY_SECONDS
+                self._failed(exc)
+                return False
+            return True
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failing:  # once per outage, not once per request

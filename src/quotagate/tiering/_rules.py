@@ -96,15 +96,22 @@ class RequestFacts:
         return isinstance(response_format, dict) and response_format.get("type", "text") != "text"
 
 
+# Around an English keyword: no ASCII letter or digit ("why" is not in "whyever", but is in
+# "请问why我的订单": Unicode's \b would see no word boundary between Chinese and Latin letters).
+_NOT_AFTER = r"(?<![A-Za-z0-9])"
+_NOT_BEFORE = r"(?![A-Za-z0-9])"
+
+
 def _keyword_pattern(keywords: list[str]) -> re.Pattern[str]:
-    """One expression for all of a class's keywords, ignoring case. A word of letters or digits
-    matches as a whole word ("why" is not in "whyever"); Chinese text has no spaces between words,
-    so anything else matches wherever it appears."""
+    """One expression for all of a class's keywords, ignoring case. An ASCII keyword matches as a
+    whole word; Chinese text has no spaces between words, so any other matches wherever it is."""
     parts = []
     for keyword in sorted(keywords, key=len, reverse=True):
         escaped = re.escape(keyword)
-        if keyword.isascii() and (keyword[0].isalnum() or keyword[-1].isalnum()):
-            escaped = (r"\b" if keyword[0].isalnum() else "") + escaped + (r"\b" if keyword[-1].isalnum() else "")
+        if keyword.isascii():
+            escaped = (
+                (_NOT_AFTER if keyword[0].isalnum() else "") + escaped + (_NOT_BEFORE if keyword[-1].isalnum() else "")
+            )
         parts.append(escaped)
     return re.compile("|".join(parts), re.IGNORECASE)
 

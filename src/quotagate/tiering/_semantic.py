@@ -16,6 +16,7 @@ import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ..cache import normalized
 
@@ -38,17 +39,24 @@ class ExampleIndex:
         self.classes = list(dict.fromkeys(route_class for route_class, _ in examples))
         self._vectors: Vector | None = None
         self._centroids: Vector | None = None
+        self._members: list[npt.NDArray[np.intp]] = []  # each class's rows of _vectors
 
     @property
     def loaded(self) -> bool:
         return self._centroids is not None
 
-    async def load(self, embedder: Embedder) -> None:
-        """Embed every example, as a request's question is embedded (normalized). The local model
-        takes those that arrive together as one batch."""
-        vectors = np.vstack(await asyncio.gather(*(embedder.embed(normalized(text)) for _, text in self.examples)))
+    async def load(self, embedder: Embedder, known: dict[str, Vector]) -> None:
+        """Embed every example, as a request's question is embedded (normalized), but those in
+        ``known`` (the vectors of an earlier configuration's examples: a reload embeds only what
+        it adds), which gets the new ones. The local model takes those asked together as a batch."""
+        texts = [normalized(text) for _, text in self.examples]
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        for text, vector in zip(missing, await asyncio.gather(*map(embedder.embed, missing)), strict=True):
+            known[text] = vector
+        vectors = np.vstack([known[text] for text in texts])
         labels = np.array([self.classes.index(route_class) for route_class, _ in self.examples])
-        centroids = np.vstack([vectors[labels == number].mean(axis=0) for number in range(len(self.classes))])
+        self._members = [np.flatnonzero(labels == number) for number in range(len(self.classes))]
+        centroids = np.vstack([vectors[members].mean(axis=0) for members in self._members])
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -58,7 +66,6 @@ class ExampleIndex:
         assert self._centroids is not None and self._vectors is not None
         scores = self._centroids @ vector
         best = int(np.argmax(scores))
-        route_class = self.classes[best]
-        of_class = [i for i, (name, _) in enumerate(self.examples) if name == route_class]
-        closest = of_class[int(np.argmax(self._vectors[of_class] @ vector))]
-        return Nearest(route_class, float(scores[best]), self.examples[closest][1])
+        members = self._members[best]
+        closest = members[int(np.argmax(self._vectors[members] @ vector))]
+        return Nearest(self.classes[best], float(scores[best]), self.examples[closest][1])
