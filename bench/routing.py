@@ -96,6 +96,17 @@ def latency_config(work: Path, mock: int) -> Path:
     return config
 
 
+def serve(config: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """`quotagate serve -c CONFIG` on a free port, as an operator runs it: its port and process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*QG, "serve", "-c", str(config), "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, MASTER_ENV: MASTER},
+    )
+    return port, process
+
+
 def ask(port: int, key: str, model: str, question: str, cache_control: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", **({"Cache-Control": cache_control} if cache_control else {})}
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 16}
@@ -110,12 +121,7 @@ def latency(args: argparse.Namespace) -> None:
     mock = Mock()
     config = latency_config(work, mock.port)
     keys = {tier: create_key(config, "bench", tier) for tier in ("bench", "cached")}
-    port = free_port()
-    process = subprocess.Popen(
-        [*QG, "serve", "-c", str(config), "--port", str(port)],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, MASTER_ENV: MASTER},
-    )
+    port, process = serve(config)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     envs = {
         "plain": {"KEY": keys["bench"], "MODEL": "m-routine"},
@@ -235,12 +241,7 @@ def downgrade(args: argparse.Namespace) -> None:
     strong, cheap = SlowMock(args.upstream_ms, 100), SlowMock(args.upstream_ms, 100)
     config = downgrade_config(work, strong.port, cheap.port)
     key = create_key(config, "bench", "bench")
-    port = free_port()
-    process = subprocess.Popen(
-        [*QG, "serve", "-c", str(config), "--port", str(port)],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, MASTER_ENV: MASTER},
-    )
+    port, process = serve(config)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         wait_serving(url, key, model="gemini-2.5-flash")

@@ -11,30 +11,11 @@ from typer.testing import CliRunner
 
 from quotagate.cli import app
 
+from ..tiering.contract import SERVED, routed_model
+
 runner = CliRunner()
 
-_SERVED = ("gemini-2.5-flash", "deepseek-v3.2", "claude-sonnet-4.5")
-_AUTO = {
-    "name": "auto",
-    "route": {
-        "default": "routine",
-        "classes": [
-            {
-                "name": "simple",
-                "model": "gemini-2.5-flash",
-                "rules": {"max_prompt_tokens": 300},
-                "examples": ["Which courier do you ship with?", "你们用什么快递？"],  # noqa: RUF001 (Chinese question mark)
-            },
-            {"name": "routine", "model": "deepseek-v3.2", "examples": ["How do I return an item?"]},
-            {
-                "name": "complex",
-                "model": "claude-sonnet-4.5",
-                "rules": {"keywords": ["why", "为什么"]},
-                "examples": ["Why was my order cancelled after I paid?"],
-            },
-        ],
-    },
-}
+_AUTO = routed_model()
 # Over 300 tokens (past the simple class's rule), about returns throughout: the embedding model
 # reads a message's first 2,000 characters.
 _LONG_RETURN = " ".join(
@@ -52,7 +33,7 @@ def _write(tmp_path: Path, models: list[dict[str, object]], **more: object) -> P
     path = tmp_path / "route.yaml"
     document = {
         "database": f"sqlite:///{tmp_path / 'q.db'}",
-        "models": [*(_served(name) for name in _SERVED), *models],
+        "models": [*(_served(name) for name in SERVED), *models],
         "tiers": {"free": {"on_limit": {"downgrade": "gemini-2.5-flash"}}, "paid": {}},
         "limits": [
             {

@@ -15,31 +15,19 @@ from typer.testing import CliRunner
 from quotagate.cli import app
 from quotagate.config import ConfigError, RouteRules, parse_config
 
-# The issue's configuration, with the served models' deployments.
-CONTRACT = """
-database: sqlite:///./quotagate.db
-master_key: env:QUOTAGATE_MASTER_KEY
-tiers:
-  free: {rpm: 60}
-models:
-  - name: gemini-2.5-flash
-    deployments: [{provider: openai-compatible, base_url: http://127.0.0.1:9000/v1, api_key: env:GEMINI_API_KEY}]
-  - name: deepseek-v3.2
-    deployments: [{provider: openai-compatible, base_url: http://127.0.0.1:9000/v1, api_key: env:DEEPSEEK_API_KEY}]
-  - name: claude-sonnet-4.5
-    deployments: [{provider: openai-compatible, base_url: http://127.0.0.1:9000/v1, api_key: env:ANTHROPIC_API_KEY}]
-  - name: auto
-    route:
-      default: routine
-      classes:
-        - {name: simple,  model: gemini-2.5-flash,  rules: {max_prompt_tokens: 300}, examples: ["Which courier do you ship with?", "你们用什么快递？"]}
-        - {name: routine, model: deepseek-v3.2,     examples: ["How do I return an item?"]}
-        - {name: complex, model: claude-sonnet-4.5, rules: {keywords: ["why", "为什么"]}, examples: ["Why was my order cancelled after I paid?"]}
-"""  # noqa: RUF001 (a Chinese question mark)
+from ..tiering.contract import SERVED
+from ..tiering.contract import contract as issue_contract
 
 
 def contract() -> dict[str, Any]:
-    return dict(yaml.safe_load(CONTRACT))
+    """The issue's configuration, with the served models' deployments."""
+    data = issue_contract()
+    served = [
+        {"name": name, "deployments": [{"provider": "openai-compatible", "base_url": "http://127.0.0.1:9000/v1"}]}
+        for name in SERVED
+    ]
+    data["models"] = [*served, *data["models"]]
+    return data
 
 
 def test_the_contract_is_valid() -> None:
@@ -181,12 +169,14 @@ def test_config_check_names_a_routing_mistake(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setenv(name, "sk-test")
     runner = CliRunner()
     good = tmp_path / "quotagate.yaml"
-    good.write_text(CONTRACT)
+    good.write_text(yaml.safe_dump(contract(), allow_unicode=True))
     ok = runner.invoke(app, ["config", "check", str(good)])
     assert ok.exit_code == 0, ok.output
     assert "OK (1 tiers, 4 models, 3 deployments" in ok.output
     bad = tmp_path / "bad.yaml"
-    bad.write_text(CONTRACT.replace("model: deepseek-v3.2,", "model: deepseek-v9,"))
+    mistaken = contract()
+    mistaken["models"][-1]["route"]["classes"][1]["model"] = "deepseek-v9"
+    bad.write_text(yaml.safe_dump(mistaken, allow_unicode=True))
     result = runner.invoke(app, ["config", "check", str(bad)])
     assert result.exit_code == 1
     assert (
@@ -204,4 +194,4 @@ def test_a_limit_on_a_routed_model_is_refused() -> None:
     )
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
-    assert "limits[0].match.model: 'auto' is a routed model" in str(caught.value)
+    assert "limits[1].match.model: 'auto' is a routed model" in str(caught.value)

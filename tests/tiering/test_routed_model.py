@@ -28,20 +28,9 @@ from quotagate.server import Gateway
 from ..cache.test_gateway_cache import ledger, served
 from ..conftest import MASTER_KEY, RunningGateway, ServerThread, closed_port, gateway_config
 from ..server.test_errors import assert_openai_error
+from .contract import SERVED, routed_model
 
-# The issue's configuration, as written.
-CONTRACT = yaml.safe_load(
-    """
-name: auto
-route:
-  default: routine
-  classes:
-    - {name: simple,  model: gemini-2.5-flash,  rules: {max_prompt_tokens: 300}, examples: ["Which courier do you ship with?", "你们用什么快递？"]}
-    - {name: routine, model: deepseek-v3.2,     examples: ["How do I return an item?"]}
-    - {name: complex, model: claude-sonnet-4.5, rules: {keywords: ["why", "为什么"]}, examples: ["Why was my order cancelled after I paid?"]}
-"""  # noqa: RUF001 (a Chinese question mark)
-)
-SERVED = ("gemini-2.5-flash", "deepseek-v3.2", "claude-sonnet-4.5")
+CONTRACT = routed_model()
 # USD per million tokens (input, output), from the shipped price table.
 PRICES = {"gemini-2.5-flash": (0.30, 2.50), "deepseek-v3.2": (0.28, 0.42), "claude-sonnet-4.5": (3.00, 15.00)}
 
