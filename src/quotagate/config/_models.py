@@ -26,9 +26,11 @@ PROVIDER_BASE_URLS: dict[str, str | None] = {
     "openrouter": "https://openrouter.ai/api/v1",
     "vllm": None,
     "openai-compatible": None,
+    # https://RESOURCE.openai.azure.com: each resource has its own, so it is always given.
+    "azure": None,
 }
 
-Provider = Literal["openai", "deepseek", "gemini", "anthropic", "openrouter", "vllm", "openai-compatible"]
+Provider = Literal["openai", "deepseek", "gemini", "anthropic", "openrouter", "vllm", "openai-compatible", "azure"]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 # The bounds of every limit, in one place: the configuration's tiers and limits, the admin API's
@@ -323,11 +325,27 @@ class Deployment(_Strict):
         description="ask streams for a final usage chunk (stream_options.include_usage); turn off "
         "for providers that reject the option, and the gateway counts streamed tokens itself",
     )
+    proxy: str | None = Field(
+        default=None,
+        description="an HTTP proxy for this deployment (http://HOST:PORT); default: HTTPS_PROXY / "
+        "HTTP_PROXY / NO_PROXY from the environment",
+    )
+    api_version: str | None = Field(default=None, description="provider azure: the api-version query parameter")
+    azure_ad_token: str | None = Field(
+        default=None, description="provider azure: env:NAME of a Microsoft Entra ID bearer token, instead of api_key"
+    )
 
-    @field_validator("api_key")
+    @field_validator("api_key", "azure_ad_token")
     @classmethod
     def _check_key(cls, value: str | None) -> str | None:
         return _check_secret_ref(value)
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// (or https://) proxy URL, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _fill_base_url(self) -> Deployment:
@@ -337,6 +355,17 @@ class Deployment(_Strict):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
         object.__setattr__(self, "base_url", url.rstrip("/"))
+        return self
+
+    @model_validator(mode="after")
+    def _check_azure(self) -> Deployment:
+        if self.provider == "azure":
+            if self.api_version is None:
+                raise ValueError("provider azure needs api_version (e.g. 2024-10-21)")
+            if self.api_key is not None and self.azure_ad_token is not None:
+                raise ValueError("provider azure takes api_key or azure_ad_token, not both")
+        elif self.api_version is not None or self.azure_ad_token is not None:
+            raise ValueError("api_version and azure_ad_token are for provider azure")
         return self
 
     @model_validator(mode="after")
