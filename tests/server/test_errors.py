@@ -170,7 +170,9 @@ def test_body_over_the_limit_gets_413(
 
 def test_unknown_route_and_wrong_method(gateway: RunningGateway, api_key: str) -> None:
     """Unknown paths are 404, known paths with the wrong method 405, both OpenAI-shaped."""
-    assert_openai_error(httpx.get(gateway.url + "/v1/nothing-here"), 404, "unknown_url")
+    assert_openai_error(httpx.get(gateway.url + "/nothing-here"), 404, "unknown_url")
+    # Under /v1/, an unknown path is the passthrough's, for a provider's endpoint: a key first.
+    assert_openai_error(httpx.get(gateway.v1 + "/nothing-here"), 401, "missing_api_key")
     assert_openai_error(httpx.get(gateway.v1 + "/chat/completions"), 405, "method_not_allowed")
 
 

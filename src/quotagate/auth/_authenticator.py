@@ -44,7 +44,8 @@ def extract_key(authorization: str | None, x_api_key: str | None) -> str:
     if x_api_key and x_api_key.strip():
         return x_api_key.strip()
     raise AuthenticationError(
-        "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' (or in the 'x-api-key' header).",
+        "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+        "(or in the 'x-api-key' or 'api-key' header).",
         code="missing_api_key",
     )
 

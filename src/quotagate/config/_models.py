@@ -578,6 +578,17 @@ class CacheSettings(_Strict):
     )
 
 
+class PassthroughSettings(_Strict):
+    """The OpenAI endpoints served by relaying them as they come (images, audio, files, batches,
+    any other /v1/* path)."""
+
+    default_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the model whose deployments serve requests that name none (files, batches, ...)",
+    )
+
+
 class Config(_Strict):
     server: ServerSettings = ServerSettings()
     database: str = "sqlite:///./quotagate.db"
@@ -595,6 +606,7 @@ class Config(_Strict):
     ledger: LedgerSettings = LedgerSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    passthrough: PassthroughSettings = PassthroughSettings()
     metrics_per_key: bool = Field(default=False, description="key labels on metrics (unbounded cardinality)")
     timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(
@@ -727,6 +739,18 @@ class Config(_Strict):
             )
         if embedding != "local" and self.model_named(embedding).route is not None:  # type: ignore[union-attr]
             raise ValueError(f"cache.embedding {embedding!r} is a routed model; name an embeddings model")
+        return self
+
+    @model_validator(mode="after")
+    def _check_passthrough(self) -> Config:
+        name = self.passthrough.default_model
+        if name is None:
+            return self
+        model = self.model_named(name)
+        if model is None:
+            raise ValueError(f"passthrough.default_model {name!r} is not a model of this configuration")
+        if model.route is not None:
+            raise ValueError(f"passthrough.default_model {name!r} is a routed model; name a served one")
         return self
 
     def model_named(self, name: str) -> ModelConfig | None:

@@ -5,6 +5,11 @@ the request with the model's tokenizer, completion tokens from the text it gener
 that does not depend on the request (the generated text, its token count, the stream's chunks)
 is computed once per length and cached, so a request costs a tokenizer call and a JSON dump.
 
+It also answers Azure OpenAI's URL shape, ``POST /openai/deployments/{deployment}/chat/completions
+?api-version=...`` (and completions, embeddings): the deployment named in the URL is the model it
+answers as, the key may come in an ``api-key`` header, and errors are Azure's (a 429 says how long
+to wait in retry-after-ms as well).
+
 Faults are drawn per request: a share of 429s (with Retry-After), of 500s, of hangs (no answer
 until the client gives up), and of streams dropped midway (the connection is cut without the
 final chunk); streams can be slowed by a delay between chunks. A "poison" text fails every
@@ -18,12 +23,14 @@ import base64
 import hashlib
 import math
 import random
+import re
 import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -59,6 +66,7 @@ WORDS = (
 DEFAULT_COMPLETION_TOKENS = 16
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_AZURE_PREFIX = "/openai/deployments/"
 
 
 class DroppedConnection(Exception):
@@ -100,6 +108,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""
 
 
 @dataclass
@@ -127,6 +136,7 @@ class MockUpstream:
             self.options.rate_429 + self.options.rate_500 + self.options.rate_hang + self.options.rate_drop
         )
         self._auth = f"Bearer {self.options.api_key}".encode() if self.options.api_key else None
+        self._azure_key = self.options.api_key.encode() if self.options.api_key else None
         self._poison = self.options.poison.encode() if self.options.poison else None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -141,10 +151,18 @@ class MockUpstream:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        if path.startswith("/v1/"):
+        # Azure OpenAI's shape: the deployment (Azure's name for the model) is in the URL.
+        deployment: str | None = None
+        if path.startswith(_AZURE_PREFIX):
+            deployment, _, rest = path[len(_AZURE_PREFIX) :].partition("/")
+            path = "/" + rest
+        elif path.startswith("/v1/"):
             path = path[3:]
         method = scope["method"]
-        if method == "GET":
+        # Moderations, images, audio, files, batches: see OtherEndpoints.
+        if await self._other_endpoints.serve(scope, receive, send, method, path):
+            return
+        if method == "GET" and deployment is None:
             if path == "/models":
                 await self._json(send, 200, {"object": "list", "data": [self._model(m) for m in self.options.models]})
             elif path == "/health":
@@ -168,9 +186,32 @@ class MockUpstream:
                 send, 404, f"Unknown URL {method} {scope['path']}", "invalid_request_error", "unknown_url"
             )
             return
+        query = scope.get("query_string", b"").decode("latin-1")
+        if deployment is not None and not parse_qs(query).get("api-version"):
+            await self._azure_error(
+                send,
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+            return
 
         body_bytes = await self._read(receive)
-        if self._auth is not None and (b"authorization", self._auth) not in scope["headers"]:
+        if deployment is not None and self._azure_key is not None:
+            # Azure takes a key in api-key, or a Microsoft Entra ID token as a bearer token (here:
+            # the same secret).
+            sent = scope["headers"]
+            if (b"api-key", self._azure_key) not in sent and (b"authorization", self._auth) not in sent:
+                await self._azure_error(
+                    send,
+                    401,
+                    "401",
+                    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide "
+                    "a valid key for an active subscription and use a correct regional API endpoint for your "
+                    "resource.",
+                )
+                return
+        elif self._auth is not None and (b"authorization", self._auth) not in scope["headers"]:
             # Like OpenAI, echo a masked form of the key that was sent: the gateway must not
             # pass even that on to its clients.
             sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ")
@@ -190,12 +231,14 @@ class MockUpstream:
                 send, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None
             )
             return
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body, dict) or (deployment is None and not isinstance(body.get("model"), str)):
             await self._error(send, 400, "you must provide a model parameter", "invalid_request_error", None)
             return
         if self.options.record:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            self.state.recorded.append(RecordedRequest(scope["path"], headers, body))
+            self.state.recorded.append(RecordedRequest(scope["path"], headers, body, query))
+        if deployment is not None:
+            body = {**body, "model": deployment}  # Azure ignores the body's model
         self.state.requests_served += 1
         self.state.arrivals.append(time.monotonic())
 
@@ -228,6 +271,21 @@ class MockUpstream:
         fault = "429" if storm or self.state.requests_served <= self.options.fail_first else self._draw_fault()
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
+        if fault == "429" and deployment is not None:
+            wait = self.options.retry_after
+            await self._azure_error(
+                send,
+                429,
+                "429",
+                "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+                f"{parse_qs(query)['api-version'][0]} have exceeded call rate limit of your current OpenAI S0 "
+                f"pricing tier. Please retry after {math.ceil(wait)} seconds.",
+                headers=[
+                    (b"retry-after-ms", f"{wait * 1000:.0f}".encode()),
+                    (b"retry-after", f"{math.ceil(wait)}".encode()),
+                ],
+            )
+            return
         if fault == "429":
             await self._error(
                 send,
@@ -302,6 +360,11 @@ class MockUpstream:
         await self._json(
             send, status, {"error": {"message": message, "type": kind, "param": param, "code": code}}, headers
         )
+
+    async def _azure_error(
+        self, send: Any, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        await self._json(send, status, {"error": {"code": code, "message": message}}, headers)
 
     def _budget(self, body: dict[str, Any]) -> tuple[int, str]:
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -427,6 +490,10 @@ class MockUpstream:
         else:
             await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
 
+    @cached_property
+    def _other_endpoints(self) -> OtherEndpoints:
+        return OtherEndpoints(self)
+
     async def _embeddings(self, send: Any, body: dict[str, Any]) -> None:
         raw_input = body.get("input")
         inputs: list[Any] = (
@@ -507,3 +574,243 @@ def _vector(seed: bytes, dims: int) -> list[float]:
     values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     return [v / norm for v in values]
+
+
+# -- the other OpenAI endpoints, which the gateway relays as they come (its passthrough) --------
+
+
+def speech_audio(text: str, size: int = 6 * 1024) -> bytes:
+    """The "audio" POST /v1/audio/speech answers for ``text``: ``size`` bytes, the same each time."""
+    return b"ID3" + hashlib.shake_256(text.encode()).digest(size - 3)
+
+
+_FORM_NAME = re.compile(rb'[;\s]name="([^"]*)"')
+_FORM_FILENAME = re.compile(rb'[;\s]filename="([^"]*)"')
+
+
+def _form(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body's parts: name -> (filename or None, value)."""
+    boundary = content_type.partition("boundary=")[2].partition(";")[0].strip().strip('"')
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, value = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        name = _FORM_NAME.search(head)
+        filename = _FORM_FILENAME.search(head)
+        if name is not None:
+            parts[name.group(1).decode()] = (
+                filename.group(1).decode() if filename is not None else None,
+                value.removesuffix(b"\r\n"),
+            )
+    return parts
+
+
+class OtherEndpoints:
+    """Moderations, images, audio (speech, transcriptions), files and batches, kept in memory:
+    enough for the OpenAI SDK's calls to work through the gateway, and for a test to see what
+    arrived (a recorded multipart body lists its fields, and each file's size and sha256)."""
+
+    def __init__(self, mock: MockUpstream) -> None:
+        self.mock = mock
+        self.files: dict[str, dict[str, Any]] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+
+    async def serve(self, scope: Scope, receive: Any, send: Any, method: str, path: str) -> bool:
+        """Answer the request if it is for one of these endpoints (False: it is not)."""
+        parts = path.strip("/").split("/")
+        known = (method, *parts[:1], *parts[2:]) if len(parts) > 1 and parts[0] in ("files", "batches") else None
+        routes = {
+            ("POST", "moderations"): self._moderation,
+            ("POST", "images", "generations"): self._image,
+            ("POST", "audio", "speech"): self._speech,
+            ("POST", "audio", "transcriptions"): self._transcription,
+            ("GET", "files"): self._list_files,
+            ("POST", "files"): self._create_file,
+            ("POST", "batches"): self._create_batch,
+        }
+        by_id = {
+            ("GET", "files"): self._file,
+            ("DELETE", "files"): self._delete_file,
+            ("GET", "files", "content"): self._file_content,
+            ("GET", "batches"): self._batch,
+        }
+        handler = routes.get((method, *parts)) or (by_id.get(known) if known is not None else None)
+        if handler is None:
+            return False
+        mock = self.mock
+        raw = await mock._read(receive)
+        if mock._auth is not None and (b"authorization", mock._auth) not in scope["headers"]:
+            await mock._error(send, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return True
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        form = _form(raw, content_type) if content_type.startswith("multipart/form-data") else {}
+        try:
+            body = orjson.loads(raw) if raw and not form else {}
+        except orjson.JSONDecodeError:
+            await mock._error(
+                send, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+            )
+            return True
+        if mock.options.record:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            shown: Any = body
+            if form:
+                shown = {
+                    name: value.decode(errors="replace")
+                    if filename is None
+                    else {"filename": filename, "bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+                    for name, (filename, value) in form.items()
+                }
+            mock.state.recorded.append(RecordedRequest(scope["path"], headers, shown))
+        mock.state.requests_served += 1
+        await handler(send, body, form, parts[1] if known is not None else "")
+        return True
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{self.mock._rng.getrandbits(64):016x}"
+
+    async def _not_found(self, send: Any, kind: str, object_id: str) -> None:
+        await self.mock._error(
+            send, 404, f"No such {kind} object: {object_id}", "invalid_request_error", None, param="id"
+        )
+
+    async def _moderation(self, send: Any, body: dict[str, Any], form: Any, object_id: str) -> None:
+        given = body.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        results = []
+        for text in inputs:
+            flagged = isinstance(text, str) and "violence" in text
+            categories = {"harassment": False, "hate": False, "self-harm": False, "sexual": False, "violence": flagged}
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": categories,
+                    "category_scores": {name: 0.9 if hit else 0.001 for name, hit in categories.items()},
+                }
+            )
+        model = body.get("model") or "omni-moderation-latest"
+        await self.mock._json(send, 200, {"id": self._new_id("modr-"), "model": model, "results": results})
+
+    async def _image(self, send: Any, body: dict[str, Any], form: Any, object_id: str) -> None:
+        prompt = str(body.get("prompt", ""))
+        given = body.get("n")
+        n = given if isinstance(given, int) and 0 < given <= 10 else 1
+        image = base64.b64encode(hashlib.shake_256(prompt.encode()).digest(64)).decode()
+        words = len(prompt.split())
+        usage = {
+            "input_tokens": words,
+            "input_tokens_details": {"text_tokens": words, "image_tokens": 0},
+            "output_tokens": 272 * n,
+            "total_tokens": words + 272 * n,
+        }
+        data = [{"b64_json": image} for _ in range(n)]
+        await self.mock._json(send, 200, {"created": int(time.time()), "data": data, "usage": usage})
+
+    async def _speech(self, send: Any, body: dict[str, Any], form: Any, object_id: str) -> None:
+        audio = speech_audio(str(body.get("input", "")))
+        # No Content-Length: sent chunked, in pieces, as a provider streams audio.
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"audio/mpeg")]})
+        for start in range(0, len(audio), 1024):
+            await send({"type": "http.response.body", "body": audio[start : start + 1024], "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _transcription(
+        self, send: Any, body: Any, form: dict[str, tuple[str | None, bytes]], object_id: str
+    ) -> None:
+        if "file" not in form or "model" not in form:
+            await self.mock._error(send, 400, "file and model are required.", "invalid_request_error", None)
+            return
+        audio = form["file"][1]
+        text = f"heard {len(audio)} bytes, sha256 {hashlib.sha256(audio).hexdigest()}"
+        if form.get("response_format", (None, b"json"))[1] == b"text":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": text.encode()})
+            return
+        heard = max(1, len(audio) // 1000)
+        usage = {
+            "type": "tokens",
+            "input_tokens": heard,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": heard},
+            "output_tokens": 8,
+            "total_tokens": heard + 8,
+        }
+        await self.mock._json(send, 200, {"text": text, "usage": usage})
+
+    async def _list_files(self, send: Any, body: Any, form: Any, object_id: str) -> None:
+        await self.mock._json(send, 200, {"object": "list", "data": list(self.files.values()), "has_more": False})
+
+    async def _create_file(
+        self, send: Any, body: Any, form: dict[str, tuple[str | None, bytes]], object_id: str
+    ) -> None:
+        if "file" not in form or "purpose" not in form:
+            await self.mock._error(send, 400, "file and purpose are required.", "invalid_request_error", None)
+            return
+        filename, content = form["file"]
+        file_id = self._new_id("file-")
+        self.contents[file_id] = content
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename or "file",
+            "purpose": form["purpose"][1].decode(),
+            "status": "processed",
+        }
+        await self.mock._json(send, 200, self.files[file_id])
+
+    async def _file(self, send: Any, body: Any, form: Any, object_id: str) -> None:
+        if object_id not in self.files:
+            await self._not_found(send, "File", object_id)
+            return
+        await self.mock._json(send, 200, self.files[object_id])
+
+    async def _delete_file(self, send: Any, body: Any, form: Any, object_id: str) -> None:
+        if self.files.pop(object_id, None) is None:
+            await self._not_found(send, "File", object_id)
+            return
+        del self.contents[object_id]
+        await self.mock._json(send, 200, {"id": object_id, "object": "file", "deleted": True})
+
+    async def _file_content(self, send: Any, body: Any, form: Any, object_id: str) -> None:
+        if object_id not in self.contents:
+            await self._not_found(send, "File", object_id)
+            return
+        content = self.contents[object_id]
+        head = [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(content)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _create_batch(self, send: Any, body: dict[str, Any], form: Any, object_id: str) -> None:
+        input_file = body.get("input_file_id")
+        if input_file not in self.files:
+            await self.mock._error(
+                send, 400, f"No such File object: {input_file}", "invalid_request_error", None, param="input_file_id"
+            )
+            return
+        batch_id = self._new_id("batch_")
+        now = int(time.time())
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body.get("endpoint"),
+            "errors": None,
+            "input_file_id": input_file,
+            "completion_window": body.get("completion_window"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "expires_at": now + 86400,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        await self.mock._json(send, 200, self.batches[batch_id])
+
+    async def _batch(self, send: Any, body: Any, form: Any, object_id: str) -> None:
+        if object_id not in self.batches:
+            await self._not_found(send, "Batch", object_id)
+            return
+        await self.mock._json(send, 200, self.batches[object_id])

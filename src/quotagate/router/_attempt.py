@@ -104,6 +104,9 @@ class Attempts:
                     target.first_byte_timeout,
                     target.chunk_timeout,
                     target.label,
+                    target.proxy,
+                    request.method,
+                    request.content_type,
                 )
             )
             if response.status >= 300:

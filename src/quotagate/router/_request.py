@@ -22,7 +22,8 @@ class RouteRequest:
     sent, its estimate (for provider limits and context windows), how long it may wait for a
     deployment and in which order, the tenant's charge to move on a fallback (None: nothing
     to move), and for a routed model's request, the models to move up through (its class's, then
-    the stronger classes'; None: the model's own chain)."""
+    the stronger classes'; None: the model's own chain), and for the passthrough's endpoints, the
+    method and Content-Type it is sent with."""
 
     def __init__(
         self,
@@ -34,6 +35,8 @@ class RouteRequest:
         priority: int,
         tenant: MovableCharge | None = None,
         models: tuple[str, ...] | None = None,
+        method: str = "POST",
+        content_type: str | None = None,
     ) -> None:
         self.path = path
         self.bodies = bodies
@@ -45,3 +48,7 @@ class RouteRequest:
         self.priority = priority
         self.tenant = tenant
         self.models = models
+        # The passthrough's endpoints (a GET, a DELETE, a multipart upload): how the body is sent
+        # (content_type None: as JSON, the deployment's own Content-Type).
+        self.method = method
+        self.content_type = content_type

@@ -62,8 +62,11 @@ from ._asgi import (
     send_bytes,
     send_json,
 )
+from ._azure import PREFIX as AZURE_PREFIX
+from ._azure import azure_route
 from ._books import Books
 from ._openapi import openapi_json
+from ._passthrough import Passthrough
 from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
 
 if TYPE_CHECKING:
@@ -177,6 +180,7 @@ class Gateway:
         self.proxy = self._make_proxy(
             config, self.routes, self.authenticator, self.router, self.policy, self.books, self.planner
         )
+        self.passthrough = Passthrough(self.proxy, config.passthrough.default_model)
         self.admin = self._make_admin(config, self.authenticator, self.router)
         self._started = time.time()
         self._routes = self._route_table(self.proxy)
@@ -367,6 +371,11 @@ class Gateway:
             return handler
         if path == "/admin" or path.startswith("/admin/"):
             return self._admin
+        if path.startswith(AZURE_PREFIX):
+            # Azure OpenAI's clients: the deployment in the URL is the gateway's model.
+            azure = azure_route(method, path, self._routes)
+            if azure is not None:
+                return azure
         if path.startswith("/v1/models/") or path.startswith("/models/"):
             if method != "GET":
                 raise MethodNotAllowedError(f"{method} is not allowed on {path}.", headers={"Allow": "GET"})
@@ -374,6 +383,10 @@ class Gateway:
         allowed = sorted(m for (m, p) in self._routes if p == path)
         if allowed:
             raise MethodNotAllowedError(f"{method} is not allowed on {path}.", headers={"Allow": ", ".join(allowed)})
+        if path.startswith("/v1/"):
+            # Every other OpenAI endpoint (images, audio, files, batches, ...): relayed to a
+            # deployment as it came. Bound to this passthrough's proxy, as the table's handlers.
+            return self.passthrough.handle
         raise NotFoundError(f"Unknown route: {method} {path}.", code="unknown_url")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -502,6 +515,7 @@ class Gateway:
                 await asyncio.to_thread(encoding_for_model, model)  # the rules' tokenizer
             await planner.start()  # the examples embedded (those it adds) before it serves
         proxy = self._make_proxy(config, routes, authenticator, router, policy, books, planner)
+        passthrough = Passthrough(proxy, config.passthrough.default_model)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.
         if (config.logging.format, config.logging.level) != (self.config.logging.format, self.config.logging.level):
@@ -510,6 +524,7 @@ class Gateway:
         self.alerts.settings = config.alerts
         self.config, self.routes, self.policy, self.router = config, routes, policy, router
         self.authenticator, self.books, self.proxy, self.admin = authenticator, books, proxy, admin
+        self.passthrough = passthrough
         self.planner = planner
         self._routes = self._route_table(proxy)
         return reload

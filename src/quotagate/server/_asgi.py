@@ -29,6 +29,7 @@ _READ = frozenset(
     (
         b"authorization",
         b"x-api-key",
+        b"api-key",
         b"content-length",
         b"x-client-request-id",
         b"x-request-id",
@@ -54,6 +55,8 @@ class RequestHeaders:
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         self.authorization: str | None = None
+        # A key sent in a header of its own: x-api-key (Anthropic's clients) or api-key (Azure
+        # OpenAI's; x-api-key wins when both are sent).
         self.x_api_key: str | None = None
         self.content_length: int | None = None
         # The client's own id for the request: OpenAI's x-client-request-id, or the x-request-id
@@ -69,7 +72,7 @@ class RequestHeaders:
                 continue  # most headers: one set lookup, not five comparisons
             if name == b"authorization":
                 self.authorization = value.decode("latin-1")
-            elif name == b"x-api-key":
+            elif name == b"x-api-key" or (name == b"api-key" and self.x_api_key is None):
                 self.x_api_key = value.decode("latin-1")
             elif name == b"content-length":
                 try:

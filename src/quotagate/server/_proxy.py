@@ -76,6 +76,7 @@ from ._asgi import (
     request_id_headers,
     send_bytes,
 )
+from ._azure import with_model
 from ._books import Books
 from ._disconnect import DisconnectWatch, Watches
 from ._ratelimit import rate_limit_error, ratelimit_headers
@@ -205,7 +206,11 @@ class Proxy:
         send: Send,
         headers: RequestHeaders,
         request_id: str,
+        *,
+        model: str | None = None,
     ) -> None:
+        """One request for ``endpoint``; ``model``: the model its URL names (Azure's clients' path
+        names the deployment), which the body is made to name too."""
         began = time.perf_counter()
         # Authenticate before reading the body: an anonymous client cannot make the gateway
         # buffer up to max_body_bytes.
@@ -215,6 +220,8 @@ class Proxy:
         request: ParsedRequest | None = None
         try:
             raw = await read_body(receive, headers.content_length, self.max_body_bytes, scope)
+            if model is not None:
+                raw = with_model(raw, model)
             request = endpoint.parse(raw)
             self.check_model(principal, request.model)
         except GatewayError as exc:

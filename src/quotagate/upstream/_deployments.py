@@ -2,13 +2,19 @@
 
 Everything that can be worked out once (the URL, the auth header with the resolved key, the
 label, the provider's limits as engine limits) is worked out at start.
+
+Azure OpenAI differs only here: its URL names the deployment and the API version
+(``{base_url}/openai/deployments/{name}/chat/completions?api-version=...``), and its key goes in an
+``api-key`` header (or a Microsoft Entra ID token in ``Authorization: Bearer``). Its answers and
+rate-limit headers are OpenAI's.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .._version import __version__
 from ..config import Config, Deployment, ModelConfig, resolve_secret
@@ -35,9 +41,17 @@ class DeploymentTarget:
     limits: tuple[Limit, ...] = ()  # the provider's RPM/TPM for this key
     stream_usage: bool = True
     label_bytes: bytes = b""  # the label as the x-quotagate-deployment header carries it
+    proxy: str | None = None  # the deployment's own HTTP proxy (None: the environment's, if any)
+    url_path: str = ""  # between base_url and an endpoint's path (azure: /openai/deployments/NAME)
+    url_query: str = ""  # after the endpoint's path (azure: ?api-version=...)
+    _url_prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_url_prefix", self.base_url + self.url_path)
 
     def url(self, path: str) -> str:
-        return self.base_url + path
+        """Where an endpoint (``/chat/completions``, ...) of this deployment is."""
+        return self._url_prefix + path + self.url_query
 
 
 def _provider_limits(target_id: str, deployment: Deployment, label: str) -> tuple[Limit, ...]:
@@ -85,15 +99,32 @@ def _identity(deployment: Deployment, provider_model: str, repeat: int) -> str:
     are added, removed or reordered (a reload would have moved them onto another key's
     deployment had they followed the position). ``repeat`` tells apart the same one listed twice."""
     what = f"{deployment.provider}\n{deployment.url}\n{provider_model}\n{deployment.api_key}\n{repeat}"
+    if deployment.azure_ad_token is not None:
+        what += f"\n{deployment.azure_ad_token}"
     return hashlib.sha256(what.encode()).hexdigest()[:12]
 
 
-def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int = 0) -> DeploymentTarget:
-    key = resolve_secret(deployment.api_key, f"models[{model.name}].deployments[{index}].api_key")
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+def _auth_headers(deployment: Deployment, where: str) -> dict[str, str]:
+    key = resolve_secret(deployment.api_key, f"{where}.api_key")
+    if deployment.provider != "azure":
+        return {} if key is None else {"Authorization": f"Bearer {key}"}
     if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
+        return {"api-key": key}
+    token = resolve_secret(deployment.azure_ad_token, f"{where}.azure_ad_token")
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int = 0) -> DeploymentTarget:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    headers.update(_auth_headers(deployment, f"models[{model.name}].deployments[{index}]"))
     provider_model = deployment.model or model.name
+    url_path = url_query = ""
+    if deployment.provider == "azure":
+        # Azure ignores the body's model: the deployment named in the URL serves.
+        # base_url is the resource's endpoint, with or without the /openai that the SDK adds.
+        root = "" if deployment.url.endswith("/openai") else "/openai"
+        url_path = f"{root}/deployments/{quote(provider_model, safe='')}"
+        url_query = f"?api-version={quote(deployment.api_version or '', safe='')}"
     target_id = f"{model.name}@{_identity(deployment, provider_model, repeat)}"
     # Unique per deployment (metrics series, ledger groups): two models may have a first
     # deployment of the same provider model.
@@ -115,6 +146,9 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int
         limits=_provider_limits(target_id, deployment, label),
         stream_usage=deployment.stream_usage,
         label_bytes=label.encode("latin-1", "replace"),
+        proxy=deployment.proxy,
+        url_path=url_path,
+        url_query=url_query,
     )
 
 

@@ -39,6 +39,20 @@ class UpstreamRequest:
     first_byte_timeout: float  # until the response head arrives
     chunk_timeout: float  # between two reads of the body
     label: str  # names the deployment in error messages and logs
+    proxy: str | None = None  # the deployment's own proxy URL (None: the environment's, if any)
+    # The passthrough's endpoints are sent with their own method and Content-Type (None: the
+    # deployment's headers', JSON); everything else is a POST of JSON.
+    method: str = "POST"
+    content_type: str | None = None
+
+    def headers_sent(self) -> Mapping[str, str]:
+        """The deployment's headers (its key, User-Agent), with this request's Content-Type."""
+        if self.content_type is None and self.method == "POST":
+            return self.headers
+        headers = {name: value for name, value in self.headers.items() if name.lower() != "content-type"}
+        if self.content_type is not None:
+            headers["Content-Type"] = self.content_type
+        return headers
 
 
 class UpstreamResponse(Protocol):
@@ -115,7 +129,11 @@ class _Chunks:
 
 
 class HttpTransport:
-    """The default transport: quotagate's own pooled HTTP/1.1 client (see ``_http``)."""
+    """The default transport: quotagate's own pooled HTTP/1.1 client (see ``_http``).
+
+    ``ssl_context`` verifies providers (and https:// proxies); the system's CAs by default.
+    ``trust_env``: requests without a proxy of their own go through HTTPS_PROXY / HTTP_PROXY
+    unless NO_PROXY names the host, as the environment was when the transport was made."""
 
     def __init__(
         self,
@@ -123,19 +141,56 @@ class HttpTransport:
         keepalive_seconds: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        trust_env: bool = True,
     ) -> None:
         self.client = HttpClient(
-            keepalive_seconds=keepalive_seconds, ssl_context=ssl_context, max_response_bytes=max_response_bytes
+            keepalive_seconds=keepalive_seconds,
+            ssl_context=ssl_context,
+            max_response_bytes=max_response_bytes,
+            trust_env=trust_env,
         )
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        if request.method != "POST" or request.content_type is not None:
+            return await self._send_passthrough(request)
         try:
             response = await self.client.post(
-                request.url, request.headers, request.body, request.connect_timeout, request.first_byte_timeout
+                request.url,
+                request.headers,
+                request.body,
+                request.connect_timeout,
+                request.first_byte_timeout,
+                request.proxy,
             )
         except ConnectTimeout as exc:
+            through = f" through proxy {exc.proxy}" if exc.proxy else ""
             raise UpstreamTimeoutError(
-                f"Upstream {request.label} could not be reached within {request.connect_timeout:g}s."
+                f"Upstream {request.label} could not be reached{through} within {request.connect_timeout:g}s."
+            ) from exc
+        except ReadTimeout as exc:
+            raise UpstreamTimeoutError(
+                f"Upstream {request.label} did not answer within {request.first_byte_timeout:g}s."
+            ) from exc
+        except (ConnectFailed, Disconnected) as exc:
+            raise UpstreamError(f"Upstream {request.label} is unreachable: {exc.reason}.") from exc
+        return _HttpResponse(response, request.label, request.chunk_timeout)
+
+    async def _send_passthrough(self, request: UpstreamRequest) -> UpstreamResponse:
+        """``send`` for the passthrough's requests: their method and Content-Type, the same errors."""
+        try:
+            response = await self.client.request(
+                request.method,
+                request.url,
+                request.headers_sent(),
+                request.body,
+                request.connect_timeout,
+                request.first_byte_timeout,
+                request.proxy,
+            )
+        except ConnectTimeout as exc:
+            through = f" through proxy {exc.proxy}" if exc.proxy else ""
+            raise UpstreamTimeoutError(
+                f"Upstream {request.label} could not be reached{through} within {request.connect_timeout:g}s."
             ) from exc
         except ReadTimeout as exc:
             raise UpstreamTimeoutError(
