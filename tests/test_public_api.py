@@ -20,6 +20,7 @@ PUBLIC = {
     "quotagate.server": ["Gateway"],
     "quotagate.limits": ["Limit", "Limiter", "InProcessStore", "RedisStore", "Decision", "Unit", "Algorithm"],
     "quotagate.policy": ["Policy"],
+    "quotagate.surfaces": ["chat_to_messages", "messages_to_chat", "MessagesStreamToChat", "ChatStreamToMessages"],
     "quotagate.client": ["limited", "RateLimiter", "RateLimitTimeout", "run_batch", "run_batch_sync"],
 }
 

@@ -35,6 +35,8 @@ from urllib.parse import parse_qs
 import orjson
 
 from ..tokens import count_chat_tokens, count_prompt_input, encoding_for_model, get_encoding
+from ._anthropic import serve_messages
+from ._responses import MockResponses
 
 Scope = dict[str, Any]
 
@@ -151,6 +153,9 @@ class MockUpstream:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if path.startswith("/v1/messages"):  # Anthropic's Messages API: see _anthropic.py
+            await serve_messages(self, scope, receive, send)
+            return
         # Azure OpenAI's shape: the deployment (Azure's name for the model) is in the URL.
         deployment: str | None = None
         if path.startswith(_AZURE_PREFIX):
@@ -607,7 +612,8 @@ def _form(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]
 
 
 class OtherEndpoints:
-    """Moderations, images, audio (speech, transcriptions), files and batches, kept in memory:
+    """Moderations, images, audio (speech, transcriptions), files, batches and the Responses API
+    (see _responses), kept in memory:
     enough for the OpenAI SDK's calls to work through the gateway, and for a test to see what
     arrived (a recorded multipart body lists its fields, and each file's size and sha256)."""
 
@@ -616,11 +622,16 @@ class OtherEndpoints:
         self.files: dict[str, dict[str, Any]] = {}
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.responses = MockResponses(mock)
 
     async def serve(self, scope: Scope, receive: Any, send: Any, method: str, path: str) -> bool:
         """Answer the request if it is for one of these endpoints (False: it is not)."""
         parts = path.strip("/").split("/")
-        known = (method, *parts[:1], *parts[2:]) if len(parts) > 1 and parts[0] in ("files", "batches") else None
+        known = (
+            (method, *parts[:1], *parts[2:])
+            if len(parts) > 1 and parts[0] in ("files", "batches", "responses")
+            else None
+        )
         routes = {
             ("POST", "moderations"): self._moderation,
             ("POST", "images", "generations"): self._image,
@@ -629,12 +640,17 @@ class OtherEndpoints:
             ("GET", "files"): self._list_files,
             ("POST", "files"): self._create_file,
             ("POST", "batches"): self._create_batch,
+            ("POST", "responses"): self.responses.create,
         }
         by_id = {
             ("GET", "files"): self._file,
             ("DELETE", "files"): self._delete_file,
             ("GET", "files", "content"): self._file_content,
             ("GET", "batches"): self._batch,
+            ("GET", "responses"): self.responses.retrieve,
+            ("DELETE", "responses"): self.responses.delete,
+            ("GET", "responses", "input_items"): self.responses.input_items,
+            ("POST", "responses", "cancel"): self.responses.cancel,
         }
         handler = routes.get((method, *parts)) or (by_id.get(known) if known is not None else None)
         if handler is None:

@@ -113,6 +113,8 @@ class Capacity:
         request)."""
         states = self._states
         targets = self._routes.deployments(model)
+        if request.deployment is not None:
+            targets = [t for t in targets if t.id == request.deployment]
         if len(targets) == 1 and not failed:
             # One deployment, nothing tried yet: the common case, without the ordering below.
             target = targets[0]
@@ -155,12 +157,13 @@ class Capacity:
                     soonest = decision.retry_after if soonest is None else min(soonest, decision.retry_after)
         return Pick(None, None, soonest)
 
-    def any_usable(self, model: str, failed: set[str]) -> bool:
+    def any_usable(self, model: str, failed: set[str], request_deployment: str | None = None) -> bool:
         """Whether, as this node last saw them, a deployment of the model that has not failed the
-        request is usable now (not cooling down, breaker not open)."""
+        request (and is the one it must go to, if any) is usable now (not cooling down, breaker
+        not open)."""
         now = time.monotonic()
         for target in self._routes.deployments(model):
-            if target.id in failed:
+            if target.id in failed or (request_deployment is not None and target.id != request_deployment):
                 continue
             view = self._states.cached(target.id)
             if view.cooldown_until <= now and (view.state != OPEN or view.open_until <= now):

@@ -22,8 +22,9 @@ class RouteRequest:
     sent, its estimate (for provider limits and context windows), how long it may wait for a
     deployment and in which order, the tenant's charge to move on a fallback (None: nothing
     to move), and for a routed model's request, the models to move up through (its class's, then
-    the stronger classes'; None: the model's own chain), and for the passthrough's endpoints, the
-    method and Content-Type it is sent with."""
+    the stronger classes'; None: the model's own chain), for the passthrough's endpoints, the
+    method and Content-Type it is sent with, and for a request that only one deployment can serve
+    (one about a stored Responses API response), that deployment's target id."""
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class RouteRequest:
         models: tuple[str, ...] | None = None,
         method: str = "POST",
         content_type: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.path = path
         self.bodies = bodies
@@ -52,3 +54,6 @@ class RouteRequest:
         # (content_type None: as JSON, the deployment's own Content-Type).
         self.method = method
         self.content_type = content_type
+        # Only this deployment of the model may serve the request (it holds what the request is
+        # about): no other deployment, no fallback model.
+        self.deployment = deployment

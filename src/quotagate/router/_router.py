@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..config import Config, RouterSettings, known_secrets
-from ..errors import GatewayError
+from ..errors import GatewayError, ServiceUnavailableError
 from ..limits import Limiter, Usage
 from ..upstream import ModelRoutes, Transport
 from ._attempt import Attempts, Exchange
@@ -83,7 +83,9 @@ class Router:
         tried: list[str] = []
         last_error: GatewayError | None = None
         capacity_wait: float | None = None
-        if request.models:
+        if request.deployment is not None:
+            chain = [model]  # only that deployment holds what the request is about
+        elif request.models:
             chain = self._chains.through(request.models, request.estimate)
         else:
             chain = self._chains.chain(model, request.estimate)
@@ -122,7 +124,7 @@ class Router:
                         suspects.clear()
                         raise outcome.error
                     failed.add(target.id)
-                    if not self._capacity.any_usable(model_name, failed):
+                    if not self._capacity.any_usable(model_name, failed, request.deployment):
                         if not last_model:
                             break  # a fallback model is better than the same deployment again
                         pause = outcome.wait if outcome.wait is not None else self._backoff(attempts)
@@ -137,6 +139,12 @@ class Router:
                 await judge(suspects, served, self.stats, self.states)
         if last_error is not None:
             raise last_error
+        if request.deployment is not None and capacity_wait is None:
+            raise ServiceUnavailableError(
+                f"The deployment of `{model}` that holds what this request is about is unavailable, "
+                "and no other deployment has it. Try again shortly.",
+                code="deployment_unavailable",
+            )
         retry = capacity_wait if capacity_wait is not None else settings.default_cooldown_seconds
         raise CapacityError(
             f"All deployments of `{model}` are at their provider limits or unavailable. Try again in {retry:.1f}s.",

@@ -68,6 +68,7 @@ from ._books import Books
 from ._openapi import openapi_json
 from ._passthrough import Passthrough
 from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
+from ._responses import ResponseHomes, Responses
 
 if TYPE_CHECKING:
     from prometheus_client.core import GaugeMetricFamily
@@ -181,6 +182,9 @@ class Gateway:
             config, self.routes, self.authenticator, self.router, self.policy, self.books, self.planner
         )
         self.passthrough = Passthrough(self.proxy, config.passthrough.default_model)
+        # Which deployment holds each stored response: kept across reloads (target ids are).
+        self.response_homes = ResponseHomes(self.redis)
+        self.responses = Responses(self.proxy, config.passthrough.default_model, self.response_homes)
         self.admin = self._make_admin(config, self.authenticator, self.router)
         self._started = time.time()
         self._routes = self._route_table(self.proxy)
@@ -383,6 +387,9 @@ class Gateway:
         allowed = sorted(m for (m, p) in self._routes if p == path)
         if allowed:
             raise MethodNotAllowedError(f"{method} is not allowed on {path}.", headers={"Allow": ", ".join(allowed)})
+        if path == "/v1/responses" or path.startswith("/v1/responses/"):
+            # The Responses API: the passthrough's path, with its estimate and sticky deployments.
+            return self.responses.handle
         if path.startswith("/v1/"):
             # Every other OpenAI endpoint (images, audio, files, batches, ...): relayed to a
             # deployment as it came. Bound to this passthrough's proxy, as the table's handlers.
@@ -516,6 +523,7 @@ class Gateway:
             await planner.start()  # the examples embedded (those it adds) before it serves
         proxy = self._make_proxy(config, routes, authenticator, router, policy, books, planner)
         passthrough = Passthrough(proxy, config.passthrough.default_model)
+        responses = Responses(proxy, config.passthrough.default_model, self.response_homes)
         admin = self._make_admin(config, authenticator, router)
         # From here on no await: a request sees the old set or the new one, never a mix.
         if (config.logging.format, config.logging.level) != (self.config.logging.format, self.config.logging.level):
@@ -524,7 +532,7 @@ class Gateway:
         self.alerts.settings = config.alerts
         self.config, self.routes, self.policy, self.router = config, routes, policy, router
         self.authenticator, self.books, self.proxy, self.admin = authenticator, books, proxy, admin
-        self.passthrough = passthrough
+        self.passthrough, self.responses = passthrough, responses
         self.planner = planner
         self._routes = self._route_table(proxy)
         return reload

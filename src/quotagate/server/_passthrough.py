@@ -8,6 +8,7 @@ them to keep what it is for. Each goes through the proxy's stages, fewer of them
     model     _asked_model               the JSON body's ``model``, or a multipart form's ``model``
                                          field; else ``passthrough.default_model`` (files, batches)
     policy    TenantCharge               the tenant's limits for that model, with no token estimate
+                                         (an endpoint that knows one overrides ``_estimate``)
     limits    TenantCharge.admit         its request limits (token limits settle with usage)
     route     Router.exchange            a deployment of the model: the same method, path, query
                                          string, Content-Type and body bytes (``RouteRequest.method``)
@@ -19,6 +20,9 @@ them to keep what it is for. Each goes through the proxy's stages, fewer of them
 The body is read whole (under ``server.max_body_bytes``): a retry on another deployment sends it
 again. Only the ``model`` of a multipart form is looked for, in place; the upload is not parsed
 or copied (unless a deployment's name for the model differs, which rewrites that field).
+
+The Responses API (_responses) takes this path with its own model and deployment, estimate,
+stream usage and bookkeeping (``_destination``, ``_estimate``, ``_stream_usage``, ``_done``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..auth import Principal
 from ..errors import GatewayError, InvalidRequestError
 from ..limits import Usage
 from ..router import RouteRequest
-from ..tokens import ZERO, usage_details
+from ..tokens import ZERO, Estimate, usage_details
 from ..upstream import DeploymentTarget, Scrubber, UpstreamBodies
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, request_id_headers
 from ._disconnect import DisconnectWatch, Watches
@@ -197,13 +201,7 @@ class Passthrough:
         try:
             raw = await read_body(receive, headers.content_length, proxy.max_body_bytes, scope)
             asked = _asked_model(raw, content_type)
-            model = asked.model or self.default_model
-            if model is None:
-                raise InvalidRequestError(
-                    f"{scope['method']} {scope['path']} names no model, and the gateway has no "
-                    "passthrough.default_model to send it to.",
-                    code="no_default_model",
-                )
+            model, deployment = await self._destination(scope, principal, asked)
             proxy.check_model(principal, model)
             if proxy.planner is not None and proxy.planner.routes(model):
                 raise InvalidRequestError(
@@ -229,7 +227,7 @@ class Passthrough:
         bodies = PassthroughBodies(raw, asked, scope["method"], content_type)
         del raw  # the bodies hold the one copy
         try:
-            await self._handle(receive, send, principal, record, path, bodies)
+            await self._handle(receive, send, principal, record, path, bodies, deployment)
         except GatewayError as exc:
             await proxy.books.account(record, exc.status, error_type(exc))
             raise
@@ -248,12 +246,16 @@ class Passthrough:
         record: RequestRecord,
         path: str,
         bodies: PassthroughBodies,
+        deployment: str | None,
     ) -> None:
         proxy, books, router = self.proxy, self.proxy.books, self.proxy.router
         model = record.model
         assert model is not None
-        # policy and limits: the tenant's request limits; tokens are settled with what was used.
+        # policy and limits: the tenant's request limits (and token limits, where the endpoint
+        # knows its estimate); tokens are settled with what was used.
         tenant = record.tenant = TenantCharge(proxy.limiter, proxy.policy, principal, model, ZERO, self._price)
+        if (tenant.applied is not None and tenant.applied.counts_tokens) or router.needs_estimate(model):
+            tenant.estimate = self._estimate(path, bodies, model)
         reservation = await tenant.admit()
         if reservation is not None:
             books.metrics.decision(
@@ -267,7 +269,16 @@ class Passthrough:
         max_wait, priority = proxy.policy.shaping(principal) if proxy.policy is not None else (0.0, 0)
         # stream=True: an event stream (a streamed transcription, ...) is relayed as one.
         route = RouteRequest(
-            path, bodies, True, ZERO, max_wait, priority, tenant, method=bodies.method, content_type=bodies.content_type
+            path,
+            bodies,
+            True,
+            tenant.estimate,
+            max_wait,
+            priority,
+            tenant,
+            method=bodies.method,
+            content_type=bodies.content_type,
+            deployment=deployment,
         )
         watch = record.watch = DisconnectWatch(receive, self._watches)
         try:
@@ -281,7 +292,7 @@ class Passthrough:
                 try:
                     if exchange.streamed:
                         record.stream = True
-                        usage = record.stream_usage = StreamUsage(strip_usage_chunk=False, keep_events=False)
+                        usage = record.stream_usage = self._stream_usage(record)
                         outcome = await relay_stream(exchange, send, extra, usage, record, self._scrubber, self._done)
                     else:
                         await self._relay(exchange.response, send, extra, record)
@@ -321,6 +332,7 @@ class Passthrough:
                     payload = orjson.loads(body)
                 except orjson.JSONDecodeError:
                     payload = None
+                record.answer = payload
                 used = _reported_usage(payload)
                 if used is not None:
                     record.reported, record.cached = (used[0], used[1]), used[2]
@@ -341,6 +353,27 @@ class Passthrough:
             response.close()
         await self._done(record, status, None)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _destination(self, scope: Scope, principal: Principal, asked: Asked) -> tuple[str, str | None]:
+        """The model the request is for, and the one deployment of it that must serve it (None:
+        any): the body's model, else ``passthrough.default_model``."""
+        model = asked.model or self.default_model
+        if model is None:
+            raise InvalidRequestError(
+                f"{scope['method']} {scope['path']} names no model, and the gateway has no "
+                "passthrough.default_model to send it to.",
+                code="no_default_model",
+            )
+        return model, None
+
+    def _estimate(self, path: str, bodies: PassthroughBodies, model: str) -> Estimate:
+        """The request's tokens before it runs, where its tenant's limits count tokens (an endpoint
+        the gateway does not understand: none, and the usage it reports settles them)."""
+        return ZERO
+
+    def _stream_usage(self, record: RequestRecord) -> StreamUsage:
+        """What reads the usage out of an event stream as it is relayed."""
+        return StreamUsage(strip_usage_chunk=False, keep_events=False)
 
     async def _done(self, record: RequestRecord, status: int, error: str | None) -> None:
         """The response's last message is next: the watch stops, the ledger row is written."""
