@@ -257,3 +257,13 @@ def test_cache_settings_that_cannot_work_name_their_field(tmp_path: Path, text: 
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert problem in str(caught.value)
+
+
+def test_a_proxy_password_is_never_written_in_the_file() -> None:
+    """A deployment's proxy with user:password is refused without echoing it; env:NAME takes it."""
+    deployment = {"base_url": "http://x", "proxy": "http://alice:s3cret@proxy.example:3128"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"models": [{"name": "m", "deployments": [deployment]}]})
+    assert "proxy: env:NAME" in str(caught.value) and "s3cret" not in str(caught.value)
+    config = parse_config({"models": [{"name": "m", "deployments": [{**deployment, "proxy": "env:CORP_PROXY"}]}]})
+    assert config.models[0].deployments[0].proxy == "env:CORP_PROXY"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 
@@ -174,3 +176,49 @@ def test_an_unknown_path_gets_the_providers_404(gateway: RunningGateway, sqlite_
     error = assert_openai_error(response, 404, "unknown_url")
     assert error["message"] == "Unknown URL POST /v1/whatever"  # the mock's words, not the gateway's
     assert ledger(sqlite_url, 1)[0]["status"] == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chat/completions%23",  # the provider would see chat completions, past chat's limits
+        "/x/../responses/resp_1",  # a provider resolving .. would see another tenant's response
+        "/files//file-1",
+        "/files/",
+    ],
+)
+def test_a_path_the_gateway_would_not_pass_on_as_seen_is_a_400(gateway: RunningGateway, path: str) -> None:
+    """Encoded characters, empty, . and .. segments are refused before anything goes upstream."""
+    key = gateway.create_key()["key"]
+    # http.client sends the path as written (httpx would resolve the .. itself).
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=10)
+    connection.request(
+        "POST",
+        "/v1" + path,
+        body=b'{"model": "gpt-4o-mini"}',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    answer = connection.getresponse()
+    body = answer.read()
+    connection.close()
+    assert answer.status == 400, body
+    assert orjson.loads(body)["error"]["code"] == "invalid_path"
+
+
+def test_head_and_unusual_methods_are_405(gateway: RunningGateway) -> None:
+    """A method no provider endpoint takes is refused at the gateway, never sent to a deployment."""
+    key = gateway.create_key()["key"]
+    for method in ("HEAD", "OPTIONS", "M-SEARCH"):
+        response = httpx.request(method, gateway.v1 + "/files", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 405, method
+
+
+def test_an_exhausted_token_quota_refuses_a_passthrough_request(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """A tenant whose daily tokens are spent is refused an image too, not admitted for nothing."""
+    running = start_gateway(gateway_config(sqlite_url, mock_upstream.url, tiers={"free": {"tpd": 10}}))
+    client = OpenAI(base_url=running.v1, api_key=running.create_key()["key"], max_retries=0)
+    client.images.generate(model="gpt-4o-mini", prompt="a cat " * 20)  # its reported usage spends the quota
+    with pytest.raises(openai.RateLimitError):
+        client.images.generate(model="gpt-4o-mini", prompt="a dog")

@@ -77,6 +77,10 @@ def test_an_unknown_response_id_is_a_404(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         client.responses.retrieve("resp_unknown")
     assert raised.value.code == "response_not_found"
+    # Nor is one continued: on the provider account tenants share, it may be another's.
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model="gpt-4o-mini", input="go on", previous_response_id="resp_unknown")
+    assert (raised.value.code, raised.value.param) == ("response_not_found", "previous_response_id")
 
 
 def test_a_tpm_limit_refuses_a_large_max_output_before_upstream(

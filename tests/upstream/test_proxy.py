@@ -277,11 +277,14 @@ def test_a_deployments_own_proxy_is_used_instead_of_the_environments(
     start_proxy: Callable[..., ConnectProxy],
     proxy_env: Callable[..., None],
 ) -> None:
-    """A deployment's ``proxy:`` wins over HTTPS_PROXY and over NO_PROXY."""
+    """A deployment's ``proxy:`` (with its credentials in an environment variable, as secrets
+    are) wins over HTTPS_PROXY and over NO_PROXY."""
     proxy = start_proxy(credentials="team:s3cret")
-    proxy_env(HTTPS_PROXY=f"http://127.0.0.1:{closed_port()}", NO_PROXY="127.0.0.1")
     own = proxy.url.replace("http://", "http://team:s3cret@")
-    _, client = gateway_through(start_gateway, sqlite_url, trusting, deployment(tls_upstream.url, proxy=own))
+    proxy_env(HTTPS_PROXY=f"http://127.0.0.1:{closed_port()}", NO_PROXY="127.0.0.1", TEAM_PROXY=own)
+    _, client = gateway_through(
+        start_gateway, sqlite_url, trusting, deployment(tls_upstream.url, proxy="env:TEAM_PROXY")
+    )
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert proxy.tunnels == [f"127.0.0.1:{tls_upstream.port}"]
 

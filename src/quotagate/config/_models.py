@@ -327,8 +327,8 @@ class Deployment(_Strict):
     )
     proxy: str | None = Field(
         default=None,
-        description="an HTTP proxy for this deployment (http://HOST:PORT); default: HTTPS_PROXY / "
-        "HTTP_PROXY / NO_PROXY from the environment",
+        description="an HTTP proxy for this deployment (http://HOST:PORT, or env:NAME of a URL with "
+        "user:password); default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment",
     )
     api_version: str | None = Field(default=None, description="provider azure: the api-version query parameter")
     azure_ad_token: str | None = Field(
@@ -343,8 +343,15 @@ class Deployment(_Strict):
     @field_validator("proxy")
     @classmethod
     def _check_proxy(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// (or https://) proxy URL, got {value!r}")
+        if value is None or value.startswith("env:"):
+            return _check_secret_ref(value)
+        # The value is not echoed: it may hold a password.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// (or https://) proxy URL, or env:NAME of one")
+        if "@" in value.partition("://")[2].partition("/")[0]:
+            raise ValueError(
+                "a proxy's user:password is a secret: put the URL in an environment variable, proxy: env:NAME"
+            )
         return value
 
     @model_validator(mode="after")

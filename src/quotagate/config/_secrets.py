@@ -25,6 +25,8 @@ def _secret_refs(config: Config) -> list[tuple[str, str | None]]:
     for model in config.models:
         for index, deployment in enumerate(model.deployments):
             refs.append((f"models[{model.name}].deployments[{index}].api_key", deployment.api_key))
+            if deployment.proxy is not None and deployment.proxy.startswith("env:"):
+                refs.append((f"models[{model.name}].deployments[{index}].proxy", deployment.proxy))
             if deployment.azure_ad_token is not None:
                 refs.append((f"models[{model.name}].deployments[{index}].azure_ad_token", deployment.azure_ad_token))
     return refs

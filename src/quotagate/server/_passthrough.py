@@ -36,7 +36,7 @@ import orjson
 
 from ..accounting import Price
 from ..auth import Principal
-from ..errors import GatewayError, InvalidRequestError
+from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError
 from ..limits import Usage
 from ..router import RouteRequest
 from ..tokens import ZERO, Estimate, usage_details
@@ -124,6 +124,30 @@ def _form_field(raw: bytes, content_type: str, name: bytes) -> tuple[int, int] |
     return None
 
 
+# A path as the passthrough sends it on: segments of the characters OpenAI's paths and ids use.
+# Not "%": the client's bytes are what goes upstream, so an encoded "#", "?" or "/" would reach the
+# provider as a path the gateway's routes did not see (/v1/chat/completions%23 is chat,
+# unlimited); not "." or ".." segments, which a provider would resolve to another path.
+_PATH = re.compile(r"/v1(?:/[A-Za-z0-9._~:@+,;=!$*'()-]+)+")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_ONE_TOKEN = Estimate(1, 0)
+
+
+def _forwarded_path(scope: Scope) -> str:
+    """The request's path as it came (not decoded), if the passthrough may send it on; a 400, or
+    405 for a method no provider endpoint takes (HEAD, whose answer has no body to wait for)."""
+    method = scope["method"]
+    if method not in _METHODS:
+        raise MethodNotAllowedError(
+            f"{method} is not allowed on {scope['path']}.", headers={"Allow": ", ".join(sorted(_METHODS))}
+        )
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else scope["path"]
+    if not _PATH.fullmatch(path) or any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidRequestError(f"The path {path[:200]!r} is not one the gateway passes on.", code="invalid_path")
+    return path
+
+
 class PassthroughBodies(UpstreamBodies):
     """The body each deployment is sent: the client's bytes, with the deployment's name for the
     model where it has its own, to go with the client's method and Content-Type."""
@@ -196,6 +220,7 @@ class Passthrough:
         proxy = self.proxy
         # Authenticate before reading the body, as the proxy does.
         principal = await proxy.authenticate(headers)
+        path = _forwarded_path(scope)
         content_type = _content_type(scope)
         model: str | None = None
         try:
@@ -220,7 +245,7 @@ class Passthrough:
             raise
         record = RequestRecord(request_id, headers.client_request_id, principal, model, False, began)
         # What the deployment is asked: the path under its base URL (which ends in /v1).
-        path = scope["path"][len("/v1") :]
+        path = path[len("/v1") :]
         query = scope.get("query_string", b"")
         if query:
             path += "?" + query.decode("latin-1")
@@ -284,6 +309,7 @@ class Passthrough:
         try:
             try:
                 exchange = record.exchange = await router.exchange(model, route)
+                record.upstream_answered = True  # a stream that breaks off is charged what it sent
                 extra = request_id_headers(record.request_id, record.client_request_id)
                 extra.append((b"x-quotagate-deployment", exchange.target.label_bytes))
                 if tenant.reservation is not None:
@@ -367,9 +393,10 @@ class Passthrough:
         return model, None
 
     def _estimate(self, path: str, bodies: PassthroughBodies, model: str) -> Estimate:
-        """The request's tokens before it runs, where its tenant's limits count tokens (an endpoint
-        the gateway does not understand: none, and the usage it reports settles them)."""
-        return ZERO
+        """The request's tokens before it runs, where its tenant's limits count tokens or spend. An
+        endpoint the gateway does not understand: one token, the usage it reports settles the
+        rest; not none, which every limit admits, an exhausted quota or budget too."""
+        return _ONE_TOKEN
 
     def _stream_usage(self, record: RequestRecord) -> StreamUsage:
         """What reads the usage out of an event stream as it is relayed."""

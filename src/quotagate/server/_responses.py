@@ -205,9 +205,16 @@ class Responses(Passthrough):
             previous = asked.json.get("previous_response_id") if asked.json is not None else None
             if isinstance(previous, str):
                 holder = await self._holder(principal, previous, "previous_response_id")
-                # A response the gateway did not relay (made before it, or elsewhere): the
-                # deployments of the model are all it can try. One of another model: the same.
-                if holder is not None and holder.model == asked.model:
+                # A response the gateway did not relay (made before it, or elsewhere, or forgotten):
+                # refused, as an unknown id is on GET. Sent on, it would let a tenant continue a
+                # conversation of another's on the provider account they share.
+                if holder is None:
+                    raise NotFoundError(
+                        f"Response with id '{previous}' not found.",
+                        param="previous_response_id",
+                        code="response_not_found",
+                    )
+                if holder.model == asked.model:
                     return asked.model, holder.id
             return asked.model, None
         holder = await self._holder(principal, parts[0], None)

@@ -51,6 +51,8 @@ class DeploymentTarget:
 
     def url(self, path: str) -> str:
         """Where an endpoint (``/chat/completions``, ...) of this deployment is."""
+        if self.url_query and "?" in path:  # a passthrough's own query (azure's api-version joins it)
+            return self._url_prefix + path + "&" + self.url_query[1:]
         return self._url_prefix + path + self.url_query
 
 
@@ -146,7 +148,9 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int
         limits=_provider_limits(target_id, deployment, label),
         stream_usage=deployment.stream_usage,
         label_bytes=label.encode("latin-1", "replace"),
-        proxy=deployment.proxy,
+        proxy=resolve_secret(deployment.proxy, f"models[{model.name}].deployments[{index}].proxy")
+        if deployment.proxy is not None and deployment.proxy.startswith("env:")
+        else deployment.proxy,
         url_path=url_path,
         url_query=url_query,
     )

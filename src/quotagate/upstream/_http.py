@@ -25,7 +25,7 @@ Semantics kept from aiohttp's client, which quotagate used before:
   the chunk timeout, issue 18), but is refused past ``max_response_bytes`` (ResponseTooLarge).
 
 Proxies, as curl and the requests library take them: ``HTTPS_PROXY`` for https:// URLs,
-``HTTP_PROXY`` for http:// ones, hosts in ``NO_PROXY`` (127.0.0.1 and localhost too) reached
+``HTTP_PROXY`` for http:// ones, hosts in ``NO_PROXY`` (which must name 127.0.0.1 for it) reached
 directly, all read once when the client is made; a deployment's own ``proxy`` overrides them. An
 https:// origin is reached through a ``CONNECT`` tunnel with TLS to the origin inside it; an
 http:// one by sending the proxy the request with its absolute URL. Which proxy, if any, is
