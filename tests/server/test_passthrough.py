@@ -17,6 +17,7 @@ import pytest
 from openai import OpenAI
 
 from quotagate.mock._app import speech_audio
+from quotagate.upstream import HttpTransport
 
 from ..conftest import RunningGateway, ServerThread, gateway_config
 from .test_errors import assert_openai_error
@@ -222,3 +223,17 @@ def test_an_exhausted_token_quota_refuses_a_passthrough_request(
     client.images.generate(model="gpt-4o-mini", prompt="a cat " * 20)  # its reported usage spends the quota
     with pytest.raises(openai.RateLimitError):
         client.images.generate(model="gpt-4o-mini", prompt="a dog")
+
+
+def test_a_file_larger_than_the_gateway_reads_whole_is_relayed_as_it_comes(
+    start_gateway: Callable[..., RunningGateway], mock_upstream: ServerThread, sqlite_url: str
+) -> None:
+    """A download (neither JSON nor text) is passed on chunk by chunk, never held whole: one over
+    the size up to which the gateway reads answers arrives intact."""
+    running = start_gateway(
+        gateway_config(sqlite_url, mock_upstream.url, **DEFAULT), transport=HttpTransport(max_response_bytes=64 * 1024)
+    )
+    client = OpenAI(base_url=running.v1, api_key=running.create_key()["key"], max_retries=0)
+    content = os.urandom(1024 * 1024)
+    created = client.files.create(file=("big.bin", content), purpose="user_data")
+    assert client.files.content(created.id).content == content

@@ -47,7 +47,9 @@ def _never_sent(exc: BaseException) -> bool:
 @dataclass(slots=True)
 class Exchange:
     """A deployment that answered: its response head, and for event streams the first chunk;
-    any other answer has been read whole (``response.read()`` returns it at once)."""
+    any other answer has been read whole (``response.read()`` returns it at once), but for a
+    request that is ``unbuffered`` one that is neither JSON nor text, whose first chunk is here
+    and the rest in ``response.iter_chunks()``."""
 
     target: DeploymentTarget
     response: UpstreamResponse
@@ -118,8 +120,9 @@ class Attempts:
                 iterator = response.iter_chunks().__aiter__()
                 first = await anext(iterator, b"")
                 response = _Prefetched(response, iterator)
-            streamed = request.stream and response.headers.get("content-type", "").startswith("text/event-stream")
-            if not streamed:
+            content_type = response.headers.get("content-type", "")
+            streamed = request.stream and content_type.startswith("text/event-stream")
+            if not streamed and not (request.unbuffered and not _textual(content_type)):
                 # An answer that is not an event stream is relayed once it is whole, so it is read
                 # whole here: one that breaks off or stalls midway has sent the client nothing, and
                 # another deployment may still serve the request (it was a 502 or a 504 at once).
@@ -224,6 +227,12 @@ class _Whole:
 
     def close(self) -> None:
         self._response.close()
+
+
+def _textual(content_type: str) -> bool:
+    """Whether an answer is JSON or text (which the gateway reads: usage, secrets to scrub)."""
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or kind.startswith("text/")
 
 
 class _Prefetched:

@@ -38,6 +38,7 @@ class RouteRequest:
         models: tuple[str, ...] | None = None,
         method: str = "POST",
         content_type: str | None = None,
+        unbuffered: bool = False,
         deployment: str | None = None,
     ) -> None:
         self.path = path
@@ -54,6 +55,9 @@ class RouteRequest:
         # (content_type None: as JSON, the deployment's own Content-Type).
         self.method = method
         self.content_type = content_type
+        # An answer that is neither JSON nor text (audio, a file's content) is relayed as it comes
+        # rather than read whole first: the passthrough's may be large.
+        self.unbuffered = unbuffered
         # Only this deployment of the model may serve the request (it holds what the request is
         # about): no other deployment, no fallback model.
         self.deployment = deployment

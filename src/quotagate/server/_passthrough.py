@@ -304,6 +304,7 @@ class Passthrough:
             method=bodies.method,
             content_type=bodies.content_type,
             deployment=deployment,
+            unbuffered=True,
         )
         watch = record.watch = DisconnectWatch(receive, self._watches)
         try:
@@ -321,7 +322,7 @@ class Passthrough:
                         usage = record.stream_usage = self._stream_usage(record)
                         outcome = await relay_stream(exchange, send, extra, usage, record, self._scrubber, self._done)
                     else:
-                        await self._relay(exchange.response, send, extra, record)
+                        await self._relay(exchange.response, exchange.first_chunk, send, extra, record)
                         outcome = True
                 except asyncio.CancelledError:
                     outcome = None  # the client left: nothing said about the deployment
@@ -341,9 +342,12 @@ class Passthrough:
                 spent = books.cost(record, prompt, completion) if tenant.counts_spend else 0.0
                 await tenant.settle(prompt, completion, spent)
 
-    async def _relay(self, response: Any, send: Send, extra: list[tuple[bytes, bytes]], record: RequestRecord) -> None:
+    async def _relay(
+        self, response: Any, first: bytes, send: Send, extra: list[tuple[bytes, bytes]], record: RequestRecord
+    ) -> None:
         """Any answer but an event stream: JSON and text whole (usage read from JSON, secrets
-        scrubbed), anything else (audio, a file's content) chunk by chunk as it comes."""
+        scrubbed), anything else (audio, a file's content) chunk by chunk as it comes, from
+        ``first``, the chunk the router read to know the deployment answered."""
         status: int = response.status
         given = response.headers.get("content-type", "")
         kind = given.partition(";")[0].strip().lower()
@@ -373,6 +377,8 @@ class Passthrough:
             head.append((b"content-length", length.encode()))  # else chunked: the client reads to the end
         await send({"type": "http.response.start", "status": status, "headers": head})
         try:
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             async for chunk in response.iter_chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
