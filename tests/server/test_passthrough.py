@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import sqlite3
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,22 +17,11 @@ from openai import OpenAI
 from quotagate.mock._app import speech_audio
 from quotagate.upstream import HttpTransport
 
+from ..cache.test_gateway_cache import ledger
 from ..conftest import RunningGateway, ServerThread, gateway_config
 from .test_errors import assert_openai_error
 
 DEFAULT = {"passthrough": {"default_model": "gpt-4o-mini"}}
-
-
-def ledger(sqlite_url: str, count: int) -> list[dict[str, Any]]:
-    """The ledger's rows, once ``count`` of them are written."""
-    deadline = time.monotonic() + 5
-    while True:
-        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(row) for row in db.execute("SELECT * FROM qg_usage ORDER BY ts")]
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 def last_recorded(mock: ServerThread, path: str) -> dict[str, Any]:

@@ -151,42 +151,27 @@ class HttpTransport:
         )
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        if request.method != "POST" or request.content_type is not None:
-            return await self._send_passthrough(request)
         try:
-            response = await self.client.post(
-                request.url,
-                request.headers,
-                request.body,
-                request.connect_timeout,
-                request.first_byte_timeout,
-                request.proxy,
-            )
-        except ConnectTimeout as exc:
-            through = f" through proxy {exc.proxy}" if exc.proxy else ""
-            raise UpstreamTimeoutError(
-                f"Upstream {request.label} could not be reached{through} within {request.connect_timeout:g}s."
-            ) from exc
-        except ReadTimeout as exc:
-            raise UpstreamTimeoutError(
-                f"Upstream {request.label} did not answer within {request.first_byte_timeout:g}s."
-            ) from exc
-        except (ConnectFailed, Disconnected) as exc:
-            raise UpstreamError(f"Upstream {request.label} is unreachable: {exc.reason}.") from exc
-        return _HttpResponse(response, request.label, request.chunk_timeout)
-
-    async def _send_passthrough(self, request: UpstreamRequest) -> UpstreamResponse:
-        """``send`` for the passthrough's requests: their method and Content-Type, the same errors."""
-        try:
-            response = await self.client.request(
-                request.method,
-                request.url,
-                request.headers_sent(),
-                request.body,
-                request.connect_timeout,
-                request.first_byte_timeout,
-                request.proxy,
-            )
+            if request.method == "POST" and request.content_type is None:
+                # The request path's kind: a POST of JSON, whose head is made once per endpoint.
+                response = await self.client.post(
+                    request.url,
+                    request.headers,
+                    request.body,
+                    request.connect_timeout,
+                    request.first_byte_timeout,
+                    request.proxy,
+                )
+            else:  # the passthrough's: its own method and Content-Type
+                response = await self.client.request(
+                    request.method,
+                    request.url,
+                    request.headers_sent(),
+                    request.body,
+                    request.connect_timeout,
+                    request.first_byte_timeout,
+                    request.proxy,
+                )
         except ConnectTimeout as exc:
             through = f" through proxy {exc.proxy}" if exc.proxy else ""
             raise UpstreamTimeoutError(
