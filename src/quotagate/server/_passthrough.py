@@ -34,7 +34,6 @@ from typing import Any
 
 import orjson
 
-from ..accounting import Price
 from ..auth import Principal
 from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError
 from ..limits import Usage
@@ -278,18 +277,13 @@ class Passthrough:
         assert model is not None
         # policy and limits: the tenant's request limits (and token limits, where the endpoint
         # knows its estimate); tokens are settled with what was used.
-        tenant = record.tenant = TenantCharge(proxy.limiter, proxy.policy, principal, model, ZERO, self._price)
+        tenant = record.tenant = TenantCharge(proxy.limiter, proxy.policy, principal, model, ZERO, proxy.price_of)
         if (tenant.applied is not None and tenant.applied.counts_tokens) or router.needs_estimate(model):
             tenant.estimate = self._estimate(path, bodies, model)
         reservation = await tenant.admit()
         if reservation is not None:
-            books.metrics.decision(
-                reservation.decision.allowed,
-                reservation.decision.denied_by.limit if reservation.decision.denied_by else None,
-            )
+            proxy.note_decision(principal, reservation.decision)
             if not reservation.decision.allowed:
-                if books.alerts is not None:
-                    books.alerts.refused(principal, reservation.decision)
                 raise rate_limit_error(reservation.decision, time.time())
         max_wait, priority = proxy.policy.shaping(principal) if proxy.policy is not None else (0.0, 0)
         # stream=True: an event stream (a streamed transcription, ...) is relayed as one.
@@ -410,10 +404,4 @@ class Passthrough:
 
     async def _done(self, record: RequestRecord, status: int, error: str | None) -> None:
         """The response's last message is next: the watch stops, the ledger row is written."""
-        if record.watch is not None:
-            record.watch.stop()
-        await self.proxy.books.account(record, status, error)
-
-    def _price(self, model: str) -> Price | None:
-        names = [model, *(t.provider_model for t in self.proxy.routes.deployments(model))]
-        return self.proxy.books.pricing.price_for(*names)
+        await self.proxy.complete(record, status, error)

@@ -272,9 +272,9 @@ class Proxy:
                 )
             plan = record.route = await self.planner.plan(model, request.body, principal)
             model = plan.model
-            record.baseline_price = self._price(plan.strongest)
+            record.baseline_price = self.price_of(plan.strongest)
         # policy: which of the tenant's limits apply to this model.
-        tenant = record.tenant = TenantCharge(self.limiter, self.policy, principal, model, ZERO, self._price)
+        tenant = record.tenant = TenantCharge(self.limiter, self.policy, principal, model, ZERO, self.price_of)
         applied = tenant.applied
         # tokens: estimated only where token or spend limits or a context window need it; the
         # ledger reads the provider's reported usage either way.
@@ -329,7 +329,7 @@ class Proxy:
                 except BaseException:
                     await tenant.settle(0, 0)  # the limit store failed, or the client left: give it all back
                     raise
-            self._note_decision(principal, decision)
+            self.note_decision(principal, decision)
             if not decision.allowed:
                 raise rate_limit_error(decision, self._clock())
 
@@ -364,7 +364,7 @@ class Proxy:
                 if tenant.reservation is not None:
                     extra.extend(ratelimit_headers(tenant.reservation.decision))
                 # relay: the answer to the client as it comes (the ledger row is written before
-                # its last byte: see _complete).
+                # its last byte: see complete).
                 outcome: bool | None = False
                 try:
                     if exchange.streamed:
@@ -373,10 +373,10 @@ class Proxy:
                             keep_events=ticket is not None and ticket.controls.store,
                         )
                         outcome = await relay_stream(
-                            exchange, send, extra, stream_usage, record, self._scrubber, self._complete
+                            exchange, send, extra, stream_usage, record, self._scrubber, self.complete
                         )
                     else:
-                        await relay_body(exchange, send, extra, record, self._scrubber, self._complete)
+                        await relay_body(exchange, send, extra, record, self._scrubber, self.complete)
                         outcome = True
                     if ticket is not None and outcome and exchange.response.status == 200:
                         try:
@@ -448,7 +448,7 @@ class Proxy:
         if reservation is not None and not reservation.decision.allowed and may_downgrade:
             return False
         if reservation is not None:
-            self._note_decision(record.principal, reservation.decision)
+            self.note_decision(record.principal, reservation.decision)
             if not reservation.decision.allowed:
                 raise rate_limit_error(reservation.decision, self._clock())
         # Only now: a refused request's row says it was refused, not answered from the cache.
@@ -464,7 +464,7 @@ class Proxy:
             if reservation is not None:
                 extra.extend(ratelimit_headers(reservation.decision))
             self.books.metrics.cache(record.charged_model, hit.kind, record.cache_saved_usd)
-            await self._complete(record, 200, None)
+            await self.complete(record, 200, None)
             if request.stream:
                 options = request.body.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -542,13 +542,13 @@ class Proxy:
             if usable and await tenant.move_to(target):
                 record.downgraded_from, record.downgrade_reason = asked, reason
                 if record.route is None:
-                    record.baseline_price = self._price(asked)
+                    record.baseline_price = self.price_of(asked)
                 assert tenant.reservation is not None
                 return tenant.reservation.decision
             on_limit = downgrades.following(target)
         return decision
 
-    async def _complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:
+    async def complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:
         """The response's last message is next. From here on http.disconnect means the response
         is done, not that the client left: the watch must not cancel what follows (settling)."""
         if record.watch is not None:
@@ -556,11 +556,11 @@ class Proxy:
         # The row is durable before the client has the whole response (see ledger).
         await self.books.account(record, status, error_type)
 
-    def _note_decision(self, principal: Principal, decision: Decision) -> None:
+    def note_decision(self, principal: Principal, decision: Decision) -> None:
         self.books.metrics.decision(decision.allowed, decision.denied_by.limit if decision.denied_by else None)
         if not decision.allowed and self.books.alerts is not None:
             self.books.alerts.refused(principal, decision)
 
-    def _price(self, model: str) -> Price | None:
+    def price_of(self, model: str) -> Price | None:
         names = [model, *(t.provider_model for t in self.routes.deployments(model))]
         return self.books.pricing.price_for(*names)

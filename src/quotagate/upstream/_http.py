@@ -570,15 +570,7 @@ class HttpClient:
                 self._routes.clear()
             route = self._routes[url] = _Route(url, headers, proxy, self._environment)
         request = b"%s%d\r\n\r\n%s" % (route.head, len(body), body)
-        connection = await self._connection(route, connect_timeout)
-        try:
-            return await self._exchange(connection, request, first_byte_timeout)
-        except Disconnected as exc:
-            if not connection.reused or exc.answered:
-                raise
-        # The server had closed the idle connection as the request went out: once more, new.
-        connection = await self._connection(route, connect_timeout, reuse=False)
-        return await self._exchange(connection, request, first_byte_timeout)
+        return await self._send(route, request, connect_timeout, first_byte_timeout)
 
     # -- any method: the passthrough's requests (GET, DELETE, multipart uploads) -------------------
 
@@ -605,14 +597,18 @@ class HttpClient:
             request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         else:
             request = head[: -len(b"Content-Length: ")] + b"\r\n"
-        connection = await self._connection(post_head, connect_timeout)
+        return await self._send(post_head, request, connect_timeout, first_byte_timeout)
+
+    async def _send(self, route: _Route, request: bytes, connect_timeout: float, first_byte_timeout: float) -> Response:
+        """``request`` on a pooled connection to ``route``'s origin; once more on a new one when
+        the server had closed the idle connection as the request went out (nothing was answered)."""
+        connection = await self._connection(route, connect_timeout)
         try:
             return await self._exchange(connection, request, first_byte_timeout)
         except Disconnected as exc:
             if not connection.reused or exc.answered:
                 raise
-        # As in post: the server had closed the idle connection as the request went out.
-        connection = await self._connection(post_head, connect_timeout, reuse=False)
+        connection = await self._connection(route, connect_timeout, reuse=False)
         return await self._exchange(connection, request, first_byte_timeout)
 
     async def _exchange(self, connection: _Connection, request: bytes, read_timeout: float) -> Response:
