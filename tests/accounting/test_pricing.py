@@ -28,7 +28,7 @@ def test_lookup_by_provider_name_and_prefix_and_overrides() -> None:
 
 def test_shipped_list_prices() -> None:
     """The examples the docs promise."""
-    assert DEFAULT_PRICES["claude-sonnet-4.5"] == Price(3.00, 15.00, 0.30)
+    assert DEFAULT_PRICES["claude-sonnet-4.5"] == Price(3.00, 15.00, 0.30, cache_write=3.75)
     assert DEFAULT_PRICES["gemini-2.5-flash"].input == 0.30 and DEFAULT_PRICES["gemini-2.5-flash"].output == 2.50
     assert DEFAULT_PRICES["deepseek-v3.2"] == Price(0.28, 0.42, 0.028)
 

@@ -99,6 +99,8 @@ SERVED_MODELS = {
     "/v1/chat/completions": "gpt-4o-mini",
     "/v1/completions": "gpt-4o-mini",
     "/v1/embeddings": "text-embedding-3-small",
+    "/v1/messages": "gpt-4o-mini",
+    "/v1/messages/count_tokens": "gpt-4o-mini",
 }
 
 

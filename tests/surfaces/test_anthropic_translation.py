@@ -13,7 +13,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import TypeAdapter
 
-from quotagate.errors import NotFoundError, UpstreamStatusError
+from quotagate.errors import InvalidRequestError, NotFoundError, UpstreamStatusError
 from quotagate.surfaces import (
     ChatStreamToMessages,
     MessagesStreamToChat,
@@ -213,7 +213,8 @@ def test_chat_request_becomes_a_messages_request() -> None:
     """System, images, tool calls, merged tool results, tools and sampling options all carry over."""
     out = chat_to_messages(CHAT)
     assert out["system"] == "Be brief."
-    assert out["max_tokens"] == 300 and out["temperature"] == 0.5 and out["top_p"] == 0.9
+    # Recent Claude models refuse temperature and top_p together: temperature is kept.
+    assert out["max_tokens"] == 300 and out["temperature"] == 0.5 and "top_p" not in out
     assert out["stop_sequences"] == ["END"] and out["stream"] is True
     assert out["metadata"] == {"user_id": "user-42"}
     assert out["tool_choice"] == {"type": "any"}
@@ -399,7 +400,7 @@ def test_messages_request_becomes_a_chat_request() -> None:
     }
     out = messages_to_chat(body)
     assert out["messages"] == [
-        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "system", "content": "Be brief."},  # a string: some providers (DeepSeek) take no list
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{PNG}"}}]},
         {
             "role": "assistant",
@@ -525,3 +526,104 @@ def test_error_shapes() -> None:
         openai_error_from_anthropic(orjson.loads(anthropic_error(429, None, "x")))["error"]["code"]
         == "rate_limit_exceeded"
     )
+
+
+def test_a_text_parts_cache_control_reaches_anthropic() -> None:
+    """A prompt-cache breakpoint sent in a chat request (as LiteLLM's clients do) is kept, on the
+    system prompt and on a user's text part; without one the system prompt stays a string."""
+    marker = {"type": "ephemeral"}
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": marker}]},
+            {"role": "user", "content": [{"type": "text", "text": "long doc", "cache_control": marker}]},
+        ],
+    }
+    sent = chat_to_messages(body)
+    assert sent["system"] == [{"type": "text", "text": "rules", "cache_control": marker}]
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "long doc", "cache_control": marker}]
+    plain = chat_to_messages({"model": "m", "messages": [{"role": "system", "content": "rules"}]})
+    assert plain["system"] == "rules"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": [1, 2]}],
+        [{"role": "assistant", "content": "x", "tool_calls": ["not an object"]}],
+        [{"role": "tool", "tool_call_id": "t", "content": ["not a part"]}],
+    ],
+)
+def test_a_malformed_chat_body_is_a_400_not_a_crash(messages: list[Any]) -> None:
+    with pytest.raises(InvalidRequestError, match="could not be translated"):
+        chat_to_messages({"model": "m", "messages": messages})
+
+
+def test_a_malformed_messages_body_is_a_400_not_a_crash() -> None:
+    with pytest.raises(InvalidRequestError, match="could not be translated"):
+        messages_to_chat({"model": "m", "max_tokens": 5, "messages": [], "tools": ["not a tool"]})
+
+
+def test_what_anthropic_cannot_honour_is_refused_not_dropped() -> None:
+    """Several choices, logprobs and structured outputs would silently change the answer."""
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for extra, param in (
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            chat_to_messages({**base, **extra})
+        assert refused.value.param == param
+    assert chat_to_messages({**base, "n": 1, "response_format": {"type": "text"}})["messages"]
+
+
+def test_sampling_and_empty_turns_as_anthropic_takes_them() -> None:
+    body = {
+        "model": "m",
+        "temperature": 1.7,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "again"},
+        ],
+    }
+    out = chat_to_messages(body)
+    assert out["temperature"] == 1.0  # OpenAI's 0-2, Anthropic's 0-1
+    # The empty assistant turn is left out; the user turns around it become one.
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}
+    ]
+    assert chat_to_messages({"model": "m", "top_p": 0.5, "messages": body["messages"][:1]})["top_p"] == 0.5
+
+
+def test_messages_chat_cannot_say_are_named_when_asked_to_skip() -> None:
+    """The form the gateway counts by leaves out what chat cannot say and names it; the strict
+    form (for an OpenAI deployment) refuses it."""
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+                    },
+                    {"type": "text", "text": "Summarise this."},
+                ],
+            }
+        ],
+        "tools": [
+            {"type": "web_search_20250305", "name": "web_search"},
+            {"name": "f", "input_schema": {"type": "object"}},
+        ],
+    }
+    skipped: list[str] = []
+    out = messages_to_chat(body, skipped)
+    assert out["messages"] == [{"role": "user", "content": "Summarise this."}]
+    assert [tool["function"]["name"] for tool in out["tools"]] == ["f"]
+    assert skipped == ["content blocks of type 'document'", "the tool type 'web_search_20250305'"]
+    with pytest.raises(InvalidRequestError):
+        messages_to_chat(body)

@@ -17,7 +17,8 @@ from ..redis import URL_SCHEMES
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 
-# Where each known OpenAI-compatible provider lives, so `base_url` may be left out for them.
+# Where each known provider lives, so `base_url` may be left out for them. All speak OpenAI's API
+# but anthropic, whose deployments speak Anthropic's Messages API (POST {base_url}/messages).
 PROVIDER_BASE_URLS: dict[str, str | None] = {
     "openai": "https://api.openai.com/v1",
     "deepseek": "https://api.deepseek.com/v1",
@@ -234,6 +235,9 @@ class PriceConfig(_Strict):
     input: float = Field(ge=0, description="USD per million input tokens")
     output: float = Field(ge=0, description="USD per million output tokens")
     cached_input: float | None = Field(default=None, ge=0, description="USD per million cached input tokens")
+    cache_write: float | None = Field(
+        default=None, ge=0, description="USD per million prompt-cache write tokens (Anthropic's); input's if unset"
+    )
 
 
 class CurrencySettings(_Strict):
@@ -333,6 +337,10 @@ class Deployment(_Strict):
     api_version: str | None = Field(default=None, description="provider azure: the api-version query parameter")
     azure_ad_token: str | None = Field(
         default=None, description="provider azure: env:NAME of a Microsoft Entra ID bearer token, instead of api_key"
+    )
+    anthropic_version: str = Field(
+        default="2023-06-01",
+        description="provider anthropic: the anthropic-version header sent when the client sends none",
     )
 
     @field_validator("api_key", "azure_ad_token")

@@ -22,7 +22,7 @@ from ..limits import NOTHING, Reservation
 from ..upstream import DeploymentTarget, Transport, UpstreamRequest, UpstreamResponse, upstream_status_error
 from ..upstream._http import ConnectFailed, ConnectTimeout, ResponseTooLarge
 from ._blame import Suspect
-from ._provider_headers import exhausted_resets, parse_duration, retry_after
+from ._provider_headers import exhausted_resets, reset_wait, retry_after
 from ._request import RouteRequest
 from ._state import DeploymentStates
 from ._stats import DeploymentStats
@@ -68,6 +68,8 @@ class Failure(NamedTuple):
     retryable: bool  # whether another try (here or elsewhere) may help
     wait: float | None  # how long to wait before trying it again, as the provider said (a 429's)
     suspect: Suspect | None  # the failure, when it may be the request's rather than the deployment's
+    # The deployment's API cannot take the request (never sent): another deployment's may.
+    unservable: bool = False
 
 
 class Attempts:
@@ -92,6 +94,14 @@ class Attempts:
     ) -> Exchange | Failure:
         """Send ``request`` to ``target``, which admitted it with ``reservation`` on its provider
         limits (given back when the deployment takes nothing)."""
+        bodies = request.bodies
+        try:
+            # The deployment's endpoint and body: another API's, translated, where it speaks one.
+            path = bodies.path_for(target, request.path)
+            body = bodies.for_target(target)
+        except GatewayError as exc:  # a request this deployment's API cannot take
+            await _give_back(reservation)
+            return Failure(exc, False, None, None, unservable=True)
         stats = self._stats[target.id]
         stats.began()
         started = time.monotonic()
@@ -99,9 +109,9 @@ class Attempts:
         try:
             response = await self._transport.send(
                 UpstreamRequest(
-                    target.url(request.path),
-                    target.headers,
-                    request.bodies.for_target(target),
+                    target.url(path),
+                    bodies.headers_for(target),
+                    body,
                     target.connect_timeout,
                     target.first_byte_timeout,
                     target.chunk_timeout,
@@ -173,7 +183,7 @@ class Attempts:
         error = upstream_status_error(response.status, body, response.headers, target.label, self._secrets)
         await _give_back(reservation)
         if response.status == 429:
-            wait = retry_after(response.headers) or parse_duration(response.headers.get("x-ratelimit-reset-requests"))
+            wait = retry_after(response.headers) or reset_wait(response.headers)
             await self._states.cooldown(target.id, wait or self._default_cooldown)
             stats.ended(failed=False)
             return Failure(error, True, wait, None)

@@ -116,6 +116,12 @@ class Router:
                         served = True
                         return outcome
                     last_error = outcome.error
+                    if outcome.unservable:
+                        # Its API cannot take the request (embeddings of a Messages deployment, a
+                        # PDF for an OpenAI one): another deployment's may, and no try was made.
+                        failed.add(target.id)
+                        attempts -= 1
+                        continue
                     if outcome.suspect is not None:
                         suspects.append(outcome.suspect)
                     if not outcome.retryable:

@@ -65,9 +65,10 @@ from ._asgi import (
 from ._azure import PREFIX as AZURE_PREFIX
 from ._azure import azure_route
 from ._books import Books
+from ._messages import CountTokens, anthropic_errors
 from ._openapi import openapi_json
 from ._passthrough import Passthrough
-from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
+from ._proxy import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, Proxy
 from ._responses import ResponseHomes, Responses
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class Gateway:
         return Router(config, routes, self.transport, self.limiter, states)
 
     def _make_books(self, config: Config) -> Books:
-        prices = {name: Price(p.input, p.output, p.cached_input) for name, p in config.pricing.items()}
+        prices = {name: Price(p.input, p.output, p.cached_input, p.cache_write) for name, p in config.pricing.items()}
         return Books(
             pricing=Pricing(prices),
             ledger=self.ledger,
@@ -332,6 +333,9 @@ class Gateway:
                 routes[("POST", prefix + path)] = functools.partial(proxy.handle, endpoint)
             routes[("GET", prefix + "/models")] = self._list_models
             routes[("GET", prefix + "/quota")] = self._quota
+        # Anthropic's Messages API (its SDK and Claude Code always use the /v1 prefix).
+        routes[("POST", "/v1/messages")] = anthropic_errors(functools.partial(proxy.handle, MESSAGES))
+        routes[("POST", "/v1/messages/count_tokens")] = anthropic_errors(CountTokens(proxy).handle)
         routes[("GET", "/health")] = self._health
         routes[("GET", "/metrics")] = self._metrics
         routes[("GET", "/ready")] = self._ready

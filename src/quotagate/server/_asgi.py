@@ -36,6 +36,8 @@ _READ = frozenset(
         b"cache-control",
         b"x-quotagate-cache-ttl",
         b"x-quotagate-downgrade",
+        b"anthropic-version",
+        b"anthropic-beta",
     )
 )
 
@@ -44,6 +46,7 @@ class RequestHeaders:
     """The few request headers the gateway reads, pulled out in one pass."""
 
     __slots__ = (
+        "anthropic",
         "authorization",
         "cache_control",
         "cache_ttl",
@@ -67,6 +70,8 @@ class RequestHeaders:
         self.cache_ttl: str | None = None
         # x-quotagate-downgrade: off forbids serving a cheaper model instead of a 429 (tiering/).
         self.downgrade: str | None = None
+        # anthropic-version and anthropic-beta, sent on to deployments that speak the Messages API.
+        self.anthropic: dict[str, str] | None = None
         for name, value in raw:
             if name not in _READ:
                 continue  # most headers: one set lookup, not five comparisons
@@ -89,6 +94,14 @@ class RequestHeaders:
                 self.cache_ttl = value.decode("latin-1")
             elif name == b"x-quotagate-downgrade":
                 self.downgrade = value.decode("latin-1").strip().lower()
+            elif name == b"anthropic-version" or name == b"anthropic-beta":
+                # Sent on as they came (a beta header sent twice is one list); only these two: a
+                # header that lost its elif above (a second api-key) must never reach a provider.
+                header, text = name.decode(), value.decode("latin-1")
+                if self.anthropic is None:
+                    self.anthropic = {}
+                given = self.anthropic.get(header)
+                self.anthropic[header] = text if given is None or header != "anthropic-beta" else f"{given},{text}"
 
 
 def _reseed() -> None:

@@ -48,7 +48,7 @@ class Books:
             price = self.pricing.price_for(record.exchange.target.provider_model, model)
         else:
             price = self.pricing.price_for(model)
-        return cost_usd(price, prompt, completion, record.cached)
+        return cost_usd(price, prompt, completion, record.cached, record.cache_written)
 
     async def account(self, record: RequestRecord, status: int, error_type: str | None) -> None:
         """The request's ledger row and metrics; once per request."""
@@ -92,7 +92,7 @@ class Books:
             downgraded_from=record.downgraded_from,
             # NULL where the model it is compared with has no price: a 0 would read as a saving.
             baseline_usd=(
-                cost_usd(record.baseline_price, prompt, completion, record.cached)
+                cost_usd(record.baseline_price, prompt, completion, record.cached, record.cache_written)
                 if record.tiered and record.baseline_price is not None
                 else None
             ),

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of every route, served at GET /openapi.json.
 
-Request bodies come from the objects that check them: the OpenAI bodies' field tables
+Request bodies come from the objects that check them: the OpenAI and Anthropic bodies' field tables
 (``_validation.py``) and the admin API's pydantic models (``_admin.py``), so the description cannot
 say something the checks do not do. Response bodies are described here; the schemathesis test
 (tests/server/test_openapi.py) checks every answer the gateway gives against them.
@@ -19,7 +19,14 @@ from .._version import __version__
 from ..keys._store import LABEL_PATTERN
 from ..limits import Unit
 from ._admin import KeyCreate, KeyUpdate
-from ._validation import CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY, RequestBody
+from ._validation import (
+    CHAT_BODY,
+    COMPLETION_BODY,
+    COUNT_TOKENS_BODY,
+    EMBEDDING_BODY,
+    MESSAGES_BODY,
+    RequestBody,
+)
 
 _SCHEMAS = "#/components/schemas/"
 
@@ -91,6 +98,7 @@ def _list_of(item: dict[str, Any]) -> dict[str, Any]:
 
 _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": _ERROR,
+    "AnthropicError": _object({"type": {"const": "error"}, "error": _object({"type": _STRING, "message": _STRING})}),
     "Key": _KEY,
     "KeyCreated": {"allOf": [_ref("Key"), _object({"key": {"type": "string", "description": "shown only once"}})]},
     "KeyList": _list_of(_ref("Key")),
@@ -169,9 +177,53 @@ _TENANT: list[dict[str, list[str]]] = [{"gatewayKey": []}, {"gatewayKeyHeader": 
 _ADMIN: list[dict[str, list[str]]] = [{"masterKey": []}]
 # What any request of a tenant may answer besides its success: a bad request, a bad key, a model
 # the key may not use or that does not exist, a slow or oversized body, a limit, and what the
-# providers answered (502, 503, 504) when no deployment could serve it.
-_TENANT_ERRORS = (400, 401, 403, 404, 408, 413, 429, 502, 503, 504)
+# providers answered (502, 503, 504, and 529 where one was overloaded) when no deployment could serve it.
+_TENANT_ERRORS = (400, 401, 403, 404, 408, 413, 429, 502, 503, 504, 529)
 _ADMIN_ERRORS = (400, 401, 403, 404, 405, 408, 413, 503)
+
+
+def _anthropic_errors() -> dict[str, Any]:
+    """Anthropic's routes answer the same statuses in Anthropic's error shape."""
+    return {str(status): {"$ref": "#/components/responses/AnthropicError"} for status in _TENANT_ERRORS}
+
+
+def _messages_operations() -> dict[str, Any]:
+    events = {"text/event-stream": {"schema": _object({"data": _STRING}, {"event": _STRING})}}
+    return {
+        "/v1/messages": {
+            "post": {
+                "operationId": "createMessage",
+                "summary": "an Anthropic Messages API message (x-api-key or a bearer key)",
+                "security": _TENANT,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(MESSAGES_BODY.title)}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "the message, in Anthropic's form (events when stream is true)",
+                        "content": {"application/json": {"schema": _ANY_OBJECT}, **events},
+                    },
+                    **_anthropic_errors(),
+                },
+            }
+        },
+        "/v1/messages/count_tokens": {
+            "post": {
+                "operationId": "countMessageTokens",
+                "summary": "the prompt's tokens as the gateway estimates them (not charged)",
+                "security": _TENANT,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(COUNT_TOKENS_BODY.title)}},
+                },
+                "responses": {
+                    "200": _json(_object({"input_tokens": {"type": "integer", "minimum": 0}}), "the count"),
+                    **_anthropic_errors(),
+                },
+            }
+        },
+    }
 
 
 def _proxy_operation(operation_id: str, body: RequestBody, summary: str) -> dict[str, Any]:
@@ -221,6 +273,7 @@ def _paths() -> dict[str, Any]:
         "/v1/chat/completions": _proxy_operation("createChatCompletion", CHAT_BODY, "a chat completion"),
         "/v1/completions": _proxy_operation("createCompletion", COMPLETION_BODY, "a text completion"),
         "/v1/embeddings": _proxy_operation("createEmbedding", EMBEDDING_BODY, "embeddings"),
+        **_messages_operations(),
         "/v1/models": {
             "get": _operation("listModels", "the models this key may use", "ModelList", _TENANT, (401, 503))
         },
@@ -402,16 +455,23 @@ def openapi_document() -> dict[str, Any]:
             "title": "quotagate",
             "version": __version__,
             "description": "An OpenAI-compatible gateway with exact rate limits, quotas and spend control. "
-            "The /v1 routes are also served without the /v1 prefix. Errors are OpenAI-shaped.",
+            "The /v1 routes (but Anthropic's /v1/messages) are also served without the /v1 prefix. "
+            "Errors are OpenAI-shaped, and Anthropic-shaped on /v1/messages.",
         },
         "paths": _paths(),
         "components": {
             "schemas": {
-                **{body.title: body.json_schema() for body in (CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY)},
+                **{
+                    body.title: body.json_schema()
+                    for body in (CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY, MESSAGES_BODY, COUNT_TOKENS_BODY)
+                },
                 **_model_schemas(KeyCreate, KeyUpdate),
                 **_COMPONENT_SCHEMAS,
             },
-            "responses": {"Error": _json(_ref("Error"), "an error, OpenAI-shaped")},
+            "responses": {
+                "Error": _json(_ref("Error"), "an error, OpenAI-shaped"),
+                "AnthropicError": _json(_ref("AnthropicError"), "an error, Anthropic-shaped"),
+            },
             "securitySchemes": {
                 "gatewayKey": {**bearer, "description": "a gateway key (Authorization: Bearer KEY)"},
                 "gatewayKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},

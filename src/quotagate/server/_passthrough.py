@@ -169,6 +169,9 @@ class PassthroughBodies(UpstreamBodies):
     def asked_for_usage(self, target: DeploymentTarget) -> bool:
         return False
 
+    def path_for(self, target: DeploymentTarget, path: str) -> str:
+        return path  # as the client asked, whichever API the deployment speaks
+
     def _body(self, target: DeploymentTarget) -> bytes:
         asked = self._asked
         if asked.model is None or target.provider_model == asked.model:
@@ -280,8 +283,10 @@ class Passthrough:
         tenant = record.tenant = TenantCharge(proxy.limiter, proxy.policy, principal, model, ZERO, proxy.price_of)
         if (tenant.applied is not None and tenant.applied.counts_tokens) or router.needs_estimate(model):
             tenant.estimate = self._estimate(path, bodies, model)
+        waited = time.perf_counter()
         reservation = await tenant.admit()
         if reservation is not None:
+            books.metrics.wait.observe(time.perf_counter() - waited)
             proxy.note_decision(principal, reservation.decision)
             if not reservation.decision.allowed:
                 raise rate_limit_error(reservation.decision, time.time())
@@ -330,11 +335,7 @@ class Passthrough:
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             watch.stop()
-            record.collect_stream_usage()
-            if tenant.reservation is not None and proxy.limiter is not None:
-                prompt, completion = record.actual()
-                spent = books.cost(record, prompt, completion) if tenant.counts_spend else 0.0
-                await tenant.settle(prompt, completion, spent)
+            await proxy.settle(record)
 
     async def _relay(
         self, response: Any, first: bytes, send: Send, extra: list[tuple[bytes, bytes]], record: RequestRecord

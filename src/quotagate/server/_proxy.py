@@ -1,6 +1,6 @@
 """The proxy: one request through the stages, in DESIGN.md's order, each a unit of its own.
 
-    surface in   Endpoint.parse               _validation: the OpenAI request, checked
+    surface in   Endpoint.parse               _validation: the OpenAI (or Anthropic) request, checked
     auth         Proxy.authenticate           auth/: the gateway key -> a principal
     route plan   RoutePlanner.plan            tiering/: a routed model's request -> a class, a model
     policy       TenantCharge(...)            _tenant, policy/: which of the tenant's limits apply
@@ -11,6 +11,7 @@
     route        Router.exchange              router/: a deployment with room, retries, fallbacks
     upstream     UpstreamBodies, Transport    upstream/: the body each deployment is sent
     relay        relay_body, relay_stream     _relay: the answer to the client as it comes
+                 read_answer, stream_reader   _answers: usage read, translated to the client's API
     settle       Router.finish, .settle       the deployment's and the tenant's limits, exact
     account      Books.account                _books: the ledger row and metrics, once
     cache        ResponseCache.keep           cache/: the answer stored, after the client has it
@@ -24,6 +25,12 @@ handed to the router as an object (``TenantCharge``) that a fallback to another 
 the relay is handed what to do before the response's last byte (write the ledger row).
 Requests go upstream as the client sent them, apart from what a deployment needs changed
 (``UpstreamBodies``); streams are relayed event by event as they arrive, never buffered whole.
+
+Anthropic's Messages API (``MESSAGES``, served by ``_messages``) takes the same stages: the request
+is checked as Anthropic's and read in its chat form by the stages that count and route, a
+deployment that speaks the Messages API is sent the client's bytes and one that speaks OpenAI's
+the chat form (``MessagesBodies``), and the answer comes back in Anthropic's form (``_answers``).
+Likewise a chat request to a deployment that speaks the Messages API is translated both ways.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -65,7 +73,8 @@ from ..tokens import (
     usage_details,
 )
 from ..tokens._estimate import Kind
-from ..upstream import ModelRoutes, Scrubber, UpstreamBodies
+from ..upstream import DeploymentTarget, MessagesBodies, ModelRoutes, Scrubber, UpstreamBodies
+from ._answers import ANTHROPIC, OPENAI, stream_reader
 from ._asgi import (
     JSON_CONTENT_TYPE,
     Receive,
@@ -79,12 +88,11 @@ from ._asgi import (
 from ._azure import with_model
 from ._books import Books
 from ._disconnect import DisconnectWatch, Watches
-from ._ratelimit import rate_limit_error, ratelimit_headers
+from ._ratelimit import anthropic_ratelimit_headers, rate_limit_error, ratelimit_headers
 from ._record import RequestRecord, error_type
 from ._relay import SSE_HEADERS, relay_body, relay_stream
-from ._stream_usage import StreamUsage
 from ._tenant import TenantCharge
-from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding
+from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding, parse_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +100,13 @@ class Endpoint:
     upstream_path: str
     parse: Callable[[bytes], ParsedRequest]
     kind: Kind
+    api: str = OPENAI  # the API the client speaks: its errors, headers and answers are in its form
 
 
 CHAT = Endpoint("/chat/completions", parse_chat, "chat")
 COMPLETIONS = Endpoint("/completions", parse_completion, "completion")
 EMBEDDINGS = Endpoint("/embeddings", parse_embedding, "embedding")
+MESSAGES = Endpoint("/messages", parse_messages, "chat", ANTHROPIC)
 
 
 logger = logging.getLogger("quotagate.cache")
@@ -299,7 +309,7 @@ class Proxy:
                 self.routes.models[model].context_window if plan is None else None,
             )
         body = request.body
-        if "cache" in body:
+        if "cache" in body and request.messages is None:
             # The cache's controls as LiteLLM clients send them: the gateway's, not the provider's.
             body = {name: value for name, value in body.items() if name != "cache"}
             raw = orjson.dumps(body)
@@ -334,9 +344,20 @@ class Proxy:
                 raise rate_limit_error(decision, self._clock())
 
         # route and upstream: a deployment with room answers (retries, breakers, fallbacks).
-        bodies = UpstreamBodies(
-            body, raw, request.model, request.stream, counts_tokens=needs_estimate or books.ledger is not None
-        )
+        bodies: UpstreamBodies
+        if request.messages is not None:
+            bodies = MessagesBodies(
+                request.messages,
+                raw,
+                body,
+                request.model,
+                request.stream,
+                headers.anthropic or {},
+                request.untranslatable,
+            )
+        else:
+            counts_tokens = needs_estimate or books.ledger is not None
+            bodies = UpstreamBodies(body, raw, request.model, request.stream, counts_tokens, chat=chat)
         max_wait, priority = self.policy.shaping(principal) if self.policy is not None else (0.0, 0)
         route = RouteRequest(
             endpoint.upstream_path,
@@ -362,13 +383,17 @@ class Proxy:
                 if ticket is not None:
                     extra.append((b"x-quotagate-cache", b"miss"))
                 if tenant.reservation is not None:
-                    extra.extend(ratelimit_headers(tenant.reservation.decision))
-                # relay: the answer to the client as it comes (the ledger row is written before
-                # its last byte: see complete).
+                    extra.extend(self._ratelimit_headers(endpoint, tenant.reservation.decision))
+                # relay: the answer to the client as it comes, in the client's API (the ledger row
+                # is written before its last byte: see complete).
                 outcome: bool | None = False
                 try:
                     if exchange.streamed:
-                        stream_usage = record.stream_usage = StreamUsage(
+                        stream_usage = record.stream_usage = stream_reader(
+                            endpoint.api,
+                            served,
+                            body,
+                            self._prompt_estimate(endpoint, served, body, estimate),
                             strip_usage_chunk=bodies.asked_for_usage(served),
                             keep_events=ticket is not None and ticket.controls.store,
                         )
@@ -376,7 +401,7 @@ class Proxy:
                             exchange, send, extra, stream_usage, record, self._scrubber, self.complete
                         )
                     else:
-                        await relay_body(exchange, send, extra, record, self._scrubber, self.complete)
+                        await relay_body(exchange, send, extra, record, self._scrubber, self.complete, endpoint.api)
                         outcome = True
                     if ticket is not None and outcome and exchange.response.status == 200:
                         try:
@@ -396,17 +421,8 @@ class Proxy:
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            # settle (the tenant's side): what the request used, however it ended.
             watch.stop()
-            record.collect_stream_usage()
-            if tenant.reservation is not None and self.limiter is not None:
-                prompt, completion = record.actual()
-                spent = self.books.cost(record, prompt, completion) if tenant.counts_spend else 0.0
-                deltas = await tenant.settle(prompt, completion, spent)
-                if books.alerts is not None:
-                    # Quotas and budgets as the request left them, settled: what it used, not
-                    # the most it could have used.
-                    books.alerts.settled(principal, tenant.reservation.decision, deltas, self.limiter.status)
+            await self.settle(record)
 
     def _cache_ticket(
         self, endpoint: Endpoint, headers: RequestHeaders, request: ParsedRequest, principal: Principal, model: str
@@ -414,8 +430,11 @@ class Proxy:
         """Where the request's answer is looked up and kept, if a rule (of the model asked for)
         caches it: under ``model``, the one planned to serve it (a routed model's class's model:
         two tenants whose rules class the same question differently never share an answer). A
-        streamed completion (not chat) is not cached: its cached form would be replayed as one."""
+        streamed completion (not chat) is not cached: its cached form would be replayed as one;
+        nor is a Messages request (the cache keeps and replays OpenAI's answers)."""
         if self.cache is None or self.cache_rules is None or (request.stream and endpoint.kind != "chat"):
+            return None
+        if endpoint.api != OPENAI:
             return None
         rule = self.cache_rules.rule_for(principal.tier, request.model)
         if rule is None:
@@ -548,6 +567,21 @@ class Proxy:
             on_limit = downgrades.following(target)
         return decision
 
+    async def settle(self, record: RequestRecord) -> None:
+        """settle (the tenant's side): what the request used, however it ended, and the alerts
+        its quotas and budgets call for."""
+        record.collect_stream_usage()
+        tenant = record.tenant
+        if tenant is None or tenant.reservation is None or self.limiter is None:
+            return
+        prompt, completion = record.actual()
+        spent = self.books.cost(record, prompt, completion) if tenant.counts_spend else 0.0
+        deltas = await tenant.settle(prompt, completion, spent)
+        if self.books.alerts is not None:
+            # Quotas and budgets as the request left them, settled: what it used, not the most it
+            # could have used.
+            self.books.alerts.settled(record.principal, tenant.reservation.decision, deltas, self.limiter.status)
+
     async def complete(self, record: RequestRecord, status: int, error_type: str | None) -> None:
         """The response's last message is next. From here on http.disconnect means the response
         is done, not that the client left: the watch must not cancel what follows (settling)."""
@@ -560,6 +594,21 @@ class Proxy:
         self.books.metrics.decision(decision.allowed, decision.denied_by.limit if decision.denied_by else None)
         if not decision.allowed and self.books.alerts is not None:
             self.books.alerts.refused(principal, decision)
+
+    @staticmethod
+    def _prompt_estimate(endpoint: Endpoint, served: DeploymentTarget, body: dict[str, Any], estimate: Estimate) -> int:
+        """The prompt's tokens as estimated, for a Messages stream translated from OpenAI's, whose
+        message_start says them before the provider has: counted now if no stage needed them (a
+        Claude Code prompt is ~150k tokens, ~19 ms to count: not for every request)."""
+        if estimate.prompt or endpoint.api != ANTHROPIC or served.api == ANTHROPIC:
+            return estimate.prompt
+        return estimate_tokens("chat", body, served.model, 0, None).prompt
+
+    def _ratelimit_headers(self, endpoint: Endpoint, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """The tenant's limits as the client's API names them."""
+        if endpoint.api == ANTHROPIC:
+            return anthropic_ratelimit_headers(decision, self._clock())
+        return ratelimit_headers(decision)
 
     def price_of(self, model: str) -> Price | None:
         names = [model, *(t.provider_model for t in self.routes.deployments(model))]

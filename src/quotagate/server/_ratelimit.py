@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from ..errors import GatewayError
@@ -16,6 +16,8 @@ class RateLimitError(GatewayError):
     status = 429
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+    # The refusal it tells of: the Messages surface says it in Anthropic's headers.
+    decision: Decision | None = None
 
 
 def go_duration(seconds: float) -> str:
@@ -58,6 +60,36 @@ _REQUEST_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-reque
 _TOKEN_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
 
 
+# Anthropic's names: requests, tokens (the tightest of any token limit), and input and output tokens
+# for limits that count only those.
+_ANTHROPIC_KINDS = (
+    (b"requests", (Unit.REQUESTS,)),
+    (b"tokens", _TOKEN_UNITS),
+    (b"input-tokens", (Unit.INPUT_TOKENS,)),
+    (b"output-tokens", (Unit.OUTPUT_TOKENS,)),
+)
+
+
+def anthropic_ratelimit_headers(decision: Decision, now: float) -> list[tuple[bytes, bytes]]:
+    """anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}
+    for the tightest of the tenant's limits of each kind; reset is an RFC 3339 time, as
+    Anthropic's."""
+    headers: list[tuple[bytes, bytes]] = []
+    for kind, units in _ANTHROPIC_KINDS:
+        tightest: LimitStatus | None = None
+        for status in decision.statuses:
+            if status.limit.unit in units and (tightest is None or status.remaining < tightest.remaining):
+                tightest = status
+        if tightest is None:
+            continue
+        prefix = b"anthropic-ratelimit-" + kind
+        reset = datetime.fromtimestamp(now + max(0.0, tightest.reset_after), UTC).isoformat(timespec="seconds")
+        headers.append((prefix + b"-limit", b"%d" % tightest.limit.capacity))
+        headers.append((prefix + b"-remaining", b"%d" % max(0, tightest.remaining)))
+        headers.append((prefix + b"-reset", reset.replace("+00:00", "Z").encode()))
+    return headers
+
+
 def _amount(limit: Limit, value: int) -> str:
     # Budgets count micro-dollars; people read dollars.
     if limit.unit is Unit.SPEND:
@@ -66,6 +98,13 @@ def _amount(limit: Limit, value: int) -> str:
 
 
 def rate_limit_error(decision: Decision, now: float) -> RateLimitError:
+    """The 429 for a refusal of the tenant's limits, with its x-ratelimit-* and retry-after."""
+    error = _refusal(decision, now)
+    error.decision = decision
+    return error
+
+
+def _refusal(decision: Decision, now: float) -> RateLimitError:
     status = decision.denied_by
     assert status is not None
     limit = status.limit

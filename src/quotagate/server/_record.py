@@ -18,7 +18,7 @@ from ..router import Exchange
 from ..tiering import RoutePlan
 from ..tokens import count_generated
 from ._disconnect import DisconnectWatch
-from ._stream_usage import StreamUsage
+from ._stream_usage import StreamReader
 from ._tenant import TenantCharge
 
 
@@ -32,6 +32,7 @@ class RequestRecord:
         "began",
         "cache_hit",
         "cache_saved_usd",
+        "cache_written",
         "cached",
         "client_request_id",
         "counted",
@@ -43,6 +44,7 @@ class RequestRecord:
         "generated",
         "model",
         "principal",
+        "prompt_reported",
         "reported",
         "request_id",
         "route",
@@ -72,14 +74,18 @@ class RequestRecord:
         self.tenant: TenantCharge | None = None
         # What the request actually used, as learnt from the response (None: nothing yet).
         self.reported: tuple[int, int] | None = None
-        self.cached = 0
+        # The prompt's tokens as a stream that broke off had reported them (Anthropic's
+        # message_start), where its whole usage never came (None: unknown, the estimate stands).
+        self.prompt_reported: int | None = None
+        self.cached = 0  # prompt tokens read from the provider's prompt cache
+        self.cache_written = 0  # prompt tokens written to it (Anthropic's cache_creation_input_tokens)
         self.generated = ""
         # The tokens of ``counted_text`` as last counted: actual() is asked up to three times.
         self.counted = 0
         self.counted_text = ""
         self.upstream_answered = False
         self.exchange: Exchange | None = None
-        self.stream_usage: StreamUsage | None = None
+        self.stream_usage: StreamReader | None = None
         self.watch: DisconnectWatch | None = None
         self.done = False
         # The provider's whole answer, as parsed (the response cache keeps it).
@@ -124,7 +130,9 @@ class RequestRecord:
     def collect_stream_usage(self) -> None:
         if self.stream_usage is not None and self.reported is None:
             self.reported = self.stream_usage.usage
+            self.prompt_reported = self.stream_usage.prompt
             self.cached = self.stream_usage.cached
+            self.cache_written = self.stream_usage.cache_written
             self.generated = "".join(self.stream_usage.pieces)
 
     def actual(self) -> tuple[int, int]:
@@ -135,6 +143,8 @@ class RequestRecord:
             if self.generated != self.counted_text:
                 self.counted = count_generated(self.generated, self.charged_model)
                 self.counted_text = self.generated
+            if self.prompt_reported is not None:
+                return self.prompt_reported, self.counted
             prompt = self.tenant.estimate.prompt if self.tenant is not None else 0
             return prompt, self.counted
         return 0, 0  # the provider never took the request

@@ -18,12 +18,12 @@ import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from ..router import Exchange
-from ..tokens import generated_text, usage_details
 from ..upstream import Scrubber
 from ..upstream._errors import scrub
+from ._answers import OPENAI, read_answer
 from ._asgi import JSON_CONTENT_TYPE, Send, send_bytes
 from ._record import RequestRecord, error_type, stream_error_type
-from ._stream_usage import StreamUsage
+from ._stream_usage import StreamReader
 
 # Called before the response's last message: (the request, its status, its error type).
 Complete = Callable[[RequestRecord, int, "str | None"], Awaitable[None]]
@@ -77,6 +77,7 @@ async def relay_body(
     record: RequestRecord,
     scrubber: Scrubber,
     complete: Complete,
+    client_api: str = OPENAI,
 ) -> None:
     response = exchange.response
     # Whole already: the router read it within the deployment's timeouts, so that an answer
@@ -86,12 +87,12 @@ async def relay_body(
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = None
+    # Its usage read, and the answer made the client's API's where the deployment speaks another.
+    answer = read_answer(client_api, exchange.target, payload, record)
+    if answer is not payload:
+        payload = answer
+        body = orjson.dumps(answer)
     record.answer = payload
-    details = usage_details(payload)
-    if details is not None:
-        record.reported, record.cached = (details[0], details[1]), details[2]
-    else:
-        record.generated = generated_text(payload)
     if isinstance(payload, dict) and payload.get("error"):
         # An error with a 2xx status, scrubbed as error responses are (keys in JSON escapes too).
         body = orjson.dumps(scrub(payload, scrubber.secrets))
@@ -105,7 +106,7 @@ async def relay_stream(
     exchange: Exchange,
     send: Send,
     extra: list[tuple[bytes, bytes]],
-    stream_usage: StreamUsage,
+    stream_usage: StreamReader,
     record: RequestRecord,
     scrubber: Scrubber,
     complete: Complete,
@@ -159,8 +160,10 @@ async def relay_stream(
                             f"Upstream {exchange.target.label} exceeded its total timeout of {total:g}s."
                         ) from None
                 if not chunk:
-                    if pending:
-                        rest, error = scrubber.events(stream_usage.feed(bytes(pending)))
+                    rest = stream_usage.feed(bytes(pending)) if pending else b""
+                    rest += stream_usage.finish()
+                    if rest:
+                        rest, error = scrubber.events(rest)
                         failed = error if failed is None else failed
                         await send({"type": "http.response.body", "body": rest, "more_body": True})
                     break
@@ -170,15 +173,9 @@ async def relay_stream(
             return True
         except GatewayError as exc:
             # The status line has gone; an error event is the only way left to tell the
-            # client. The OpenAI SDKs raise it as an APIError. The row says the stream broke.
+            # client (in its API's form: the SDKs raise it). The row says the stream broke.
             await complete(record, 200, error_type(exc))
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + exc.body() + b"\n\n",
-                    "more_body": True,
-                }
-            )
+            await send({"type": "http.response.body", "body": stream_usage.error_event(exc), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return False
     finally:

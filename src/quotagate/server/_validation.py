@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import orjson
 
 from ..errors import InvalidRequestError
+from ..surfaces import messages_to_chat
 
 _TYPE_NAMES = {
     str: "a string",
@@ -51,9 +52,13 @@ def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequestError:
 # object.__setattr__, several times the cost of a plain one (bench/NOTES.md). Treat it as read-only.
 @dataclass(slots=True)
 class ParsedRequest:
-    body: dict[str, Any]
+    body: dict[str, Any]  # as an OpenAI request (an Anthropic Messages request's chat form)
     model: str
     stream: bool
+    messages: dict[str, Any] | None = None  # an Anthropic Messages request as it came
+    # What of it chat cannot say (a PDF, a server tool): None, or the first such thing, which a
+    # deployment that speaks OpenAI's API refuses (an Anthropic one takes the request whole).
+    untranslatable: str | None = None
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -263,3 +268,105 @@ EMBEDDING_BODY = RequestBody("EmbeddingRequest", (*_common(streams=False), Promp
 parse_chat = CHAT_BODY.parse
 parse_completion = COMPLETION_BODY.parse
 parse_embedding = EMBEDDING_BODY.parse
+
+
+# -- Anthropic's Messages API ---------------------------------------------------------------------
+
+# "system" is not Anthropic's, but Claude Code sends it to models not named like Claude's (served
+# by OpenAI-compatible deployments here, to which it is translated; Anthropic itself refuses it).
+_MESSAGE_ROLES = ("user", "assistant", "system")
+
+
+class MessageTurns(BodyField):
+    """A Messages request's turns: each an object with a role of user or assistant (or system, as
+    Claude Code sends to models not named like Claude's), and content that is text or an array of
+    blocks (objects with a type), which the gateway reads to count."""
+
+    def check_value(self, value: Any, param: str) -> None:
+        if not isinstance(value, list):
+            raise _wrong_type(param, "an array", value)
+        if not value:
+            raise InvalidRequestError(f"{param}: at least one message is required.", param=param)
+        for index, message in enumerate(value):
+            item = f"{param}.{index}"
+            if not isinstance(message, dict):
+                raise _wrong_type(item, "an object", message)
+            role = message.get("role")
+            if role not in _MESSAGE_ROLES:
+                raise InvalidRequestError(
+                    f"{item}.role: Input should be 'user' or 'assistant' (or 'system', which goes to the "
+                    "system prompt)",
+                    param=f"{item}.role",
+                )
+            _check_blocks(message.get("content"), f"{item}.content", required=True)
+
+    def value_schema(self) -> dict[str, Any]:
+        message = {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {"role": {"enum": list(_MESSAGE_ROLES)}, "content": _BLOCKS_SCHEMA},
+        }
+        return {"type": "array", "minItems": 1, "items": message}
+
+
+class SystemPrompt(BodyField):
+    def check_value(self, value: Any, param: str) -> None:
+        _check_blocks(value, param, required=False)
+
+    def value_schema(self) -> dict[str, Any]:
+        return _BLOCKS_SCHEMA
+
+
+_BLOCK_SCHEMA = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+_BLOCKS_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "array", "items": _BLOCK_SCHEMA}]}
+
+
+def _check_blocks(value: Any, param: str, *, required: bool) -> None:
+    if value is None and required:
+        raise _missing(param)
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise _wrong_type(param, "a string or an array of content blocks", value)
+    for index, block in enumerate(value):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise InvalidRequestError(f"{param}.{index}: a content block is an object with a type.", param=param)
+
+
+class RequiredOutputCap(OutputCap):
+    nullable = False  # Anthropic's max_tokens is required, and never null
+
+
+MESSAGES_BODY = RequestBody(
+    "MessagesRequest",
+    (
+        ModelName("model", required=True, description="a model name of the gateway's configuration"),
+        StreamFlag("stream", streams=True),
+        RequiredOutputCap("max_tokens", required=True, description="the most tokens the answer may have"),
+        MessageTurns("messages", required=True),
+        SystemPrompt("system"),
+    ),
+)
+COUNT_TOKENS_BODY = RequestBody(
+    "MessagesCountTokensRequest",
+    (
+        ModelName("model", required=True, description="a model name of the gateway's configuration"),
+        MessageTurns("messages", required=True),
+        SystemPrompt("system"),
+    ),
+)
+
+
+def parse_messages(raw: bytes) -> ParsedRequest:
+    """An Anthropic Messages request, checked, with its chat form for the stages that count and
+    route (the estimate, routed models, downgrades) and for deployments that speak OpenAI's API.
+    What chat cannot say is left out of that form and named (``untranslatable``)."""
+    parsed = MESSAGES_BODY.parse(raw)
+    skipped: list[str] = []
+    chat = messages_to_chat(parsed.body, skipped)
+    return ParsedRequest(chat, parsed.model, parsed.stream, parsed.body, skipped[0] if skipped else None)
+
+
+def parse_count_tokens(raw: bytes) -> ParsedRequest:
+    parsed = COUNT_TOKENS_BODY.parse(raw)
+    return ParsedRequest(messages_to_chat(parsed.body, []), parsed.model, False, parsed.body)

@@ -14,8 +14,10 @@ from ._anthropic import (
     anthropic_error_type,
     chat_to_messages,
     chat_to_messages_response,
+    messages_text,
     messages_to_chat,
     messages_to_chat_response,
+    messages_usage,
     openai_error_from_anthropic,
 )
 
@@ -29,7 +31,9 @@ __all__ = [
     "anthropic_error_type",
     "chat_to_messages",
     "chat_to_messages_response",
+    "messages_text",
     "messages_to_chat",
     "messages_to_chat_response",
+    "messages_usage",
     "openai_error_from_anthropic",
 ]

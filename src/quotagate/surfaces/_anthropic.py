@@ -15,8 +15,9 @@ against the official SDKs' typed models.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -33,8 +34,10 @@ __all__ = [
     "anthropic_error_type",
     "chat_to_messages",
     "chat_to_messages_response",
+    "messages_text",
     "messages_to_chat",
     "messages_to_chat_response",
+    "messages_usage",
     "openai_error_from_anthropic",
 ]
 
@@ -144,14 +147,36 @@ def openai_error_from_anthropic(payload: Any, status: int = 500) -> JSONDict:
 # -- requests: OpenAI chat -> Anthropic Messages ------------------------------------------------
 
 
+def _malformed_is_invalid(translate: Callable[..., JSONDict]) -> Callable[..., JSONDict]:
+    """A request translated by ``translate``, or a 400 where its body is not what the API says
+    (a content part that is not an object, ...): the gateway checks only what it relies on, and
+    such a body would otherwise fail the translation as a bug, a 500."""
+
+    @functools.wraps(translate)
+    def checked(body: JSONDict, *args: Any, **kwargs: Any) -> JSONDict:
+        try:
+            return translate(body, *args, **kwargs)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise InvalidRequestError(
+                f"The request's body could not be translated for the model's deployment: {exc}."
+            ) from None
+
+    return checked
+
+
+@_malformed_is_invalid
 def chat_to_messages(body: JSONDict, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> JSONDict:
-    """An OpenAI chat completions request as an Anthropic Messages request."""
-    system: list[str] = []
+    """An OpenAI chat completions request as an Anthropic Messages request. A text part's
+    ``cache_control`` (Anthropic's prompt-cache breakpoint, as LiteLLM's clients send it in chat
+    requests) is kept. What Anthropic cannot honour is a 400, never silently dropped: several
+    choices, logprobs, a response_format (structured outputs)."""
+    _refuse_what_messages_cannot_do(body)
+    system: list[JSONDict] = []
     turns: list[JSONDict] = []
     for message in body.get("messages") or []:
         role = message.get("role")
         if role in ("system", "developer"):
-            system.append(_text_of(message.get("content")))
+            system.extend(_system_blocks(message.get("content")))
             continue
         if role == "tool":
             turn_role, blocks = "user", [_tool_result_block(message)]
@@ -161,6 +186,8 @@ def chat_to_messages(body: JSONDict, default_max_tokens: int = DEFAULT_MAX_TOKEN
             turn_role, blocks = "user", _user_blocks(message.get("content"))
         else:
             raise InvalidRequestError(f"Unsupported message role for an Anthropic model: {role!r}", param="messages")
+        if not blocks:
+            continue  # an empty assistant message (content ""): Anthropic refuses an empty turn
         # Anthropic wants turns to alternate: consecutive tool results (and a user message after
         # them) share one user turn.
         if turns and turns[-1]["role"] == turn_role:
@@ -169,13 +196,19 @@ def chat_to_messages(body: JSONDict, default_max_tokens: int = DEFAULT_MAX_TOKEN
             turns.append({"role": turn_role, "content": blocks})
 
     out: JSONDict = {"model": body.get("model"), "messages": [_compact(t) for t in turns]}
-    if system:
-        out["system"] = "\n\n".join(system)
+    if any("cache_control" in block for block in system):
+        out["system"] = system
+    elif system:
+        out["system"] = "\n\n".join(block["text"] for block in system)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     out["max_tokens"] = max_tokens if isinstance(max_tokens, int) else default_max_tokens
-    for name in ("temperature", "top_p", "stream"):
-        if body.get(name) is not None:
-            out[name] = body[name]
+    if body.get("stream") is not None:
+        out["stream"] = body["stream"]
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float):
+        out["temperature"] = min(temperature, 1.0)  # OpenAI's range is 0-2, Anthropic's 0-1
+    elif body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]  # not both: recent Claude models refuse the pair
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -190,12 +223,39 @@ def chat_to_messages(body: JSONDict, default_max_tokens: int = DEFAULT_MAX_TOKEN
     return out
 
 
+def _refuse_what_messages_cannot_do(body: JSONDict) -> None:
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        raise InvalidRequestError("Anthropic's Messages API answers one choice: n must be 1.", param="n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise InvalidRequestError("Anthropic's Messages API has no logprobs.", param="logprobs")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        raise InvalidRequestError(
+            "Anthropic's Messages API has no response_format; ask for JSON in the prompt, or use a tool.",
+            param="response_format",
+        )
+
+
 def _compact(turn: JSONDict) -> JSONDict:
     # A turn of one text block reads (and round-trips) as a plain string.
     blocks = turn["content"]
     if len(blocks) == 1 and blocks[0]["type"] == "text" and set(blocks[0]) == {"type", "text"}:
         return {"role": turn["role"], "content": blocks[0]["text"]}
     return turn
+
+
+def _text_block(part: JSONDict) -> JSONDict:
+    block = {"type": "text", "text": part.get("text", "")}
+    if isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
+def _system_blocks(content: Any) -> list[JSONDict]:
+    if isinstance(content, list):
+        return [_text_block(part) for part in content if part.get("type") == "text"]
+    return [{"type": "text", "text": _text_of(content)}]
 
 
 def _user_blocks(content: Any) -> list[JSONDict]:
@@ -205,7 +265,7 @@ def _user_blocks(content: Any) -> list[JSONDict]:
     for part in content or []:
         kind = part.get("type")
         if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            blocks.append(_text_block(part))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url", "") if isinstance(image, dict) else str(image or "")
@@ -503,20 +563,29 @@ class MessagesStreamToChat:
 # -- requests: Anthropic Messages -> OpenAI chat ------------------------------------------------
 
 
-def messages_to_chat(body: JSONDict) -> JSONDict:
-    """An Anthropic Messages request as an OpenAI chat completions request."""
+@_malformed_is_invalid
+def messages_to_chat(body: JSONDict, skipped: list[str] | None = None) -> JSONDict:
+    """An Anthropic Messages request as an OpenAI chat completions request. What chat cannot say
+    (a PDF document block, Anthropic's server tools such as web search) is a 400, unless
+    ``skipped`` is given: then it is left out and named there (the form the gateway counts and
+    routes by, while an Anthropic deployment gets the request whole). Text-only content becomes
+    a string: some OpenAI-compatible providers (DeepSeek) take nothing else."""
     messages: list[JSONDict] = []
     system = body.get("system")
     if isinstance(system, str) and system:
         messages.append({"role": "system", "content": system})
     elif isinstance(system, list) and system:
-        parts = [{"type": "text", "text": b.get("text", "")} for b in system if b.get("type") == "text"]
-        messages.append({"role": "system", "content": parts})
+        text = "\n\n".join(b.get("text", "") for b in system if b.get("type") == "text")
+        messages.append({"role": "system", "content": text})
     for turn in body.get("messages") or []:
         if turn.get("role") == "assistant":
             messages.append(_chat_assistant(turn.get("content")))
+        elif turn.get("role") == "system":
+            # Not Anthropic's (its API refuses it), but Claude Code sends one to models whose names
+            # are not Claude's, as gateways in front of OpenAI models take it.
+            messages.append({"role": "system", "content": _text_of(turn.get("content"))})
         else:
-            messages.extend(_chat_user(turn.get("content")))
+            messages.extend(_chat_user(turn.get("content"), skipped))
 
     out: JSONDict = {"model": body.get("model"), "messages": messages}
     if body.get("max_tokens") is not None:
@@ -533,7 +602,7 @@ def messages_to_chat(body: JSONDict) -> JSONDict:
     user = (body.get("metadata") or {}).get("user_id")
     if isinstance(user, str):
         out["user"] = user
-    tools = [_chat_tool(t) for t in body.get("tools") or []]
+    tools = [_chat_tool(t) for t in body.get("tools") or [] if _chat_has_tool(t, skipped)]
     if tools:
         out["tools"] = tools
     choice = body.get("tool_choice")
@@ -542,7 +611,7 @@ def messages_to_chat(body: JSONDict) -> JSONDict:
     return out
 
 
-def _chat_user(content: Any) -> list[JSONDict]:
+def _chat_user(content: Any, skipped: list[str] | None) -> list[JSONDict]:
     """One Anthropic user turn as chat messages: its tool results first, then its other content."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
@@ -558,14 +627,17 @@ def _chat_user(content: Any) -> list[JSONDict]:
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source") or {})}})
+        elif skipped is not None:
+            skipped.append(f"content blocks of type {kind!r}")
         else:
             raise InvalidRequestError(
                 f"Content blocks of type {kind!r} cannot be sent to this model's provider", param="messages"
             )
     if not parts:
         return tool_messages
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return [*tool_messages, {"role": "user", "content": parts[0]["text"]}]
+    if all(part["type"] == "text" for part in parts):
+        text = "\n\n".join(part["text"] for part in parts)
+        return [*tool_messages, {"role": "user", "content": text}]
     return [*tool_messages, {"role": "user", "content": parts}]
 
 
@@ -594,10 +666,18 @@ def _chat_assistant(content: Any) -> JSONDict:
     return message
 
 
-def _chat_tool(tool: JSONDict) -> JSONDict:
-    if tool.get("type") not in (None, "custom"):
-        # Anthropic's server tools (web search, bash, ...) run at Anthropic; nobody else has them.
+def _chat_has_tool(tool: JSONDict, skipped: list[str] | None) -> bool:
+    """Whether chat has ``tool``: Anthropic's server tools (web search, bash, ...) run at Anthropic,
+    and nobody else has them."""
+    if tool.get("type") in (None, "custom"):
+        return True
+    if skipped is None:
         raise InvalidRequestError(f"Tool type {tool.get('type')!r} is only available from Anthropic", param="tools")
+    skipped.append(f"the tool type {tool.get('type')!r}")
+    return False
+
+
+def _chat_tool(tool: JSONDict) -> JSONDict:
     function: JSONDict = {"name": tool.get("name"), "parameters": tool.get("input_schema") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
@@ -621,6 +701,42 @@ def _chat_tool_choice(choice: JSONDict) -> JSONDict:
 
 
 # -- responses: OpenAI chat.completion -> Anthropic Message -------------------------------------
+
+
+def messages_usage(usage: Any) -> tuple[int, int, int, int] | None:
+    """(prompt, output, cache read, cache written) tokens of an Anthropic ``usage``: the prompt is
+    all of it (input_tokens counts only what was neither read from nor written to the cache), as
+    the gateway's limits and OpenAI's prompt_tokens count it. None: no usage there."""
+    if type(usage) is not dict:
+        return None
+    uncached = usage.get("input_tokens")
+    if type(uncached) is not int:
+        return None
+    output = usage.get("output_tokens")
+    read = usage.get("cache_read_input_tokens")
+    written = usage.get("cache_creation_input_tokens")
+    read = read if type(read) is int else 0
+    written = written if type(written) is int else 0
+    return uncached + read + written, output if type(output) is int else 0, read, written
+
+
+def messages_text(message: Any) -> str:
+    """The text an Anthropic Message or content block delta carries (text, thinking, tool input)."""
+    if not isinstance(message, dict):
+        return ""
+    blocks = message.get("content")
+    if not isinstance(blocks, list):
+        blocks = [message]
+    parts = []
+    for block in blocks:
+        if isinstance(block, dict):
+            for field in ("text", "thinking", "partial_json"):
+                value = block.get(field)
+                if isinstance(value, str):
+                    parts.append(value)
+            if block.get("type") == "tool_use" and isinstance(block.get("input"), dict):
+                parts.append(orjson.dumps(block["input"]).decode())
+    return "".join(parts)
 
 
 def _message_id(chat_id: Any) -> str:

@@ -1,6 +1,6 @@
 """Upstream: provider endpoints and deployments, the body each is sent, the pooled HTTP transport."""
 
-from ._body import UpstreamBodies
+from ._body import MessagesBodies, UpstreamBodies
 from ._deployments import USER_AGENT, DeploymentTarget, ModelRoutes
 from ._errors import Scrubber, upstream_status_error
 from ._transport import HttpTransport, Transport, UpstreamRequest, UpstreamResponse
@@ -10,6 +10,7 @@ __all__ = [
     "AiohttpTransport",
     "DeploymentTarget",
     "HttpTransport",
+    "MessagesBodies",
     "ModelRoutes",
     "Scrubber",
     "Transport",

@@ -44,6 +44,9 @@ class DeploymentTarget:
     proxy: str | None = None  # the deployment's own HTTP proxy (None: the environment's, if any)
     url_path: str = ""  # between base_url and an endpoint's path (azure: /openai/deployments/NAME)
     url_query: str = ""  # after the endpoint's path (azure: ?api-version=...)
+    # The API the deployment speaks: "openai" (chat completions and the rest), or "anthropic"
+    # (the Messages API: requests and answers are translated where the client speaks the other).
+    api: str = "openai"
     _url_prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,11 @@ def _identity(deployment: Deployment, provider_model: str, repeat: int) -> str:
 
 def _auth_headers(deployment: Deployment, where: str) -> dict[str, str]:
     key = resolve_secret(deployment.api_key, f"{where}.api_key")
+    if deployment.provider == "anthropic":
+        headers = {"anthropic-version": deployment.anthropic_version}
+        if key is not None:
+            headers["x-api-key"] = key
+        return headers
     if deployment.provider != "azure":
         return {} if key is None else {"Authorization": f"Bearer {key}"}
     if key is not None:
@@ -127,6 +135,8 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int
         root = "" if deployment.url.endswith("/openai") else "/openai"
         url_path = f"{root}/deployments/{quote(provider_model, safe='')}"
         url_query = f"?api-version={quote(deployment.api_version or '', safe='')}"
+    elif deployment.provider == "anthropic" and not deployment.url.endswith("/v1"):
+        url_path = "/v1"  # base_url as the Anthropic SDK takes it: https://api.anthropic.com
     target_id = f"{model.name}@{_identity(deployment, provider_model, repeat)}"
     # Unique per deployment (metrics series, ledger groups): two models may have a first
     # deployment of the same provider model.
@@ -153,6 +163,7 @@ def _resolve(model: ModelConfig, index: int, deployment: Deployment, repeat: int
         else deployment.proxy,
         url_path=url_path,
         url_query=url_query,
+        api="anthropic" if deployment.provider == "anthropic" else "openai",
     )
 
 

@@ -171,6 +171,16 @@ def upstream_status_error(
             type="upstream_error",
             code="upstream_auth_error",
         )
+    if status == 529:
+        # Anthropic's "overloaded": kept as its own status, which Anthropic's clients know (and the
+        # OpenAI SDKs retry as any 5xx).
+        return UpstreamStatusError(
+            529,
+            f"Upstream {label} is overloaded (HTTP 529): {message}",
+            type="upstream_error",
+            code="upstream_overloaded",
+            headers=relayed,
+        )
     if status >= 500 or status < 400:
         return UpstreamStatusError(
             502,
