@@ -126,6 +126,8 @@ def test_an_openai_model_serves_claude_code_translated(gateway: tuple[RunningGat
     assert roles == ["system", "user", "system"]
     assert [tool["function"]["name"] for tool in sent.body["tools"]] == ["Bash", "Read"]
     assert sent.body["stream"] is True and sent.body["stream_options"] == {"include_usage": True}
+    # OpenAI's reasoning models refuse max_tokens; every OpenAI chat model takes this.
+    assert sent.body["max_completion_tokens"] == 32000 and "max_tokens" not in sent.body
 
 
 def test_a_system_turn_to_a_claude_model_joins_its_system_prompt(gateway: tuple[RunningGateway, ServerThread]) -> None:

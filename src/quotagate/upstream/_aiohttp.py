@@ -69,9 +69,14 @@ def _describe(exc: BaseException) -> str:
 
 
 class AiohttpTransport:
-    def __init__(self, *, max_connections: int = 0, keepalive_seconds: float = 30.0) -> None:
+    """The transport over an aiohttp session. ``trust_env``: requests without a proxy of their own
+    go through HTTPS_PROXY / HTTP_PROXY unless NO_PROXY names the host (aiohttp's reading of the
+    environment), as HttpTransport's do."""
+
+    def __init__(self, *, max_connections: int = 0, keepalive_seconds: float = 30.0, trust_env: bool = True) -> None:
         self._max_connections = max_connections
         self._keepalive = keepalive_seconds
+        self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}  # by (connect, first byte)
 
@@ -90,6 +95,7 @@ class AiohttpTransport:
                 # The gateway relays bytes; it sets its own User-Agent rather than aiohttp's.
                 skip_auto_headers=("User-Agent",),
                 auto_decompress=True,
+                trust_env=self._trust_env,
             )
         return self._session
 
@@ -106,7 +112,15 @@ class AiohttpTransport:
                 total=None, connect=request.connect_timeout, sock_read=request.first_byte_timeout
             )
         try:
-            response = await session.post(request.url, data=request.body, headers=request.headers, timeout=timeout)
+            # The passthrough's requests keep their own method and Content-Type (headers_sent).
+            response = await session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers_sent(),
+                timeout=timeout,
+                proxy=request.proxy,
+            )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"Upstream {request.label} could not be reached within {request.connect_timeout:g}s."

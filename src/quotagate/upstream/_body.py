@@ -23,6 +23,8 @@ _MESSAGES_PATH = "/messages"
 _CHAT_PATH = "/chat/completions"
 # The client's headers a Messages deployment is sent: the API version and beta features it asked for.
 _CLIENT_HEADERS = frozenset(("anthropic-version", "anthropic-beta"))
+# The providers whose chat takes max_completion_tokens (others know only max_tokens).
+_MAX_COMPLETION_TOKENS = frozenset(("openai", "azure"))
 
 
 class UpstreamBodies:
@@ -132,6 +134,9 @@ class MessagesBodies(UpstreamBodies):
                 "which speaks OpenAI's API; only Anthropic's Messages API has them."
             )
         chat = {**self.body, "model": target.provider_model}
+        if target.provider in _MAX_COMPLETION_TOKENS and "max_tokens" in chat:
+            # OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens; all its models take this.
+            chat["max_completion_tokens"] = chat.pop("max_tokens")
         if self._stream and not target.stream_usage:
             # A provider that refuses stream_options: the gateway counts the streamed text instead.
             chat.pop("stream_options", None)
