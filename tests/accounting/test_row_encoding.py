@@ -51,7 +51,7 @@ def test_the_fields_are_the_table_columns_and_version_1_is_frozen() -> None:
     assert ",".join(FIELDS).encode() == FIELD_NAMES
     assert fields_of(FIELD_NAMES) is FIELDS
     assert fields_of(None) == FIELDS_V1 == FIELDS[: len(FIELDS_V1)]
-    assert FIELDS[len(FIELDS_V1) :] == ("cache_saved_usd", "route_class", "downgraded_from", "baseline_usd")
+    assert FIELDS[len(FIELDS_V1) :] == ("cache_saved_usd", "route_class", "downgraded_from", "baseline_usd", "team")
 
 
 def test_a_batch_of_this_version_round_trips_untouched() -> None:
@@ -76,7 +76,7 @@ def test_a_batch_without_names_is_read_as_version_1() -> None:
     rows = orjson.loads(current_json(batch, None))
     assert [row[FIELDS.index("client_request_id")] for row in rows] == ["c1", None]
     assert [row[FIELDS.index("cache_saved_usd")] for row in rows] == [0.0, 0.0]
-    assert as_current([short], FIELDS_V1)[0] == [*short, None, 0.0, None, None, None]
+    assert as_current([short], FIELDS_V1)[0] == [*short, None, 0.0, None, None, None, None]
 
 
 def test_a_batch_of_the_version_before_cache_saved_usd_gets_0() -> None:
@@ -86,7 +86,7 @@ def test_a_batch_of_the_version_before_cache_saved_usd_gets_0() -> None:
     today = orjson.loads(row_json(hit))
     before = today[: len(FIELDS_V1)]
     (read,) = orjson.loads(current_json(orjson.dumps([before]), ",".join(FIELDS_V1).encode()))
-    assert read == [*before, 0.0, None, None, None]
+    assert read == [*before, 0.0, None, None, None, None]
     assert orjson.loads(current_json(batch_json([row_json(hit)]), FIELD_NAMES)) == [today]
     assert today[FIELDS.index("cache_saved_usd")] == 0.0042
 
@@ -200,6 +200,6 @@ def test_a_batch_of_the_version_before_tiering_reads_as_not_routed() -> None:
     before = today[: FIELDS.index("route_class")]
     names = ",".join(FIELDS[: FIELDS.index("route_class")]).encode()
     (read,) = orjson.loads(current_json(orjson.dumps([before]), names))
-    assert read == [*before, None, None, None]
+    assert read == [*before, None, None, None, None]
     (kept,) = orjson.loads(current_json(batch_json([row_json(routed)]), FIELD_NAMES))
-    assert kept[FIELDS.index("route_class") :] == ["simple", "big", 0.01]
+    assert kept[FIELDS.index("route_class") :] == ["simple", "big", 0.01, None]

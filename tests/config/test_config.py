@@ -267,3 +267,9 @@ def test_a_proxy_password_is_never_written_in_the_file() -> None:
     assert "proxy: env:NAME" in str(caught.value) and "s3cret" not in str(caught.value)
     config = parse_config({"models": [{"name": "m", "deployments": [{**deployment, "proxy": "env:CORP_PROXY"}]}]})
     assert config.models[0].deployments[0].proxy == "env:CORP_PROXY"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "a\nb", " lead", "(none)"])
+def test_a_team_name_a_report_or_the_database_could_not_hold_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="team name"):
+        parse_config({"teams": {name: {"rpm": 1}}})

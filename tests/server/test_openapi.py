@@ -173,6 +173,7 @@ def test_the_description_is_openapi_3_1_and_lists_every_route(served: Served) ->
         ("POST", "/admin/keys/{key_id}/enable"),
         ("GET", "/admin/keys/{key_id}/quota"),
         ("GET", "/admin/tiers"),
+        ("GET", "/admin/teams"),
         ("GET", "/admin/usage"),
         ("GET", "/admin/deployments"),
         ("POST", "/admin/reload"),

@@ -185,6 +185,7 @@ class Alerts:
             "fraction": round(status.used / limit.amount, 4),
             "key_id": principal.key_id,
             "user": principal.user,
+            "team": principal.team,  # a team's shared limit: which team (the label names it too)
             "tier": principal.tier,
             "window_start": datetime.fromtimestamp(status.window, UTC).isoformat(),
             "resets_at": datetime.fromtimestamp(time.time() + status.reset_after, UTC).isoformat(timespec="seconds"),

@@ -1,13 +1,14 @@
-"""Usage reports: totals grouped by key, user, model, deployment, day or route.
+"""Usage reports: totals grouped by key, user, team, model, deployment, day or route.
 
 Each group also shows the response cache's share: ``cache_hits`` (requests the cache answered),
 ``hit_rate`` (of all the group's requests) and ``saved_usd`` (what those answers had cost when
 the provider gave them), like the cost also in the display currency.
 
 Every group has a name. Requests the ledger holds without one (a request refused before any
-deployment served it has no deployment, one that never named a valid model has no model) are
-grouped under ``NO_GROUP`` in every form a report takes (the CLI's table, CSV and JSON, and
-GET /admin/usage), never under a blank, a ``None`` or a ``null``.
+deployment served it has no deployment, one that never named a valid model has no model; a key
+of no team has no team, nor has any row written before teams) are grouped under ``NO_GROUP`` in
+every form a report takes (the CLI's table, CSV and JSON, and GET /admin/usage), never under a
+blank, a ``None`` or a ``null``.
 
 The route report covers only the requests model tiering moved: a routed model's, grouped by the
 name asked for and the class (``auto/simple``), and the downgraded ones, under the model asked
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 from ..keys import Database
 from .ledger import usage_table
 
-GroupBy = Literal["key", "user", "model", "deployment", "day", "route"]
+GroupBy = Literal["key", "user", "team", "model", "deployment", "day", "route"]
 NO_GROUP = "(none)"
 
 
@@ -48,6 +49,7 @@ _ROUTE = (
 _COLUMNS: dict[str, tuple[sa.ColumnElement[Any], ...]] = {
     "key": (usage_table.c.key_id,),
     "user": (usage_table.c.user_id,),
+    "team": (usage_table.c.team,),
     # The model that served the request; for one that none served (refused by a limit, failed
     # upstream, rejected before routing), the model it asked for.
     "model": (usage_table.c.model_served, usage_table.c.model_requested),

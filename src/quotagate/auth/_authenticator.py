@@ -159,4 +159,5 @@ def _principal(record: KeyRecord) -> Principal:
         tier=record.tier,
         models=frozenset(record.models) if record.models is not None else None,
         limits=record.limits,
+        team=record.team,
     )

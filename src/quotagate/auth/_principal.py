@@ -14,6 +14,7 @@ class Principal:
     models: frozenset[str] | None
     # Per-key overrides of the tier's limits, as sorted (name, value) pairs.
     limits: tuple[tuple[str, float], ...] | None = None
+    team: str | None = None  # the team whose limits its keys share (None: none)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

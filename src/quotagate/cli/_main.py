@@ -403,7 +403,7 @@ def _number(text: str) -> float:
 
 
 def _check_labels(**labels: str | list[str] | None) -> None:
-    """Refuse a user, tier, name or model with a control character, naming the option."""
+    """Refuse a user, team, tier, name or model with a control character, naming the option."""
     from ..keys._store import text_problem
 
     for option, value in labels.items():
@@ -469,6 +469,9 @@ def _parse_time(value: str | None, option: str, timezone: str | None = None) -> 
 def keys_create(
     user: Annotated[str, typer.Option(help="The user the key belongs to.")],
     tier: Annotated[str, typer.Option(help="The tier whose limits the key gets.")],
+    team: Annotated[
+        str | None, typer.Option(help="The team the key belongs to (one of the configuration's teams).")
+    ] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use (default: all).")] = None,
     expires: Annotated[
         str | None, typer.Option(help="Expiry, in the future: YYYY-MM-DD (midnight UTC) or an ISO 8601 time.")
@@ -482,9 +485,9 @@ def keys_create(
 
     cfg = _key_config(config)
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    _check_labels(user=user, tier=tier, models=model_list, name=name)
+    _check_labels(user=user, team=team, tier=tier, models=model_list, name=name)
     try:
-        check_key_fields(cfg, tier, model_list)
+        check_key_fields(cfg, tier, model_list, team)
     except Exception as exc:
         raise _fail(str(exc)) from None
     expires_at = _parse_time(expires, "--expires")
@@ -496,11 +499,19 @@ def keys_create(
         _with_store(
             _open_store(cfg, config, create=True),
             lambda s: s.create(
-                user=user, tier=tier, models=model_list, expires_at=expires_at, name=name, limits=overrides
+                user=user,
+                tier=tier,
+                models=model_list,
+                expires_at=expires_at,
+                name=name,
+                limits=overrides,
+                team=team,
             ),
         )
     )
     out.print(f"created key {record.id} for user {record.user} on tier {record.tier}", soft_wrap=True)
+    if record.team is not None:
+        out.print(f"team: {record.team}", soft_wrap=True, markup=False)
     if record.models is not None:
         out.print(f"models: {', '.join(record.models)}")
     if record.expires_at is not None:
@@ -515,12 +526,13 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team's keys.")] = None,
     json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """List keys (their ids and hints, never the keys)."""
-    _check_labels(user=user)
-    records = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.list(user=user)))
+    _check_labels(user=user, team=team)
+    records = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.list(user=user, team=team)))
     if json:
         print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
         return
@@ -531,7 +543,7 @@ def keys_list(
     # Ids and hints are what users copy; they never wrap or get cut, other columns give way.
     table.add_column("id", no_wrap=True, min_width=20)
     table.add_column("key", no_wrap=True, min_width=14)
-    for column in ("user", "tier", "models", "expires", "status", "created"):
+    for column in ("user", "team", "tier", "models", "expires", "status", "created"):
         table.add_column(column)
     now = datetime.now(UTC)
     for r in records:
@@ -540,6 +552,7 @@ def keys_list(
             r.id,
             r.key_hint,
             escape(r.user),
+            escape(r.team) if r.team is not None else "-",
             escape(r.tier),
             ", ".join(r.models) if r.models is not None else "all",
             r.expires_at.isoformat(timespec="minutes") if r.expires_at else "never",
@@ -554,6 +567,8 @@ def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None
     if record is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"{verb} key {key_id} (running gateways notice within their auth cache time)")
+    if "team" in changes:
+        out.print(f"team: {record.team or 'none'}", soft_wrap=True, markup=False)
     if "limits" in changes:
         overrides = ", ".join(f"{k}={v}" for k, v in record.limits or ())
         out.print(f"limits: {overrides or 'none of its own (the tier applies)'}")
@@ -563,6 +578,8 @@ def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None
 def keys_update(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")],
     tier: Annotated[str | None, typer.Option(help="Move the key to this tier.")] = None,
+    team: Annotated[str | None, typer.Option(help="Move the key to this team.")] = None,
+    no_team: Annotated[bool, typer.Option("--no-team", help="Take the key out of its team.")] = False,
     models: Annotated[str | None, typer.Option(help="Comma-separated allowed models; 'all' for every model.")] = None,
     expires: Annotated[str | None, typer.Option(help="New expiry (YYYY-MM-DD or ISO 8601); 'never' to clear.")] = None,
     limit: UpdateLimitOption = None,
@@ -575,8 +592,8 @@ def keys_update(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Change a key's tier, models, expiry or limit overrides (running gateways notice within
-    their auth cache time).
+    """Change a key's tier, team, models, expiry or limit overrides (running gateways notice
+    within their auth cache time).
 
     Limits merge into the key's overrides, as the admin API's PATCH
     does: --limit tpm=5000 sets TPM and keeps the others, --limit
@@ -588,6 +605,10 @@ def keys_update(
     changes: dict[str, Any] = {}
     if tier is not None:
         changes["tier"] = tier
+    if team is not None and no_team:
+        raise _fail("--team and --no-team contradict each other: give one")
+    if team is not None or no_team:
+        changes["team"] = team
     if models is not None:
         changes["models"] = None if models == "all" else [m.strip() for m in models.split(",") if m.strip()]
     if expires is not None:
@@ -602,10 +623,10 @@ def keys_update(
     elif patch:
         changes["limits"] = patch
     if not changes:
-        raise _fail("nothing to change: give --tier, --models, --expires, --limit or --clear-limits")
-    _check_labels(tier=tier, models=changes.get("models"))
+        raise _fail("nothing to change: give --tier, --team, --no-team, --models, --expires, --limit or --clear-limits")
+    _check_labels(tier=tier, team=team, models=changes.get("models"))
     try:
-        check_key_fields(cfg, changes.get("tier"), changes.get("models"))
+        check_key_fields(cfg, changes.get("tier"), changes.get("models"), team)
     except Exception as exc:
         raise _fail(str(exc)) from None
     _change(key_id, config, "updated", **changes)
@@ -643,7 +664,7 @@ def usage(
     by: Annotated[
         str,
         typer.Option(
-            help="Group by key, user, model, deployment, day or route (the requests model tiering moved: "
+            help="Group by key, user, team, model, deployment, day or route (the requests model tiering moved: "
             "by routed model and class, and the downgraded ones, with what they would have cost and the saving)."
         ),
     ] = "key",
@@ -667,8 +688,8 @@ def usage(
 
     from ..accounting import usage_report
 
-    if by not in ("key", "user", "model", "deployment", "day", "route"):
-        raise _fail("--by must be key, user, model, deployment, day or route")
+    if by not in ("key", "user", "team", "model", "deployment", "day", "route"):
+        raise _fail("--by must be key, user, team, model, deployment, day or route")
     if format not in ("table", "csv", "json"):
         raise _fail("--format must be table, csv or json")
     cfg = _key_config(config)

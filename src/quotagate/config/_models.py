@@ -175,21 +175,22 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class ScopedLimit(_Strict):
-    """A limit beyond the tiers': on a user, a tier as a whole, a model, a key+model, or global.
+    """A limit beyond the tiers': on a user, each team, a tier as a whole, a model, a key+model, or
+    global (a team scope counts each team's keys together; a key without a team has none).
 
     ``per`` is second, minute, hour, day, month or a duration ("10s", "90m", "2h"). Per day and
     per month are calendar quotas unless ``algorithm`` says otherwise; ``match`` restricts the
     limit to requests of some tiers, users or models.
     """
 
-    scope: Literal["key", "user", "tier", "model", "key+model", "global"]
+    scope: Literal["key", "user", "team", "tier", "model", "key+model", "global"]
     unit: Literal["requests", "tokens", "input_tokens", "output_tokens", "concurrent", "usd"]
     amount: float = Field(gt=0, allow_inf_nan=False, description="an integer count, or USD for unit usd")
     per: str = "minute"
     algorithm: Literal["gcra", "sliding-window", "calendar"] | None = None
     burst: Count | None = None
     name: str | None = None
-    match: dict[Literal["tier", "user", "model"], list[str]] = Field(default_factory=dict)
+    match: dict[Literal["tier", "team", "user", "model"], list[str]] = Field(default_factory=dict)
 
     @field_validator("per")
     @classmethod
@@ -610,6 +611,10 @@ class Config(_Strict):
     redis: str | None = None
     master_key: str | None = Field(default=None, description="env:NAME of the admin API key")
     tiers: dict[str, TierLimits] = Field(default_factory=lambda: {"default": TierLimits()})
+    teams: dict[str, LimitValues] = Field(
+        default_factory=dict,
+        description="teams that keys belong to, each with limits shared by all of its keys together",
+    )
     models: list[ModelConfig] = Field(default_factory=list)
     limits: list[ScopedLimit] = Field(default_factory=list)
     cache: CacheSettings = CacheSettings()
@@ -670,6 +675,18 @@ class Config(_Strict):
     def _check_tiers(cls, value: dict[str, TierLimits]) -> dict[str, TierLimits]:
         if not value:
             raise ValueError("at least one tier is needed; keys belong to a tier")
+        return value
+
+    @field_validator("teams")
+    @classmethod
+    def _check_teams(cls, value: dict[str, LimitValues]) -> dict[str, LimitValues]:
+        # A team's name is stored with its keys (100 characters at most, as PostgreSQL holds it)
+        # and grouped by in reports, where "(none)" stands for the keys without a team.
+        for name in value:
+            if not 1 <= len(name) <= 100 or not name.isprintable() or name.strip() != name:
+                raise ValueError(f"team name {name[:100]!r}: 1 to 100 printable characters, no spaces at the ends")
+            if name == "(none)":
+                raise ValueError("team name '(none)' is how reports show keys without a team")
         return value
 
     @model_validator(mode="after")

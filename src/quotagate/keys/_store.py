@@ -44,6 +44,9 @@ api_keys = sa.Table(
     # Per-key overrides of the tier's limits, e.g. {"rpm": 100}; NULL: the tier's.
     sa.Column("limits", sa.JSON),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The team the key belongs to (NULL: none): a limit scope shared by its keys, and a group in
+    # reports. Appended last, and added in place to databases made before it.
+    sa.Column("team", sa.String(100), index=True),
 )
 
 
@@ -59,6 +62,7 @@ class KeyRecord:
     expires_at: datetime | None
     disabled: bool
     created_at: datetime
+    team: str | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -69,6 +73,7 @@ class KeyRecord:
             "key_hint": self.key_hint,
             "name": self.name,
             "user": self.user,
+            "team": self.team,
             "tier": self.tier,
             "models": list(self.models) if self.models is not None else None,
             "limits": dict(self.limits) if self.limits is not None else None,
@@ -172,6 +177,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         expires_at=_aware(row.expires_at),
         disabled=bool(row.disabled),
         created_at=created,
+        team=row.team,
     )
 
 
@@ -232,9 +238,10 @@ class KeyStore:
         expires_at: datetime | None = None,
         name: str | None = None,
         limits: dict[str, float] | None = None,
+        team: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key and return it in clear; this is the only time it exists in clear."""
-        for field, value in (("user", user), ("tier", tier), ("name", name), ("models", models)):
+        for field, value in (("user", user), ("tier", tier), ("name", name), ("models", models), ("team", team)):
             _check_text(field, value)
         key = new_key()
         key_id = new_key_id()
@@ -250,6 +257,7 @@ class KeyStore:
             "expires_at": expires_at.astimezone(UTC) if expires_at else None,
             "disabled": False,
             "created_at": datetime.now(UTC),
+            "team": team,
         }
         await self.database.run(lambda conn: conn.execute(api_keys.insert().values(**values)))
         record = await self.get(key_id)
@@ -268,27 +276,30 @@ class KeyStore:
         row = await self.database.run(lambda conn: conn.execute(query).first(), deadline)
         return _record(row) if row else None
 
-    async def list(self, user: str | None = None) -> list[KeyRecord]:
+    async def list(self, user: str | None = None, team: str | None = None) -> list[KeyRecord]:
         query = api_keys.select().order_by(api_keys.c.created_at, api_keys.c.id)
         _check_text("user", user)
+        _check_text("team", team)
         if user is not None:
             query = query.where(api_keys.c.user_id == user)
+        if team is not None:
+            query = query.where(api_keys.c.team == team)
         rows = await self.database.run(lambda conn: conn.execute(query).all())
         return [_record(row) for row in rows]
 
     async def update(self, key_id: str, **changes: Any) -> KeyRecord | None:
-        """Change a key's user, tier, models, expiry, name, disabled flag or limit overrides.
+        """Change a key's user, team, tier, models, expiry, name, disabled flag or limit overrides.
 
         ``limits`` is merged into the key's overrides, as a JSON merge patch (RFC 7396) is:
         ``{"tpm": 5000}`` sets TPM and keeps the others, ``{"tpm": None}`` removes TPM's (the
         tier's applies again), ``limits=None`` removes them all. The command line's
         ``keys update --limit`` and the admin API's PATCH both come here, so they cannot differ.
         """
-        allowed = {"user", "tier", "models", "expires_at", "name", "disabled", "limits"}
+        allowed = {"user", "team", "tier", "models", "expires_at", "name", "disabled", "limits"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
-        for field in ("user", "tier", "name", "models"):
+        for field in ("user", "team", "tier", "name", "models"):
             _check_text(field, changes.get(field))
         values = {("user_id" if k == "user" else k): v for k, v in changes.items()}
         if "models" in values and values["models"] is not None:

@@ -1,9 +1,11 @@
-"""Which limits apply to a request: the caller's tier (per key, with the key's overrides), and
-the configured scoped limits (user, tier as a whole, model, key+model, global).
+"""Which limits apply to a request: the caller's tier (per key, with the key's overrides), its
+team's (shared by all of the team's keys), and the configured scoped limits (user, team, tier as a
+whole, model, key+model, global).
 
 Storage keys carry Redis Cluster hash tags: everything of one key (``{k:ID}``) shares a slot, so
 the common decision (a tier's RPM/TPM/TPD on a key) is one script on one node; shared limits
-carry their own tags (``{u:...}``, ``{t:...}``, ``{m:...}``, ``{g}``), see limits/_redis.py.
+carry their own tags (``{u:...}``, ``{team:...}``, ``{t:...}``, ``{m:...}``, ``{g}``), see
+limits/_redis.py.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def _shorthand_limit(
     )
 
 
+def _team_tag(team: str) -> str:
+    return f"{{team:{_tag(team)}}}"
+
+
+def _team_limits(team: str, values: LimitValues, timezone: str) -> tuple[Limit, ...]:
+    """The limits a team's keys share: the tier shorthands, each one counter for the whole team
+    (``{team:NAME}:rpm``), whichever key, tier or node a request comes through. Its rates are
+    GCRAs: a team's keys may sit on tiers of different algorithms, and one counter has one."""
+    tag, owner = _team_tag(team), f" of team {team}"
+    return tuple(
+        _shorthand_limit(name, amount, f"{tag}:{name}", "gcra", timezone, "team", owner)
+        for name, amount in values.model_dump(include=set(SHORTHANDS), exclude_none=True).items()
+    )
+
+
 def _scoped_algorithm(spec: ScopedLimit) -> str:
     if spec.unit == "concurrent":
         return "concurrency"
@@ -130,13 +147,18 @@ def _scoped_limit(name: str, spec: ScopedLimit, principal: Principal, model: str
         return None
     if "user" in spec.match and principal.user not in spec.match["user"]:
         return None
+    if "team" in spec.match and principal.team not in spec.match["team"]:
+        return None
     if "model" in spec.match and model not in spec.match["model"]:
         return None
     if spec.scope in ("model", "key+model") and model is None:
         return None
+    if spec.scope == "team" and principal.team is None:
+        return None  # a key without a team has no team to count with
     owner, tag = {
         "key": ("", f"{{k:{_tag(principal.key_id)}}}"),
         "user": (f" for user {principal.user}", f"{{u:{_tag(principal.user)}}}"),
+        "team": (f" of team {principal.team}", _team_tag(principal.team or "")),
         "tier": (f" for tier {principal.tier}", f"{{t:{_tag(principal.tier)}}}"),
         "model": (f" for model {model}", f"{{m:{_tag(model or '')}}}"),
         "key+model": (
@@ -181,15 +203,25 @@ class Policy:
         self._config = config
         self._cache: dict[tuple[Principal, str | None], AppliedLimits] = {}
         self._scoped_names = _scoped_names(config.limits)
-        self.enabled = bool(config.limits) or any(
-            tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values()
+        # Built once: a request's team is one lookup. A team a key names but the configuration
+        # does not (any more) has no limits.
+        self._teams = {team: _team_limits(team, values, config.timezone) for team, values in config.teams.items()}
+        team_limits = [limit for limits in self._teams.values() for limit in limits]
+        self.enabled = (
+            bool(config.limits)
+            or bool(team_limits)
+            or any(tier.model_dump(include=set(SHORTHANDS), exclude_none=True) for tier in config.tiers.values())
         )
         # Whether a configured limit counts tokens (or dollars): then requests are tokenized.
         # (A key's own overrides can add one later; its first request then loads the tokenizer.)
-        self.counts_tokens = any(spec.unit not in ("requests", "concurrent") for spec in config.limits) or any(
-            SHORTHANDS[name][0] in _TOKEN_UNITS
-            for tier in config.tiers.values()
-            for name in tier.model_dump(include=set(SHORTHANDS), exclude_none=True)
+        self.counts_tokens = (
+            any(spec.unit not in ("requests", "concurrent") for spec in config.limits)
+            or any(limit.unit in _TOKEN_UNITS for limit in team_limits)
+            or any(
+                SHORTHANDS[name][0] in _TOKEN_UNITS
+                for tier in config.tiers.values()
+                for name in tier.model_dump(include=set(SHORTHANDS), exclude_none=True)
+            )
         )
 
     def shaping(self, principal: Principal) -> tuple[float, int]:
@@ -222,6 +254,8 @@ class Policy:
             _shorthand_limit(name, amount, f"{key_tag}:{name}", algorithm, config.timezone, "key", "")
             for name, amount in values.items()
         ]
+        if principal.team is not None:
+            limits.extend(self._teams.get(principal.team, ()))
         for name, spec in zip(self._scoped_names, config.limits, strict=True):
             scoped = _scoped_limit(name, spec, principal, model, config.timezone)
             if scoped is not None:

@@ -1,15 +1,17 @@
 """The admin HTTP API under /admin, guarded by the master key.
 
-GET    /admin/keys[?user=U]        list keys (never the keys themselves)
+GET    /admin/keys[?user=U&team=T] list keys (never the keys themselves)
 POST   /admin/keys                 create; the response holds the key, the only time it is shown
 GET    /admin/keys/{id}
-PATCH  /admin/keys/{id}            change user, tier, models, expires_at, name, disabled, limits
-                                   (limits merge: {"tpm": 5000} sets one, {"tpm": null} removes
-                                   one, "limits": null removes all)
+PATCH  /admin/keys/{id}            change user, team, tier, models, expires_at, name, disabled,
+                                   limits ("team": null takes the key out of its team; limits
+                                   merge: {"tpm": 5000} sets one, {"tpm": null} removes one,
+                                   "limits": null removes all)
 POST   /admin/keys/{id}/disable
 POST   /admin/keys/{id}/enable
 DELETE /admin/keys/{id}
 GET    /admin/tiers                the configured tiers and their limits
+GET    /admin/teams                the configured teams and their limits
 POST   /admin/reload               serve the configuration file as it is now (as SIGHUP does)
 GET    /admin/cache                the response cache's figures
 DELETE /admin/cache[?namespace=NS] drop the cache's entries (of key:ID, user:NAME, tier:NAME or
@@ -63,6 +65,9 @@ class KeyCreate(BaseModel):
     user: Label = Field(min_length=1, max_length=200)
     # The column's width: PostgreSQL would refuse a longer one with an error, not a 400.
     tier: Label = Field(min_length=1, max_length=100)
+    team: Label | None = Field(
+        default=None, min_length=1, max_length=100, description="one of the configured teams (null: none)"
+    )
     models: list[Label] | None = None
     expires_at: datetime | None = None
     name: Label | None = Field(default=None, max_length=200)
@@ -93,13 +98,20 @@ class CacheControl(Protocol):
         ...
 
 
-def check_key_fields(config: Config, tier: str | None, models: list[str] | None) -> None:
-    """A key's tier and models must exist in the configuration: a typo would lock the user out."""
+def check_key_fields(config: Config, tier: str | None, models: list[str] | None, team: str | None = None) -> None:
+    """A key's tier, models and team must exist in the configuration: a typo would lock the user
+    out, or leave the key outside the limits its team shares."""
     if tier is not None and tier not in config.tiers:
         raise InvalidRequestError(
             f"Unknown tier {tier!r}; configured tiers: {', '.join(config.tiers)}.",
             param="tier",
             code="unknown_tier",
+        )
+    if team is not None and team not in config.teams:
+        raise InvalidRequestError(
+            f"Unknown team {team!r}; configured teams: {', '.join(config.teams) or '(none)'}.",
+            param="team",
+            code="unknown_team",
         )
     if models:
         unknown = [m for m in models if config.model_named(m) is None]
@@ -182,13 +194,18 @@ class AdminAPI:
             tiers = {name: t.model_dump(exclude_none=True) for name, t in self.config.tiers.items()}
             await send_json(send, 200, {"object": "list", "data": tiers})
             return
+        if parts == ["teams"]:
+            self._allow(method, "GET")
+            teams = {name: t.model_dump(exclude_none=True) for name, t in self.config.teams.items()}
+            await send_json(send, 200, {"object": "list", "data": teams})
+            return
         if parts == ["usage"] and self._usage is not None:
             self._allow(method, "GET")
             # Blank values kept: "?by=" is a mistake to point out, not the default.
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             by = query.get("by", ["key"])[0]
-            if by not in ("key", "user", "model", "deployment", "day", "route"):
-                raise InvalidRequestError("by must be key, user, model, deployment, day or route.", param="by")
+            if by not in ("key", "user", "team", "model", "deployment", "day", "route"):
+                raise InvalidRequestError("by must be key, user, team, model, deployment, day or route.", param="by")
             since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
             await send_json(send, 200, await self._usage(by, since, until))
             return
@@ -290,16 +307,21 @@ class AdminAPI:
             record.tier,
             frozenset(record.models) if record.models is not None else None,
             record.limits,
+            record.team,
         )
         await send_json(send, 200, await self._quota(principal, model))
 
     async def _list(self, scope: Scope, send: Send) -> None:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        user = query.get("user", [None])[0]
-        problem = text_problem(user) if user is not None else None
-        if problem is not None:
-            raise InvalidRequestError(f"Invalid 'user': {problem}.", param="user", code="invalid_value")
-        records = await self.store.list(user=user)
+        # Blank values kept: "?team=" (a script's empty variable) must not list every key.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        user, team = (query.get(name, [None])[0] for name in ("user", "team"))
+        for name, value in (("user", user), ("team", team)):
+            if value == "":
+                raise InvalidRequestError(f"Invalid '{name}': empty.", param=name, code="invalid_value")
+            problem = text_problem(value) if value is not None else None
+            if problem is not None:
+                raise InvalidRequestError(f"Invalid '{name}': {problem}.", param=name, code="invalid_value")
+        records = await self.store.list(user=user, team=team)
         await send_json(
             send, 200, {"object": "list", "data": [{"object": "key", **r.to_public_dict()} for r in records]}
         )
@@ -309,7 +331,7 @@ class AdminAPI:
             payload = KeyCreate.model_validate(await self._read_json(receive, headers))
         except ValidationError as exc:
             raise _payload_error(exc) from None
-        check_key_fields(self.config, payload.tier, payload.models)
+        check_key_fields(self.config, payload.tier, payload.models, payload.team)
         problem = expiry_problem(payload.expires_at, datetime.now(UTC))
         if problem is not None:
             raise InvalidRequestError(f"Invalid 'expires_at': {problem}.", param="expires_at", code="invalid_value")
@@ -320,6 +342,7 @@ class AdminAPI:
             expires_at=payload.expires_at,
             name=payload.name,
             limits=payload.limits.model_dump(exclude_none=True) if payload.limits else None,
+            team=payload.team,
         )
         await send_json(send, 201, {"object": "key", "key": key, **record.to_public_dict()})
 
@@ -331,8 +354,9 @@ class AdminAPI:
         changes = payload.model_dump(exclude_unset=True)
         if any(changes.get(f) is None for f in ("user", "tier", "disabled") if f in changes):
             raise InvalidRequestError("user, tier and disabled cannot be null.", code="invalid_value")
-        check_key_fields(self.config, changes.get("tier"), changes.get("models"))
-        # "limits" stays a merge patch, nulls included: the store merges it (see KeyStore.update).
+        check_key_fields(self.config, changes.get("tier"), changes.get("models"), changes.get("team"))
+        # "team": null takes the key out of its team. "limits" stays a merge patch, nulls included:
+        # the store merges it (see KeyStore.update).
         await self._respond_record(send, await self._change(key_id, **changes), key_id)
 
     async def _change(self, key_id: str, **changes: Any) -> KeyRecord | None:

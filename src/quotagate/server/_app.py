@@ -645,6 +645,7 @@ class Gateway:
             "object": "quota",
             "key_id": principal.key_id,
             "user": principal.user,
+            "team": principal.team,
             "tier": principal.tier,
             "model": model,
             "limits": entries,

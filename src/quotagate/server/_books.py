@@ -96,6 +96,7 @@ class Books:
                 if record.tiered and record.baseline_price is not None
                 else None
             ),
+            team=record.principal.team,
         )
         # A name the gateway does not serve is the client's choice: never a metrics label.
         self.metrics.observe(row, row.model_served or (model if model in self.served_models else ""))

@@ -65,6 +65,7 @@ _KEY = _object(
         "key_hint": _STRING,
         "name": _nullable(_STRING),
         "user": _STRING,
+        "team": _nullable(_STRING),
         "tier": _STRING,
         "models": _nullable({"type": "array", "items": _STRING}),
         "limits": _nullable(_ANY_OBJECT),
@@ -111,11 +112,13 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "tier": _nullable(_STRING),
             "model": _nullable(_STRING),
             "limits": {"type": "array", "items": _QUOTA_LIMIT},
+            "team": _nullable(_STRING),
         }
     ),
     "Model": _MODEL,
     "ModelList": _list_of(_ref("Model")),
     "TierList": _object({"object": {"const": "list"}, "data": {"type": "object", "additionalProperties": _ANY_OBJECT}}),
+    "TeamList": _object({"object": {"const": "list"}, "data": {"type": "object", "additionalProperties": _ANY_OBJECT}}),
     "DeploymentList": _list_of(
         _object(
             {
@@ -130,7 +133,7 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
     "UsageReport": _object(
         {
             "object": {"const": "usage_report"},
-            "by": {"enum": ["key", "user", "model", "deployment", "day", "route"]},
+            "by": {"enum": ["key", "user", "team", "model", "deployment", "day", "route"]},
             "currency": _STRING,
             "rate": _NUMBER,
             "data": {"type": "array", "items": _ANY_OBJECT},
@@ -333,7 +336,10 @@ def _paths() -> dict[str, Any]:
                 "KeyList",
                 _ADMIN,
                 _ADMIN_ERRORS,
-                parameters=[_query("user", "only this user's keys", {"type": "string", "pattern": LABEL_PATTERN})],
+                parameters=[
+                    _query("user", "only this user's keys", {"type": "string", "pattern": LABEL_PATTERN}),
+                    _query("team", "only this team's keys", {"type": "string", "pattern": LABEL_PATTERN}),
+                ],
             ),
             "post": {
                 "operationId": "createKey",
@@ -394,6 +400,9 @@ def _paths() -> dict[str, Any]:
         "/admin/tiers": {
             "get": _operation("listTiers", "the configured tiers and their limits", "TierList", _ADMIN, _ADMIN_ERRORS)
         },
+        "/admin/teams": {
+            "get": _operation("listTeams", "the configured teams and their limits", "TeamList", _ADMIN, _ADMIN_ERRORS)
+        },
         "/admin/usage": {
             "get": _operation(
                 "usage",
@@ -402,7 +411,9 @@ def _paths() -> dict[str, Any]:
                 _ADMIN,
                 _ADMIN_ERRORS,
                 parameters=[
-                    _query("by", "the grouping", {"enum": ["key", "user", "model", "deployment", "day", "route"]}),
+                    _query(
+                        "by", "the grouping", {"enum": ["key", "user", "team", "model", "deployment", "day", "route"]}
+                    ),
                     _query("since", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                     _query("until", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                 ],

@@ -63,6 +63,9 @@ usage_table = sa.Table(
     sa.Column("route_class", sa.String(100)),
     sa.Column("downgraded_from", sa.String(200)),
     sa.Column("baseline_usd", sa.Float),
+    # The team of the request's key (NULL: a key of no team, and every row of the versions before
+    # teams). No index, as user_id has none: the team report filters on ts and scans that range.
+    sa.Column("team", sa.String(100)),
     # Only rows that have one: most clients send no id, and a NULL costs an index entry too.
     sa.Index(
         "ix_qg_usage_client_request_id",
@@ -103,3 +106,4 @@ class UsageRow(NamedTuple):
     route_class: str | None = None
     downgraded_from: str | None = None
     baseline_usd: float | None = None
+    team: str | None = None
