@@ -7,6 +7,7 @@ event loop, so tests talk to them over real HTTP exactly as clients would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -91,6 +92,24 @@ def wait_until_ready(port: int, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("gateway did not start")
+
+
+@contextlib.contextmanager
+def gateway_processes(config: Path, count: int = 3, env: Mapping[str, str] | None = None) -> Iterator[list[int]]:
+    """``count`` `quotagate serve -c CONFIG` processes (nodes sharing the config's Redis), ready;
+    their ports. Stopped on the way out."""
+    ports = [closed_port() for _ in range(count)]
+    command = [sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port"]
+    nodes = [subprocess.Popen([*command, str(port)], env=env) for port in ports]
+    try:
+        for port in ports:
+            wait_until_ready(port)
+        yield ports
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)
 
 
 def cli_key(config: Path, tier: str = "free", env: Mapping[str, str] | None = None) -> str:

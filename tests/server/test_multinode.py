@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import redis
 
-from ..conftest import REDIS_URL, ServerThread, cli_key, closed_port, wait_until_ready
+from ..conftest import REDIS_URL, ServerThread, cli_key, gateway_processes
 
 
 def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: ServerThread) -> None:
@@ -29,14 +27,7 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
     )
     env = {**os.environ, "TEST_UPSTREAM_KEY": "sk-upstream-test-key-123456"}
     key = cli_key(config, env=env)
-    ports = [closed_port() for _ in range(3)]
-    nodes = [
-        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
-        for port in ports
-    ]
-    try:
-        for port in ports:
-            wait_until_ready(port)
+    with gateway_processes(config, env=env) as ports:
 
         async def storm() -> list[int]:
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -53,11 +44,6 @@ def test_three_nodes_admit_exactly_the_limit(tmp_path: Path, mock_upstream: Serv
         statuses = asyncio.run(storm())
         assert statuses.count(200) == 50
         assert statuses.count(429) == 150
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.wait(10)
 
 
 def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: Callable[..., ServerThread]) -> None:
@@ -75,14 +61,7 @@ def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: 
         f"    deployments: [{{provider: openai-compatible, base_url: '{provider.url}/v1', rpm: 540, burst: 1}}]\n"
     )
     key = cli_key(config)
-    ports = [closed_port() for _ in range(3)]
-    nodes = [
-        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(p)])
-        for p in ports
-    ]
-    try:
-        for p in ports:
-            wait_until_ready(p)
+    with gateway_processes(config) as ports:
 
         async def offer() -> list[int]:
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -100,8 +79,3 @@ def test_a_deployments_rpm_holds_across_three_nodes(tmp_path: Path, start_mock: 
         statuses = asyncio.run(offer())
         assert provider.app.state.rate_limited == 0  # no second ever saw more than 10
         assert statuses.count(200) == provider.app.state.requests_served == 60
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.wait(10)

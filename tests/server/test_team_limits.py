@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from quotagate.config import load_config
 from quotagate.keys import KeyStore
 from quotagate.server import Gateway
 
-from ..conftest import REDIS_URL, RunningGateway, ServerThread, closed_port, gateway_config, wait_until_ready
+from ..conftest import REDIS_URL, RunningGateway, ServerThread, gateway_config, gateway_processes
 
 # With the mock upstream, a request uses its prompt (7 tokens) plus max_tokens (16): 23 tokens.
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -223,14 +221,7 @@ def test_three_nodes_hold_a_team_quota_exactly(tmp_path: Path, mock_upstream: Se
     )
     keys = [asyncio.run(_stored_key(database, user, "free", research)) for user in ("alice", "bob")]
     env = {**os.environ, "TEST_UPSTREAM_KEY": UPSTREAM_KEY}
-    ports = [closed_port() for _ in range(3)]
-    nodes = [
-        subprocess.Popen([sys.executable, "-m", "quotagate", "serve", "-c", str(config), "--port", str(port)], env=env)
-        for port in ports
-    ]
-    try:
-        for port in ports:
-            wait_until_ready(port)
+    with gateway_processes(config, env=env) as ports:
 
         async def storm() -> list[tuple[int, dict[str, Any]]]:
             body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
@@ -252,8 +243,3 @@ def test_three_nodes_hold_a_team_quota_exactly(tmp_path: Path, mock_upstream: Se
         assert refused == {f"You exceeded your quota of tokens per day (TPD) of team {research}"}
         used = quota(f"http://127.0.0.1:{ports[1]}", keys[0])[f"tokens per day (TPD) of team {research}"]
         assert (used["used"], used["remaining"]) == (50 * TOKENS, 0)
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.wait(10)
