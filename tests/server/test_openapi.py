@@ -10,6 +10,7 @@ Examples are bounded so the run fits CI; ``QUOTAGATE_SCHEMATHESIS_EXAMPLES`` rai
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -140,15 +142,24 @@ def test_keys_followed_through_their_links_answer_as_described(served: Served) -
         def validate_response(self, response: Any, case: Case, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS)
 
-    KeyLifecycle.run(
+    run = functools.partial(
+        KeyLifecycle.run,
         settings=settings(
             max_examples=max(5, EXAMPLES // 2),
             stateful_step_count=6,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,
-        )
+        ),
     )
+    try:
+        run()
+    except FlakyStrategyDefinition:
+        # The machine draws from the gateway's answers, which change as keys are made: Hypothesis
+        # may find the same draws leading elsewhere and give up on generating (schemathesis's
+        # "rare FlakyStrategyDefinition in the stateful phase"; seen once in a loaded CI run). That
+        # says nothing about the gateway: once more, where a real failure fails again.
+        run()
 
 
 def test_the_description_is_openapi_3_1_and_lists_every_route(served: Served) -> None:
