@@ -42,15 +42,13 @@ from ..tokens import ZERO, Estimate, usage_details
 from ..upstream import DeploymentTarget, Scrubber, UpstreamBodies
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, request_id_headers
 from ._disconnect import DisconnectWatch, Watches
-from ._proxy import Proxy
+from ._proxy import _MODEL_CHARS, Proxy
 from ._ratelimit import rate_limit_error, ratelimit_headers
 from ._record import RequestRecord, error_type
 from ._relay import relay_stream
 from ._stream_usage import StreamUsage
 from ._tenant import TenantCharge
 
-# As the proxy's: qg_usage.model_requested is VARCHAR(200).
-_MODEL_CHARS = 200
 # The head of one part of a multipart form is a few short lines; past this it is not looked at.
 _MAX_PART_HEAD = 8 * 1024
 _PART_NAME = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="([^"\r\n]*)"')

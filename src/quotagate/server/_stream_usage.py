@@ -77,8 +77,7 @@ class StreamUsage:
         return b""
 
     def error_event(self, exc: GatewayError) -> bytes:
-        # The OpenAI SDKs raise an event holding an error object as an APIError.
-        return b"data: " + exc.body() + b"\n\n"
+        return _openai_error_event(exc)
 
     def feed(self, events: bytes) -> bytes:
         """Take complete SSE events; return what the client should receive of them."""
@@ -173,6 +172,11 @@ class MessagesStreamUsage:
         return _anthropic_error_event(exc)
 
 
+def _openai_error_event(exc: GatewayError) -> bytes:
+    # The OpenAI SDKs raise an event holding an error object as an APIError.
+    return b"data: " + exc.body() + b"\n\n"
+
+
 def _anthropic_error_event(exc: GatewayError) -> bytes:
     return b"event: error\ndata: " + anthropic_error_for(exc)[1] + b"\n\n"
 
@@ -228,7 +232,7 @@ class TranslatedStream:
         return out
 
     def error_event(self, exc: GatewayError) -> bytes:
-        return _anthropic_error_event(exc) if self._anthropic_client else b"data: " + exc.body() + b"\n\n"
+        return _anthropic_error_event(exc) if self._anthropic_client else _openai_error_event(exc)
 
     def _keep(self, out: bytes) -> None:
         if self.events is not None and out:
