@@ -302,6 +302,12 @@ def test_admin_reload(
     assert reloaded.status_code == 200, reloaded.text
     assert reloaded.json()["changes"] == ["models added: gpt-4.1"]
     assert chat(gateway.url, key, "gpt-4.1") == 200
+    audited = admin.get("/admin/audit").json()["data"][0]
+    assert (audited["action"], audited["actor"], audited["details"]) == (
+        "config.reload",
+        "master",
+        {"file": str(config)},
+    )
 
     config.write_text(config.read_text() + "tiers: {free: {rpm: -1}}\n")
     refused = admin.post("/admin/reload")

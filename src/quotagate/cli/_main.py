@@ -11,7 +11,7 @@ import shlex
 import sys
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import orjson
 import typer
@@ -31,7 +31,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="Create, list, disable, enable and delete gateway keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, disable, enable, rotate and delete gateway keys.", no_args_is_help=True)
+admin_keys_app = typer.Typer(
+    help="Admin keys for the admin API and the console: viewer, team_admin or admin.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 cache_app = typer.Typer(
     help="A running gateway's response cache, through its admin API: its figures, and purging it.",
@@ -39,6 +42,7 @@ cache_app = typer.Typer(
 )
 route_app = typer.Typer(help="Model tiering: how a routed model classifies requests.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(admin_keys_app, name="admin-keys")
 app.add_typer(config_app, name="config")
 app.add_typer(cache_app, name="cache")
 app.add_typer(route_app, name="route")
@@ -370,6 +374,19 @@ async def _with_store(store: KeyStore, action: Any) -> Any:
         await store.close()
 
 
+async def _audited(store: KeyStore, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
+    """The audit log's entry for a change made from the command line: by "cli", as the OS user."""
+    import getpass
+
+    from ..keys import AuditLog
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        who = None
+    await AuditLog(store.database).record("cli", action, target, details, actor_name=who)
+
+
 _LIMIT_NAMES = (
     "rpm, rph, rpd, requests_per_month, tpm, tph, tpd, tokens_per_month, itpm, otpm, concurrency, "
     "usd_per_day, usd_per_month"
@@ -494,21 +511,17 @@ def keys_create(
     problem = expiry_problem(expires_at, datetime.now(UTC))
     if problem is not None:
         raise _fail(f"--expires {expires}: {problem}")
-    overrides = _parse_limits(limit)
-    record, key = _run(
-        _with_store(
-            _open_store(cfg, config, create=True),
-            lambda s: s.create(
-                user=user,
-                tier=tier,
-                models=model_list,
-                expires_at=expires_at,
-                name=name,
-                limits=overrides,
-                team=team,
-            ),
+    # Without removable=True no value is None.
+    overrides = cast("dict[str, float] | None", _parse_limits(limit))
+
+    async def create(store: KeyStore) -> Any:
+        made = await store.create(
+            user=user, tier=tier, models=model_list, expires_at=expires_at, name=name, limits=overrides, team=team
         )
-    )
+        await _audited(store, "key.create", made[0].id, {"user": user, "tier": tier, "team": team, "name": name})
+        return made
+
+    record, key = _run(_with_store(_open_store(cfg, config, create=True), create))
     out.print(f"created key {record.id} for user {record.user} on tier {record.tier}", soft_wrap=True)
     if record.team is not None:
         out.print(f"team: {record.team}", soft_wrap=True, markup=False)
@@ -563,7 +576,16 @@ def keys_list(
 
 
 def _change(key_id: str, config: Path | None, verb: str, **changes: Any) -> None:
-    record = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.update(key_id, **changes)))
+    action = {"updated": "key.update", "disabled": "key.disable", "enabled": "key.enable"}[verb]
+
+    async def change(store: KeyStore) -> Any:
+        changed = await store.update(key_id, **changes)
+        if changed is not None:
+            details = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()}
+            await _audited(store, action, key_id, details if action == "key.update" else None)
+        return changed
+
+    record = _run(_with_store(_open_store(_key_config(config), config), change))
     if record is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"{verb} key {key_id} (running gateways notice within their auth cache time)")
@@ -653,10 +675,142 @@ def keys_delete(
     key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
 ) -> None:
     """Delete a key for good."""
-    record = _run(_with_store(_open_store(_key_config(config), config), lambda s: s.delete(key_id)))
-    if record is None:
+
+    async def delete(store: KeyStore) -> Any:
+        deleted = await store.delete(key_id)
+        if deleted is not None:
+            await _audited(store, "key.delete", key_id, {"user": deleted.user, "team": deleted.team})
+        return deleted
+
+    if _run(_with_store(_open_store(_key_config(config), config), delete)) is None:
         raise _fail(f"no key with id {key_id!r}")
     out.print(f"deleted key {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")], config: ConfigOption = None
+) -> None:
+    """Give a key a new secret, printed once as the last line. The id, settings and usage so far
+    stay; the old secret stops working (on running gateways within their auth cache time)."""
+
+    async def rotate(store: KeyStore) -> Any:
+        rotated = await store.rotate(key_id)
+        if rotated is not None:
+            await _audited(store, "key.rotate", key_id, {"key_hint": rotated[0].key_hint})
+        return rotated
+
+    rotated = _run(_with_store(_open_store(_key_config(config), config), rotate))
+    if rotated is None:
+        raise _fail(f"no key with id {key_id!r}")
+    out.print(f"rotated key {key_id}: store the new secret now, it cannot be shown again")
+    print(rotated[1])
+
+
+@admin_keys_app.command("create")
+def admin_keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    role: Annotated[
+        str, typer.Option(help="viewer (reads only), team_admin (the keys of one team) or admin (everything).")
+    ],
+    team: Annotated[str | None, typer.Option(help="The team a team_admin manages.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create an admin key for the admin API and the console. It is printed once, as the last line."""
+    from ..keys import AdminKeyStore, role_problem
+    from ..server._admin import check_key_fields
+
+    cfg = _key_config(config)
+    _check_labels(name=name, team=team)
+    problem = role_problem(role, team)
+    if problem is not None:
+        raise _fail(f"--role {role}: {problem}")
+    try:
+        check_key_fields(cfg, None, None, team)
+    except Exception as exc:
+        raise _fail(str(exc)) from None
+
+    async def create(store: KeyStore) -> Any:
+        made = await AdminKeyStore(store.database).create(name=name, role=role, team=team)  # type: ignore[arg-type]
+        await _audited(store, "admin_key.create", made[0].id, {"name": name, "role": role, "team": team})
+        return made
+
+    record, key = _run(_with_store(_open_store(cfg, config, create=True), create))
+    out.print(f"created admin key {record.id} ({record.role}{' of ' + record.team if record.team else ''})")
+    out.print("store it now: it cannot be shown again")
+    print(key)
+
+
+@admin_keys_app.command("list")
+def admin_keys_list(
+    json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False, config: ConfigOption = None
+) -> None:
+    """List admin keys (their ids and hints, never the keys)."""
+    from ..keys import AdminKeyStore
+
+    records = _run(_with_store(_open_store(_key_config(config), config), lambda s: AdminKeyStore(s.database).list()))
+    if json:
+        print(orjson.dumps([r.to_public_dict() for r in records], option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=20)
+    table.add_column("key", no_wrap=True, min_width=14)
+    for column in ("name", "role", "team", "created"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.id, r.key_hint, escape(r.name), r.role, escape(r.team or "-"), r.created_at.isoformat(timespec="seconds")
+        )
+    _print_table(table)
+
+
+@admin_keys_app.command("delete")
+def admin_keys_delete(
+    key_id: Annotated[str, typer.Argument(help="The admin key's id (adm_...).")], config: ConfigOption = None
+) -> None:
+    """Delete an admin key: it, and the console sessions signed in with it, stop working."""
+    from ..keys import AdminKeyStore
+
+    async def delete(store: KeyStore) -> Any:
+        deleted = await AdminKeyStore(store.database).delete(key_id)
+        if deleted is not None:
+            await _audited(store, "admin_key.delete", key_id, {"name": deleted.name, "role": deleted.role})
+        return deleted
+
+    if _run(_with_store(_open_store(_key_config(config), config), delete)) is None:
+        raise _fail(f"no admin key with id {key_id!r}")
+    out.print(f"deleted admin key {key_id}")
+
+
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="How many entries, newest first.")] = 50,
+    json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show the audit log: the changes made through the admin API, the console and this command line."""
+    from ..keys import AuditLog
+
+    entries, _ = _run(_with_store(_open_store(_key_config(config), config), lambda s: AuditLog(s.database).page(limit)))
+    if json:
+        print(orjson.dumps([e.to_public_dict() for e in entries], option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for column in ("time", "actor", "action", "target", "details"):
+        table.add_column(column)
+    for e in entries:
+        actor = e.actor if e.actor_name is None else f"{e.actor} ({e.actor_name})"
+        details = orjson.dumps(e.details).decode() if e.details else ""
+        table.add_row(
+            e.ts.isoformat(timespec="seconds"), escape(actor), escape(e.action), escape(e.target or ""), escape(details)
+        )
+    _print_table(table)
 
 
 @app.command()
@@ -664,7 +818,7 @@ def usage(
     by: Annotated[
         str,
         typer.Option(
-            help="Group by key, user, team, model, deployment, day or route (the requests model tiering moved: "
+            help="Group by key, user, team, tier, model, deployment, day or route (the requests model tiering moved: "
             "by routed model and class, and the downgraded ones, with what they would have cost and the saving)."
         ),
     ] = "key",
@@ -688,8 +842,8 @@ def usage(
 
     from ..accounting import usage_report
 
-    if by not in ("key", "user", "team", "model", "deployment", "day", "route"):
-        raise _fail("--by must be key, user, team, model, deployment, day or route")
+    if by not in ("key", "user", "team", "tier", "model", "deployment", "day", "route"):
+        raise _fail("--by must be key, user, team, tier, model, deployment, day or route")
     if format not in ("table", "csv", "json"):
         raise _fail("--format must be table, csv or json")
     cfg = _key_config(config)

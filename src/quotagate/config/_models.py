@@ -594,6 +594,67 @@ class CacheSettings(_Strict):
     )
 
 
+# Headers whose names say they carry a credential: their values must be env:NAME references.
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|password|cookie", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110 5.6.2)
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry export (OTLP over HTTP, protobuf) of a span per request, with child spans for
+    its cache lookup, limit decision and upstream attempts. Off by default; read at start only."""
+
+    enabled: bool = Field(default=False, description="true: needs pip install 'quotagate[otel]'")
+    endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", description="the collector's OTLP/HTTP traces URL")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="sent with each export; a credential's value (authorization, api keys) as env:NAME",
+    )
+    service_name: str = Field(default="quotagate", min_length=1, description="the resource's service.name")
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="the share of requests traced; one with a client's traceparent follows its sampled flag",
+    )
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300, description="for each export to the collector")
+    propagate: bool = Field(
+        default=True,
+        description="a request with a W3C traceparent header joins the client's trace (and its sampling "
+        "decision); false: each request starts a trace of its own",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        host = rest.partition("/")[0]
+        if scheme not in ("http", "https") or not host:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces")
+        if "@" in host:
+            # The value is not echoed: it may hold a password.
+            raise ValueError("credentials do not go in the URL: send them in headers, as env:NAME")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name[:100]!r} is not an HTTP header name")
+            if header.startswith("env:") or _CREDENTIAL_HEADER.search(name):
+                try:
+                    _check_secret_ref(header)
+                except ValueError:
+                    # Not echoed: it may be the credential itself.
+                    raise ValueError(
+                        f"header {name}: a credential is not written in the config; reference an "
+                        "environment variable as env:NAME (for example env:OTLP_TOKEN)"
+                    ) from None
+            elif "\r" in header or "\n" in header:
+                raise ValueError(f"header {name}: a value cannot hold a line break")
+        return value
+
+
 class PassthroughSettings(_Strict):
     """The OpenAI endpoints served by relaying them as they come (images, audio, files, batches,
     any other /v1/* path)."""
@@ -627,6 +688,7 @@ class Config(_Strict):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     passthrough: PassthroughSettings = PassthroughSettings()
+    tracing: TracingSettings = TracingSettings()
     metrics_per_key: bool = Field(default=False, description="key labels on metrics (unbounded cardinality)")
     timezone: str = Field(default="UTC", description="where calendar quotas' days and months begin")
     auth_cache_seconds: float = Field(

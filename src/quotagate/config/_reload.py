@@ -41,6 +41,8 @@ RESTART_ONLY = (
     "metrics_per_key",
     # The store, and the embedding model whose vectors the semantic index holds.
     "cache",
+    # The exporter and its thread are made once, at start.
+    "tracing",
 )
 
 

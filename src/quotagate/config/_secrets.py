@@ -29,6 +29,13 @@ def _secret_refs(config: Config) -> list[tuple[str, str | None]]:
                 refs.append((f"models[{model.name}].deployments[{index}].proxy", deployment.proxy))
             if deployment.azure_ad_token is not None:
                 refs.append((f"models[{model.name}].deployments[{index}].azure_ad_token", deployment.azure_ad_token))
+    if config.tracing.enabled:
+        # Only the env:NAME values: a header without a credential may be written out in the file.
+        refs.extend(
+            (f"tracing.headers.{name}", value)
+            for name, value in config.tracing.headers.items()
+            if value.startswith("env:")
+        )
     return refs
 
 

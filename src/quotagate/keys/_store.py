@@ -328,6 +328,18 @@ class KeyStore:
             return None
         return await self.get(key_id)
 
+    async def rotate(self, key_id: str) -> tuple[KeyRecord, str] | None:
+        """Give the key a new secret, returned in clear (the only time it exists so); None if there
+        is no such key. The id stays, and with it the key's settings and every limit's usage so
+        far (limits count by key id, never by secret); the old secret stops matching at once."""
+        key = new_key()
+        values = {"key_hash": hash_key(key), "key_hint": key_hint(key)}
+        changed = await self.database.run(
+            lambda conn: conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values)).rowcount
+        )
+        record = await self.get(key_id) if changed else None
+        return (record, key) if record is not None else None
+
     async def delete(self, key_id: str) -> KeyRecord | None:
         record = await self.get(key_id)
         if record is None:

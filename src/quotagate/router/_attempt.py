@@ -70,6 +70,7 @@ class Failure(NamedTuple):
     suspect: Suspect | None  # the failure, when it may be the request's rather than the deployment's
     # The deployment's API cannot take the request (never sent): another deployment's may.
     unservable: bool = False
+    status: int | None = None  # the deployment's HTTP status, where it answered with one
 
 
 class Attempts:
@@ -140,6 +141,7 @@ class Attempts:
                 first = b""
             # Heed the provider's own view: no requests left means a cooldown until its reset.
             for reset in exhausted_resets(response.headers):
+                stats.cooldown_reason = f"the provider's headers said none left; it resets in {reset:g} s"
                 await self._states.cooldown(target.id, reset)
             return Exchange(target, response, reservation, started, streamed, first)
         except (UpstreamError, UpstreamTimeoutError) as exc:
@@ -182,23 +184,27 @@ class Attempts:
         body = await response.read()
         error = upstream_status_error(response.status, body, response.headers, target.label, self._secrets)
         await _give_back(reservation)
-        if response.status == 429:
+        status = response.status
+        if status == 429:
             wait = retry_after(response.headers) or reset_wait(response.headers)
+            stats.cooldown_reason = (
+                f"429 from the provider, asking to wait {wait:g} s" if wait else "429 from the provider (no wait named)"
+            )
             await self._states.cooldown(target.id, wait or self._default_cooldown)
             stats.ended(failed=False)
-            return Failure(error, True, wait, None)
-        if response.status in _NOT_RETRYABLE or response.status < 500:
+            return Failure(error, True, wait, None, status=status)
+        if status in _NOT_RETRYABLE or status < 500:
             stats.answered_at = time.monotonic()
             stats.ended(failed=False)
-            return Failure(error, False, None, None)
-        if response.status != 500:
+            return Failure(error, False, None, None, status=status)
+        if status != 500:
             # 502, 503, 504, 529, ...: the provider is down or overloaded, whatever it was asked.
             await self._states.failure(target.id)
             stats.ended(failed=True)
-            return Failure(error, True, None, None)
+            return Failure(error, True, None, None, status=status)
         # A 500: for a good request the deployment's, but some inputs crash providers.
         stats.ended_without_verdict()
-        return Failure(error, True, None, Suspect(target, started, "status 500"))
+        return Failure(error, True, None, Suspect(target, started, "status 500"), status=status)
 
 
 async def _read_whole(target: DeploymentTarget, response: UpstreamResponse, started: float) -> bytes:

@@ -23,6 +23,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..config import Config, RouterSettings, known_secrets
 from ..errors import GatewayError, ServiceUnavailableError
@@ -36,6 +37,9 @@ from ._request import RouteRequest
 from ._state import DeploymentStates
 from ._stats import DeploymentStats
 from ._strategies import strategy_for
+
+if TYPE_CHECKING:
+    from ..tracing._otel import RequestTrace
 
 
 class Router:
@@ -73,9 +77,10 @@ class Router:
         """Whether routing this model needs the request's tokens (TPM limits, context windows)."""
         return self._chains.needs_estimate(model)
 
-    async def exchange(self, model: str, request: RouteRequest) -> Exchange:
+    async def exchange(self, model: str, request: RouteRequest, trace: RequestTrace | None = None) -> Exchange:
         """The answer of a deployment of ``model`` or of one of its fallbacks; else the last
-        failure, or a ``CapacityError`` when no deployment had room or was usable."""
+        failure, or a ``CapacityError`` when no deployment had room or was usable. ``trace``: the
+        request's, which gets a span for each attempt (None: tracing is off)."""
         settings = self.settings
         deadline = time.monotonic() + settings.deadline_seconds
         wait_until = min(deadline, time.monotonic() + max(settings.max_queue_wait, request.max_wait))
@@ -110,11 +115,14 @@ class Router:
                         break  # nothing left in this model within the wait: fall back
                     attempts += 1
                     tried.append(target.id)
+                    span = trace.attempt(target, attempts) if trace is not None else None
                     outcome = await self._attempts.run(target, pick.reservation, request)
                     if isinstance(outcome, Exchange):
                         outcome.attempts, outcome.tried = attempts, tried
                         served = True
-                        return outcome
+                        return outcome  # its span ends with the relay (see RequestTrace.complete)
+                    if span is not None:
+                        span.failed(outcome.error, outcome.retryable, outcome.status)
                     last_error = outcome.error
                     if outcome.unservable:
                         # Its API cannot take the request (embeddings of a Messages deployment, a

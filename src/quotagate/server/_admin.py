@@ -1,5 +1,11 @@
-"""The admin HTTP API under /admin, guarded by the master key.
+"""The admin HTTP API under /admin, for the master key, admin keys and console sessions.
 
+Who may call what is _admin_auth's: an admin (the master key, or an admin key of role admin) may
+do everything; a viewer may only read; a team admin reads, and manages its own team's keys only
+(another team's key is not found for it, and its lists, ledger and usage are its team's). Every
+change is written to the audit log, with who made it.
+
+GET    /admin/whoami               the caller: role, name, team
 GET    /admin/keys[?user=U&team=T] list keys (never the keys themselves)
 POST   /admin/keys                 create; the response holds the key, the only time it is shown
 GET    /admin/keys/{id}
@@ -9,41 +15,58 @@ PATCH  /admin/keys/{id}            change user, team, tier, models, expires_at, 
                                    "limits": null removes all)
 POST   /admin/keys/{id}/disable
 POST   /admin/keys/{id}/enable
+POST   /admin/keys/{id}/rotate     a new secret (shown once) for the same key: id, settings and
+                                   usage stay; the old secret stops working
 DELETE /admin/keys/{id}
+GET    /admin/keys/{id}/quota      the key's limits, live: used, remaining, reset
 GET    /admin/tiers                the configured tiers and their limits
 GET    /admin/teams                the configured teams and their limits
+GET    /admin/teams/{name}/quota   the team's shared limits and budgets, live
+GET    /admin/users                the users that keys belong to
+GET    /admin/users/{user}/quota   the user's own limits (limits[] of scope user), live
+GET    /admin/usage                totals grouped by key, user, team, tier, model, deployment, day
+                                   or route
+GET    /admin/usage/series         the same over time, in buckets (_admin_ledger)
+GET    /admin/ledger               the request log, filtered and paginated, or as CSV (_admin_ledger)
+GET    /admin/deployments          each deployment's health, live
 POST   /admin/reload               serve the configuration file as it is now (as SIGHUP does)
 GET    /admin/cache                the response cache's figures
 DELETE /admin/cache[?namespace=NS] drop the cache's entries (of key:ID, user:NAME, tier:NAME or
                                    global only); answers how many
+GET    /admin/audit                the audit log, newest first (?limit=, ?before=ID)
+GET    /admin/admin-keys           admin keys (admins only), POST to make one, DELETE /{id}
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, get_args
 from urllib.parse import parse_qs
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..auth import Authenticator, Principal, extract_key
+from ..accounting._reports import GroupBy
+from ..auth import Authenticator, Principal
 from ..config import Config, LimitValues
 from ..errors import (
-    AuthenticationError,
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
     PermissionDeniedError,
 )
-from ..keys import KeyRecord, KeyStore
+from ..keys import AuditLog, KeyRecord, KeyStore, Role, role_problem
 from ..keys._store import LABEL_PATTERN, text_problem
 from ..router import Router
+from ._admin_auth import AdminAuth, AdminPrincipal
+from ._admin_ledger import LedgerViews
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
 from ._deployments_view import describe_deployments
+
+logger = logging.getLogger("quotagate.admin")
 
 _ADMIN_BODY_LIMIT = 64 * 1024
 
@@ -142,6 +165,26 @@ def _parse_day(value: str | None, param: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class AdminKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Label = Field(min_length=1, max_length=200)
+    role: Role
+    team: Label | None = Field(default=None, min_length=1, max_length=100, description="a team_admin's team")
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int | None, low: int, high: int) -> Any:
+    text = query.get(name, [None])[0]
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be a whole number from {low} to {high}.", param=name)
+    return value
+
+
 def _payload_error(exc: ValidationError) -> InvalidRequestError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -158,12 +201,14 @@ class AdminAPI:
         config: Config,
         store: KeyStore,
         authenticator: Authenticator,
-        master_key: str | None,
+        auth: AdminAuth,
+        audit: AuditLog,
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
         router: Router | None = None,
-        usage: Callable[[str, datetime | None, datetime | None], Awaitable[dict[str, Any]]] | None = None,
+        usage: Callable[[str, datetime | None, datetime | None, str | None], Awaitable[dict[str, Any]]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         cache: Callable[[], CacheControl] | None = None,
+        ledger: LedgerViews | None = None,
     ) -> None:
         self.config = config
         self._reload = reload
@@ -171,43 +216,52 @@ class AdminAPI:
         self._cache = cache
         self.store = store
         self.authenticator = authenticator
-        self._master_key = master_key
+        self.auth = auth
+        self.audit = audit
         self._quota = quota
         self._router = router
         self._usage = usage
-
-    def _check_master_key(self, headers: RequestHeaders) -> None:
-        if self._master_key is None:
-            raise PermissionDeniedError(
-                "The admin API is disabled: no master_key is configured.", code="admin_disabled"
-            )
-        given = extract_key(headers.authorization, headers.x_api_key)
-        if not hmac.compare_digest(given.encode(), self._master_key.encode()):
-            raise AuthenticationError("Invalid master key.", code="invalid_master_key")
+        self._ledger = ledger
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders) -> None:
-        self._check_master_key(headers)
+        caller = await self.auth.identify(scope, headers)
         method: str = scope["method"]
+        if method != "GET":
+            caller.require_write()  # a viewer's every write, whatever the route
         parts = scope["path"].rstrip("/").split("/")[2:]  # after "", "admin"
+        if parts == ["whoami"]:
+            self._allow(method, "GET")
+            await send_json(send, 200, caller.to_public_dict())
+            return
         if parts == ["tiers"]:
             self._allow(method, "GET")
             tiers = {name: t.model_dump(exclude_none=True) for name, t in self.config.tiers.items()}
             await send_json(send, 200, {"object": "list", "data": tiers})
             return
-        if parts == ["teams"]:
-            self._allow(method, "GET")
-            teams = {name: t.model_dump(exclude_none=True) for name, t in self.config.teams.items()}
-            await send_json(send, 200, {"object": "list", "data": teams})
+        if parts[:1] == ["teams"]:
+            await self._teams(caller, method, parts[1:], send)
+            return
+        if parts[:1] == ["users"]:
+            await self._users(caller, method, parts[1:], send)
             return
         if parts == ["usage"] and self._usage is not None:
             self._allow(method, "GET")
             # Blank values kept: "?by=" is a mistake to point out, not the default.
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             by = query.get("by", ["key"])[0]
-            if by not in ("key", "user", "team", "model", "deployment", "day", "route"):
-                raise InvalidRequestError("by must be key, user, team, model, deployment, day or route.", param="by")
+            if by not in get_args(GroupBy):
+                raise InvalidRequestError(
+                    "by must be key, user, team, tier, model, deployment, day or route.", param="by"
+                )
             since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
-            await send_json(send, 200, await self._usage(by, since, until))
+            await send_json(send, 200, await self._usage(by, since, until, self._team_of(caller)))
+            return
+        if self._ledger is not None and parts in (["ledger"], ["usage", "series"]):
+            self._allow(method, "GET")
+            if parts == ["ledger"]:
+                await self._ledger.ledger(scope, send, self._team_of(caller))
+            else:
+                await self._ledger.series(scope, send, self._team_of(caller))
             return
         if parts == ["deployments"] and self._router is not None:
             self._allow(method, "GET")
@@ -215,48 +269,195 @@ class AdminAPI:
             return
         if parts == ["reload"] and self._reload is not None:
             self._allow(method, "POST")
-            await send_json(send, 200, await self._reload())
+            caller.require_admin("reload the configuration")
+            result = await self._reload()
+            await self._record(caller, "config.reload", None, {"file": result.get("file")})
+            await send_json(send, 200, result)
             return
         if parts == ["cache"] and self._cache is not None:
-            await self._cache_route(method, scope, send, self._cache())
+            await self._cache_route(caller, method, scope, send, self._cache())
+            return
+        if parts == ["audit"]:
+            self._allow(method, "GET")
+            await self._audit_page(caller, scope, send)
+            return
+        if parts[:1] == ["admin-keys"]:
+            await self._admin_keys(caller, method, parts[1:], receive, send, headers)
             return
         if parts[:1] != ["keys"] or len(parts) > 3:
             raise NotFoundError(f"Unknown admin route {scope['path']}.")
-        if len(parts) == 1:
+        await self._keys(caller, method, parts[1:], scope, receive, send, headers)
+
+    async def _keys(
+        self,
+        caller: AdminPrincipal,
+        method: str,
+        parts: list[str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RequestHeaders,
+    ) -> None:
+        if not parts:
             if method == "GET":
-                await self._list(scope, send)
+                await self._list(caller, scope, send)
             elif method == "POST":
-                await self._create(receive, send, headers)
+                await self._create(caller, receive, send, headers)
             else:
                 raise MethodNotAllowedError(f"{method} is not allowed on /admin/keys.", headers={"Allow": "GET, POST"})
             return
-        key_id = parts[1]
+        key_id = parts[0]
         if text_problem(key_id) is not None:
             # No key has such an id (ids are key_ and hex), and PostgreSQL could not even look.
             raise self._no_such_key(key_id)
-        if len(parts) == 3 and parts[2] == "quota":
+        # A team admin's view of the keys is its team's: another team's key is not there for it.
+        record = await self.store.get(key_id)
+        if record is None or not caller.may_see_team(record.team):
+            raise self._no_such_key(key_id)
+        action = parts[1] if len(parts) == 2 else None
+        if action == "quota":
             self._allow(method, "GET")
-            await self._key_quota(key_id, scope, send)
+            await self._key_quota(record, scope, send)
             return
-        if len(parts) == 3:
-            if parts[2] not in ("disable", "enable"):
+        if action is not None:
+            if action not in ("disable", "enable", "rotate"):
                 raise NotFoundError(f"Unknown admin route {scope['path']}.")
             self._allow(method, "POST")
-            await self._respond_record(send, await self._change(key_id, disabled=parts[2] == "disable"))
+            if action == "rotate":
+                rotated = await self.store.rotate(key_id)
+                if rotated is None:
+                    raise self._no_such_key(key_id)
+                self.authenticator.forget(key_id)  # the old secret stops working at once here
+                new_record, key = rotated
+                await self._record(caller, "key.rotate", key_id, {"key_hint": new_record.key_hint})
+                await send_json(send, 200, {"object": "key", "key": key, **new_record.to_public_dict()})
+                return
+            changed = await self._change(key_id, disabled=action == "disable")
+            await self._record(caller, f"key.{action}", key_id)
+            await self._respond_record(send, changed)
         elif method == "GET":
-            await self._respond_record(send, await self.store.get(key_id), key_id)
+            await self._respond_record(send, record, key_id)
         elif method == "PATCH":
-            await self._update(key_id, receive, send, headers)
+            await self._update(caller, record, receive, send, headers)
         elif method == "DELETE":
-            record = await self.store.delete(key_id)
-            if record is None:
+            if await self.store.delete(key_id) is None:
                 raise self._no_such_key(key_id)
             self.authenticator.forget(key_id)
+            await self._record(caller, "key.delete", key_id, {"user": record.user, "team": record.team})
             await send_json(send, 200, {"id": key_id, "object": "key", "deleted": True})
         else:
             raise MethodNotAllowedError(
                 f"{method} is not allowed on /admin/keys/{{id}}.", headers={"Allow": "GET, PATCH, DELETE"}
             )
+
+    @staticmethod
+    def _team_of(caller: AdminPrincipal) -> str | None:
+        """The team a caller's reads are kept to (a team admin's), or None: every team."""
+        return caller.team if caller.role == "team_admin" else None
+
+    async def _record(
+        self, caller: AdminPrincipal, action: str, target: str | None, details: dict[str, Any] | None = None
+    ) -> None:
+        try:
+            await self.audit.record(caller.actor, action, target, details, actor_name=caller.name)
+        except Exception:
+            # The change is made and committed: its caller must get the answer (a rotated key's
+            # new secret exists only in it). The missing entry is in the log instead.
+            logger.exception("the audit log could not record %s of %s by %s", action, target, caller.actor)
+
+    async def _teams(self, caller: AdminPrincipal, method: str, parts: list[str], send: Send) -> None:
+        self._allow(method, "GET")
+        if not parts:
+            teams = {
+                name: t.model_dump(exclude_none=True)
+                for name, t in self.config.teams.items()
+                if caller.may_see_team(name)
+            }
+            await send_json(send, 200, {"object": "list", "data": teams})
+            return
+        name = parts[0]
+        if len(parts) != 2 or parts[1] != "quota" or self._quota is None:
+            raise NotFoundError(f"Unknown admin route /admin/teams/{'/'.join(parts)}.")
+        if name not in self.config.teams or not caller.may_see_team(name):
+            raise NotFoundError(f"No team {name!r} is configured.", code="team_not_found")
+        quota = await self._quota(Principal("", "", "", None, None, name), None)
+        limits = [entry for entry in quota["limits"] if entry["scope"] == "team"]
+        await send_json(send, 200, {"object": "team_quota", "team": name, "limits": limits})
+
+    async def _users(self, caller: AdminPrincipal, method: str, parts: list[str], send: Send) -> None:
+        """The users that keys belong to (a team admin: its team's), and a user's own limits."""
+        self._allow(method, "GET")
+        user = parts[0] if parts else None
+        if user is not None and text_problem(user) is not None:
+            raise NotFoundError(f"No key belongs to user {user!r}.", code="user_not_found")
+        records = await self.store.list(user=user, team=self._team_of(caller))
+        users: dict[str, dict[str, Any]] = {}
+        for record in records:
+            entry = users.setdefault(record.user, {"object": "user", "user": record.user, "keys": 0, "teams": []})
+            entry["keys"] += 1
+            if record.team is not None and record.team not in entry["teams"]:
+                entry["teams"].append(record.team)
+        if not parts:
+            await send_json(send, 200, {"object": "list", "data": [users[name] for name in sorted(users)]})
+            return
+        assert user is not None
+        if len(parts) != 2 or parts[1] != "quota" or self._quota is None:
+            raise NotFoundError(f"Unknown admin route /admin/users/{'/'.join(parts)}.")
+        if user not in users:
+            raise NotFoundError(f"No key belongs to user {user!r}.", code="user_not_found")
+        quota = await self._quota(Principal("", user, "", None, None, None), None)
+        limits = [entry for entry in quota["limits"] if entry["scope"] == "user"]
+        await send_json(send, 200, {**users[user], "object": "user_quota", "limits": limits})
+
+    async def _audit_page(self, caller: AdminPrincipal, scope: Scope, send: Send) -> None:
+        if caller.role == "team_admin":
+            # The log names every team's keys and changes; a team admin's view is its team's.
+            raise PermissionDeniedError("The audit log is for admins and viewers.", code="permission_denied")
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        limit = _int_param(query, "limit", 50, 1, 500)
+        before = _int_param(query, "before", None, 1, 2**62)
+        entries, more = await self.audit.page(limit, before)
+        await send_json(send, 200, {"object": "list", "data": [e.to_public_dict() for e in entries], "has_more": more})
+
+    async def _admin_keys(
+        self,
+        caller: AdminPrincipal,
+        method: str,
+        parts: list[str],
+        receive: Receive,
+        send: Send,
+        headers: RequestHeaders,
+    ) -> None:
+        caller.require_admin("manage admin keys")
+        admin_keys = self.auth.admin_keys
+        if not parts:
+            if method == "GET":
+                records = await admin_keys.list()
+                data = [{"object": "admin_key", **r.to_public_dict()} for r in records]
+                await send_json(send, 200, {"object": "list", "data": data})
+                return
+            self._allow(method, "POST")
+            try:
+                payload = AdminKeyCreate.model_validate(await self._read_json(receive, headers))
+            except ValidationError as exc:
+                raise _payload_error(exc) from None
+            problem = role_problem(payload.role, payload.team)
+            if problem is not None:
+                raise InvalidRequestError(f"Invalid 'role': {problem}.", param="role", code="invalid_value")
+            check_key_fields(self.config, None, None, payload.team)
+            record, key = await admin_keys.create(name=payload.name, role=payload.role, team=payload.team)
+            details = {"name": record.name, "role": record.role, "team": record.team}
+            await self._record(caller, "admin_key.create", record.id, details)
+            await send_json(send, 201, {"object": "admin_key", "key": key, **record.to_public_dict()})
+            return
+        if len(parts) != 1:
+            raise NotFoundError(f"Unknown admin route /admin/admin-keys/{'/'.join(parts)}.")
+        self._allow(method, "DELETE")
+        deleted = await admin_keys.delete(parts[0]) if text_problem(parts[0]) is None else None
+        if deleted is None:
+            raise NotFoundError(f"No admin key with id {parts[0]!r}.", code="admin_key_not_found")
+        await self._record(caller, "admin_key.delete", deleted.id, {"name": deleted.name, "role": deleted.role})
+        await send_json(send, 200, {"id": deleted.id, "object": "admin_key", "deleted": True})
 
     @staticmethod
     def _allow(method: str, allowed: str) -> None:
@@ -279,25 +480,29 @@ class AdminAPI:
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestError(f"Invalid JSON body: {exc.args[0]}.", code="invalid_json") from None
 
-    async def _cache_route(self, method: str, scope: Scope, send: Send, cache: CacheControl) -> None:
+    async def _cache_route(
+        self, caller: AdminPrincipal, method: str, scope: Scope, send: Send, cache: CacheControl
+    ) -> None:
         if method == "GET":
             await send_json(send, 200, {"object": "cache", **await cache.stats()})
             return
         if method != "DELETE":
             raise MethodNotAllowedError(f"{method} is not allowed on /admin/cache.", headers={"Allow": "GET, DELETE"})
+        caller.require_admin("purge the response cache")
         # Blank values kept: "?namespace=" is a mistake to point out, not "everything".
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         namespace = query.get("namespace", [None])[0]
+        problem = text_problem(namespace) if namespace is not None else None
+        if problem is not None:
+            raise InvalidRequestError(f"Invalid 'namespace': {problem}.", param="namespace", code="invalid_value")
         try:
             purged = await cache.purge(namespace)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="namespace", code="invalid_value") from None
+        await self._record(caller, "cache.purge", namespace, {"purged": purged})
         await send_json(send, 200, {"object": "cache_purge", "namespace": namespace, "purged": purged})
 
-    async def _key_quota(self, key_id: str, scope: Scope, send: Send) -> None:
-        record = await self.store.get(key_id)
-        if record is None:
-            raise self._no_such_key(key_id)
+    async def _key_quota(self, record: KeyRecord, scope: Scope, send: Send) -> None:
         assert self._quota is not None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model = query.get("model", [None])[0]
@@ -311,7 +516,7 @@ class AdminAPI:
         )
         await send_json(send, 200, await self._quota(principal, model))
 
-    async def _list(self, scope: Scope, send: Send) -> None:
+    async def _list(self, caller: AdminPrincipal, scope: Scope, send: Send) -> None:
         # Blank values kept: "?team=" (a script's empty variable) must not list every key.
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         user, team = (query.get(name, [None])[0] for name in ("user", "team"))
@@ -321,16 +526,32 @@ class AdminAPI:
             problem = text_problem(value) if value is not None else None
             if problem is not None:
                 raise InvalidRequestError(f"Invalid '{name}': {problem}.", param=name, code="invalid_value")
+        own = self._team_of(caller)
+        if own is not None:
+            if team not in (None, own):
+                raise PermissionDeniedError(
+                    f"A team admin of {own!r} sees only its team's keys.", code="permission_denied"
+                )
+            team = own
         records = await self.store.list(user=user, team=team)
         await send_json(
             send, 200, {"object": "list", "data": [{"object": "key", **r.to_public_dict()} for r in records]}
         )
 
-    async def _create(self, receive: Receive, send: Send, headers: RequestHeaders) -> None:
+    async def _create(self, caller: AdminPrincipal, receive: Receive, send: Send, headers: RequestHeaders) -> None:
         try:
             payload = KeyCreate.model_validate(await self._read_json(receive, headers))
         except ValidationError as exc:
             raise _payload_error(exc) from None
+        own = self._team_of(caller)
+        if own is not None:
+            if payload.team not in (None, own):
+                raise PermissionDeniedError(
+                    f"A team admin of {own!r} makes keys of its team only.", code="permission_denied"
+                )
+            payload.team = own
+            overrides = payload.limits.model_dump(exclude_none=True) if payload.limits else {}
+            await self._check_team_admin_change(own, payload.user, payload.tier, overrides)
         check_key_fields(self.config, payload.tier, payload.models, payload.team)
         problem = expiry_problem(payload.expires_at, datetime.now(UTC))
         if problem is not None:
@@ -344,9 +565,14 @@ class AdminAPI:
             limits=payload.limits.model_dump(exclude_none=True) if payload.limits else None,
             team=payload.team,
         )
+        details = {"user": record.user, "tier": record.tier, "team": record.team, "name": record.name}
+        await self._record(caller, "key.create", record.id, details)
         await send_json(send, 201, {"object": "key", "key": key, **record.to_public_dict()})
 
-    async def _update(self, key_id: str, receive: Receive, send: Send, headers: RequestHeaders) -> None:
+    async def _update(
+        self, caller: AdminPrincipal, current: KeyRecord, receive: Receive, send: Send, headers: RequestHeaders
+    ) -> None:
+        key_id = current.id
         try:
             payload = KeyUpdate.model_validate(await self._read_json(receive, headers))
         except ValidationError as exc:
@@ -354,10 +580,43 @@ class AdminAPI:
         changes = payload.model_dump(exclude_unset=True)
         if any(changes.get(f) is None for f in ("user", "tier", "disabled") if f in changes):
             raise InvalidRequestError("user, tier and disabled cannot be null.", code="invalid_value")
+        own = self._team_of(caller)
+        if own is not None:
+            if "team" in changes and changes["team"] != own:
+                raise PermissionDeniedError(
+                    f"A team admin of {own!r} cannot move keys out of it.", code="permission_denied"
+                )
+            overrides = {k: v for k, v in (changes.get("limits") or {}).items() if v is not None}
+            user = changes.get("user", current.user)
+            await self._check_team_admin_change(own, user, changes.get("tier", current.tier), overrides)
         check_key_fields(self.config, changes.get("tier"), changes.get("models"), changes.get("team"))
         # "team": null takes the key out of its team. "limits" stays a merge patch, nulls included:
         # the store merges it (see KeyStore.update).
-        await self._respond_record(send, await self._change(key_id, **changes), key_id)
+        record = await self._change(key_id, **changes)
+        await self._record(caller, "key.update", key_id, orjson.loads(payload.model_dump_json(exclude_unset=True)))
+        await self._respond_record(send, record, key_id)
+
+    async def _check_team_admin_change(self, team: str, user: str, tier: str, overrides: dict[str, float]) -> None:
+        """What a team admin may not do to a key of its team: give it a user whose other keys are
+        another team's (a user's limits, and the response cache's user namespace, are the user's
+        across teams), or give it limits above its tier's (the admins' plans are the ceiling)."""
+        others = [r for r in await self.store.list(user=user) if r.team != team]
+        if others:
+            raise PermissionDeniedError(
+                f"User {user!r} has keys outside team {team!r}; a team admin may not make keys for them.",
+                param="user",
+                code="permission_denied",
+            )
+        ceiling = self.config.tiers.get(tier)
+        for name, value in overrides.items():
+            allowed = getattr(ceiling, name, None) if ceiling is not None else None
+            if allowed is not None and value > allowed:
+                raise PermissionDeniedError(
+                    f"A team admin may only lower a key's limits: {name} {value:g} is above tier {tier!r}'s "
+                    f"{allowed:g}.",
+                    param="limits",
+                    code="permission_denied",
+                )
 
     async def _change(self, key_id: str, **changes: Any) -> KeyRecord | None:
         record = await self.store.update(key_id, **changes)

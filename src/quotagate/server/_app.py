@@ -32,6 +32,7 @@ from ..auth import Authenticator, Principal
 from ..cache import CacheRules, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCache
 from ..config import Config, ConfigError, resolve_secret
 from ..config._reload import Reload, log_reload_failed, log_reloaded, one_line, prepare_reload
+from ..console import Console
 from ..errors import (
     AuthenticationError,
     GatewayError,
@@ -40,7 +41,7 @@ from ..errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from ..keys import KeyStore
+from ..keys import AdminKeyStore, AuditLog, KeyStore
 from ..limits import InProcessStore, Limiter, RedisStore, Store, StoreUnavailableError, Unit
 from ..policy import Policy
 from ..redis import RedisClient
@@ -49,8 +50,11 @@ from ..router import DeploymentStates, MemoryStateStore, RedisStateStore, Router
 from ..router._state import StateStore
 from ..tiering import Downgrades, RoutePlanner
 from ..tokens import encoding_for_model
+from ..tracing import start_tracing
 from ..upstream import HttpTransport, ModelRoutes, Transport
 from ._admin import AdminAPI
+from ._admin_auth import AdminAuth
+from ._admin_ledger import LedgerViews
 from ._asgi import (
     JSON_CONTENT_TYPE,
     Receive,
@@ -178,6 +182,8 @@ class Gateway:
         self._make_embedder(config)
         self.cache = self._make_cache(config)
         self.planner = self._make_planner(config, None)
+        # None unless tracing.enabled; read at start only (a reload keeps the running tracer).
+        self.tracing = start_tracing(config.tracing)
         self.metrics.add_gauges(self._gauges)
         self.proxy = self._make_proxy(
             config, self.routes, self.authenticator, self.router, self.policy, self.books, self.planner
@@ -186,7 +192,10 @@ class Gateway:
         # Which deployment holds each stored response: kept across reloads (target ids are).
         self.response_homes = ResponseHomes(self.redis)
         self.responses = Responses(self.proxy, config.passthrough.default_model, self.response_homes)
+        self.audit = AuditLog(self.store.database)
         self.admin = self._make_admin(config, self.authenticator, self.router)
+        # The console signs in with the admin API's keys as they are after any reload.
+        self.console = Console(lambda: self.admin.auth, self.audit.record)
         self._started = time.time()
         self._routes = self._route_table(self.proxy)
         self._openapi_json: bytes | None = None
@@ -303,19 +312,26 @@ class Gateway:
             hits_charge=config.cache.hits_charge,
             planner=planner,
             downgrades=Downgrades(config),
+            tracer=self.tracing,
         )
 
     def _make_admin(self, config: Config, authenticator: Authenticator, router: Router) -> AdminAPI:
+        # Made again at each reload: a changed master key ends the console's sessions signed with it.
+        auth = AdminAuth(resolve_secret(config.master_key, "master_key"), AdminKeyStore(self.store.database))
         return AdminAPI(
             config,
             self.store,
             authenticator,
-            resolve_secret(config.master_key, "master_key"),
+            auth,
+            self.audit,
             self.quota,
             router,
             self.usage,
             reload=self._admin_reload,
             cache=lambda: self.cache,
+            ledger=LedgerViews(
+                self.store.database, self.ledger.flush if self.ledger is not None else None, config.currency
+            ),
         )
 
     def _route_table(self, proxy: Proxy) -> dict[tuple[str, str], Handler]:
@@ -379,6 +395,8 @@ class Gateway:
             return handler
         if path == "/admin" or path.startswith("/admin/"):
             return self._admin
+        if path == "/ui" or path.startswith("/ui/"):
+            return self.console.handle
         if path.startswith(AZURE_PREFIX):
             # Azure OpenAI's clients: the deployment in the URL is the gateway's model.
             azure = azure_route(method, path, self._routes)
@@ -463,6 +481,9 @@ class Gateway:
             await self.redis.aclose()
         await self.transport.aclose()
         await self.store.close()
+        if self.tracing is not None:
+            # Last: a collector that is down holds this up to tracing.timeout_seconds.
+            await self.tracing.aclose()
 
     # -- reloading the configuration ----------------------------------------------------------
 
@@ -694,7 +715,9 @@ class Gateway:
             ledger.add_metric([], self.ledger.written)
             yield ledger
 
-    async def usage(self, by: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    async def usage(
+        self, by: str, since: datetime | None, until: datetime | None, team: str | None = None
+    ) -> dict[str, Any]:
         if self.ledger is not None:
             # A report includes what this node has not written yet, but does not wait long for a
             # database that is slow to take it: the flush goes on (shielded) and the report is run.
@@ -703,7 +726,9 @@ class Gateway:
         group = cast(GroupBy, by)
         currency = self.config.currency
         # Within the database's statement deadline, like every call to it (a 503 past it).
-        report = await usage_report(self.store.database, group, since, until, currency.display, currency.rate)
+        report = await usage_report(
+            self.store.database, group, since, until, currency.display, currency.rate, team=team
+        )
         return report.to_dict()
 
     async def _health(

@@ -18,12 +18,22 @@ async def describe_deployments(router: Router) -> list[dict[str, object]]:
             view = await router.states.view(target.id)
             stats = router.stats[target.id]
             remaining: dict[str, int] = {}
+            # The provider's limits: the configured rate, what the bucket holds at most (the burst a
+            # moment can take) and what it holds now; their use is remaining of capacity.
+            limits: dict[str, dict[str, int]] = {}
             if target.limits:
                 try:
                     for status in await router.limiter.status(target.limits):
-                        remaining["rpm" if status.limit.unit is Unit.REQUESTS else "tpm"] = status.remaining
+                        name = "rpm" if status.limit.unit is Unit.REQUESTS else "tpm"
+                        remaining[name] = status.remaining
+                        limits[name] = {
+                            "limit": status.limit.amount,
+                            "capacity": status.limit.capacity,
+                            "remaining": status.remaining,
+                        }
                 except StoreUnavailableError:
                     pass
+            cooldown_left = round(max(0.0, view.cooldown_until - now), 3)
             out.append(
                 {
                     "id": target.id,
@@ -34,10 +44,14 @@ async def describe_deployments(router: Router) -> list[dict[str, object]]:
                     "weight": target.weight,
                     "breaker": STATE_NAMES[view.state],
                     "open_seconds_left": round(max(0.0, view.open_until - now), 3) if view.state else 0.0,
-                    "cooldown_seconds_left": round(max(0.0, view.cooldown_until - now), 3),
+                    "cooldown_seconds_left": cooldown_left,
+                    # As this node saw it; another node's cooldown shows here without its reason.
+                    "cooldown_reason": stats.cooldown_reason if cooldown_left else None,
                     "in_flight": stats.in_flight,
                     "remaining": remaining,
+                    "limits": limits,
                     "latency_ms": round(stats.latency_ms, 2) if stats.latency_ms is not None else None,
+                    "latency_percentiles": stats.latency_percentiles(),
                     "error_rate": round(stats.error_rate, 4),
                     "requests": stats.requests,
                     "failures": stats.failures,

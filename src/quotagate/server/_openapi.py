@@ -10,15 +10,18 @@ The OpenAI routes are also served without the ``/v1`` prefix; the description li
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from pydantic import BaseModel
 
 from .._version import __version__
+from ..accounting._ledger_views import SERIES_BY
+from ..accounting._reports import GroupBy
+from ..keys import ROLES
 from ..keys._store import LABEL_PATTERN
 from ..limits import Unit
-from ._admin import KeyCreate, KeyUpdate
+from ._admin import AdminKeyCreate, KeyCreate, KeyUpdate
 from ._validation import (
     CHAT_BODY,
     COMPLETION_BODY,
@@ -97,6 +100,20 @@ def _list_of(item: dict[str, Any]) -> dict[str, Any]:
     return _object({"object": {"const": "list"}, "data": {"type": "array", "items": item}})
 
 
+_USER = _object({"object": _STRING, "user": _STRING, "keys": _INTEGER, "teams": {"type": "array", "items": _STRING}})
+_ADMIN_KEY = _object(
+    {
+        "object": {"const": "admin_key"},
+        "id": _STRING,
+        "key_hint": _STRING,
+        "name": _STRING,
+        "role": {"enum": list(ROLES)},
+        "team": _nullable(_STRING),
+        "created_at": {"type": "string", "format": "date-time"},
+    }
+)
+
+
 _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": _ERROR,
     "AnthropicError": _object({"type": {"const": "error"}, "error": _object({"type": _STRING, "message": _STRING})}),
@@ -127,13 +144,24 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
                 "label": _STRING,
                 "provider": _STRING,
                 "breaker": {"enum": ["closed", "open", "half-open"]},
-            }
+            },
+            {
+                "cooldown_seconds_left": _NUMBER,
+                "cooldown_reason": _nullable(_STRING),
+                "error_rate": _NUMBER,
+                "latency_ms": _nullable(_NUMBER),
+                "latency_percentiles": _nullable(_object({"p50": _NUMBER, "p95": _NUMBER, "p99": _NUMBER})),
+                "limits": {
+                    "type": "object",
+                    "additionalProperties": _object({"limit": _INTEGER, "capacity": _INTEGER, "remaining": _INTEGER}),
+                },
+            },
         )
     ),
     "UsageReport": _object(
         {
             "object": {"const": "usage_report"},
-            "by": {"enum": ["key", "user", "team", "model", "deployment", "day", "route"]},
+            "by": {"enum": list(get_args(GroupBy))},
             "currency": _STRING,
             "rate": _NUMBER,
             "data": {"type": "array", "items": _ANY_OBJECT},
@@ -161,6 +189,109 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
             "purged": {"type": "integer", "minimum": 0},
         }
     ),
+    "Admin": _object(
+        {
+            "object": {"const": "admin"},
+            "id": _STRING,
+            "name": _STRING,
+            "role": {"enum": list(ROLES)},
+            "team": _nullable(_STRING),
+        }
+    ),
+    "TeamQuota": _object(
+        {"object": {"const": "team_quota"}, "team": _STRING, "limits": {"type": "array", "items": _QUOTA_LIMIT}}
+    ),
+    "UserList": _list_of(_USER),
+    "UserQuota": {
+        "allOf": [
+            _USER,
+            _object({"object": {"const": "user_quota"}, "limits": {"type": "array", "items": _QUOTA_LIMIT}}),
+        ]
+    },
+    "AuditLog": _object(
+        {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "id": _INTEGER,
+                        "ts": {"type": "string", "format": "date-time"},
+                        "actor": _STRING,
+                        "actor_name": _nullable(_STRING),
+                        "action": _STRING,
+                        "target": _nullable(_STRING),
+                        "details": _nullable(_ANY_OBJECT),
+                    }
+                ),
+            },
+            "has_more": _BOOLEAN,
+        }
+    ),
+    "AdminKey": _ADMIN_KEY,
+    "AdminKeyCreated": {
+        "allOf": [_ref("AdminKey"), _object({"key": {"type": "string", "description": "shown only once"}})]
+    },
+    "AdminKeyList": _list_of(_ref("AdminKey")),
+    "AdminKeyDeleted": _object({"id": _STRING, "object": {"const": "admin_key"}, "deleted": {"const": True}}),
+    "LedgerPage": _object(
+        {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "request_id": _STRING,
+                        "ts": {"type": "string", "format": "date-time"},
+                        "key_id": _nullable(_STRING),
+                        "user": _nullable(_STRING),
+                        "team": _nullable(_STRING),
+                        "model_requested": _nullable(_STRING),
+                        "model_served": _nullable(_STRING),
+                        "deployment": _nullable(_STRING),
+                        "prompt_tokens": _INTEGER,
+                        "completion_tokens": _INTEGER,
+                        "cost_usd": _NUMBER,
+                        "latency_ms": _nullable(_NUMBER),
+                        "status": _INTEGER,
+                        "error_type": _nullable(_STRING),
+                    }
+                ),
+            },
+            "next_cursor": _nullable(_STRING),
+        }
+    ),
+    "UsageSeries": _object(
+        {
+            "object": {"const": "usage_series"},
+            "window": {"enum": ["hour", "day", "month"]},
+            "by": _nullable(_STRING),
+            "buckets": {"type": "array", "items": {"type": "string", "format": "date-time"}},
+            "series": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "group": _STRING,
+                        "requests": {"type": "array", "items": _INTEGER},
+                        "tokens": {"type": "array", "items": _INTEGER},
+                        "cost_usd": {"type": "array", "items": _NUMBER},
+                        "errors": {"type": "array", "items": _INTEGER},
+                    }
+                ),
+            },
+            "totals": _object(
+                {
+                    "requests": _INTEGER,
+                    "tokens": _INTEGER,
+                    "cost_usd": _NUMBER,
+                    "errors": _INTEGER,
+                    "cache_hits": _INTEGER,
+                    "hit_rate": _NUMBER,
+                    "saved_usd": _NUMBER,
+                }
+            ),
+        }
+    ),
     "Health": _object({"status": {"const": "ok"}}),
     "Ready": _object(
         {"status": {"enum": ["ready", "not ready"]}, "checks": {"type": "object", "additionalProperties": _STRING}}
@@ -177,7 +308,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _TENANT: list[dict[str, list[str]]] = [{"gatewayKey": []}, {"gatewayKeyHeader": []}]
-_ADMIN: list[dict[str, list[str]]] = [{"masterKey": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"masterKey": []}, {"consoleSession": []}]
 # What any request of a tenant may answer besides its success: a bad request, a bad key, a model
 # the key may not use or that does not exist, a slow or oversized body, a limit, and what the
 # providers answered (502, 503, 504, and 529 where one was overloaded) when no deployment could serve it.
@@ -354,6 +485,7 @@ def _paths() -> dict[str, Any]:
                             "UpdateKey": {"operationId": "updateKey", **key_link},
                             "GetKeyQuota": {"operationId": "getKeyQuota", **key_link},
                             "DisableKey": {"operationId": "disableKey", **key_link},
+                            "RotateKey": {"operationId": "rotateKey", **key_link},
                             "DeleteKey": {"operationId": "deleteKey", **key_link},
                         },
                     },
@@ -386,6 +518,16 @@ def _paths() -> dict[str, Any]:
             "parameters": [_KEY_ID],
             "post": {**_operation("enableKey", "enable a key", "Key", _ADMIN, _ADMIN_ERRORS)},
         },
+        "/admin/keys/{key_id}/rotate": {
+            "parameters": [_KEY_ID],
+            "post": _operation(
+                "rotateKey",
+                "a new secret for the key, shown once; its id, settings and usage stay",
+                "KeyCreated",
+                _ADMIN,
+                _ADMIN_ERRORS,
+            ),
+        },
         "/admin/keys/{key_id}/quota": {
             "parameters": [_KEY_ID],
             "get": _operation(
@@ -403,6 +545,65 @@ def _paths() -> dict[str, Any]:
         "/admin/teams": {
             "get": _operation("listTeams", "the configured teams and their limits", "TeamList", _ADMIN, _ADMIN_ERRORS)
         },
+        "/admin/teams/{team}/quota": {
+            "parameters": [{"name": "team", "in": "path", "required": True, "schema": _STRING}],
+            "get": _operation(
+                "getTeamQuota", "a team's shared limits: used, remaining, reset", "TeamQuota", _ADMIN, _ADMIN_ERRORS
+            ),
+        },
+        "/admin/users": {
+            "get": _operation("listUsers", "the users that keys belong to", "UserList", _ADMIN, _ADMIN_ERRORS)
+        },
+        "/admin/users/{user}/quota": {
+            "parameters": [{"name": "user", "in": "path", "required": True, "schema": _STRING}],
+            "get": _operation(
+                "getUserQuota", "a user's own limits: used, remaining, reset", "UserQuota", _ADMIN, _ADMIN_ERRORS
+            ),
+        },
+        "/admin/whoami": {
+            "get": _operation("whoami", "the caller: role, name and team", "Admin", _ADMIN, _ADMIN_ERRORS)
+        },
+        "/admin/audit": {
+            "get": _operation(
+                "auditLog",
+                "what was changed, by whom, newest first",
+                "AuditLog",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[
+                    _query("limit", "entries per page (1-500, 50 by default)", {"type": "integer"}),
+                    _query("before", "entries older than this entry id", {"type": "integer"}),
+                ],
+            )
+        },
+        "/admin/admin-keys": {
+            "get": _operation("listAdminKeys", "admin keys (admins only)", "AdminKeyList", _ADMIN, _ADMIN_ERRORS),
+            "post": {
+                "operationId": "createAdminKey",
+                "summary": "a new admin key; the response holds the key, the only time it is shown",
+                "security": _ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("AdminKeyCreate")}},
+                },
+                "responses": {
+                    "201": {
+                        **_json(_ref("AdminKeyCreated"), "created"),
+                        "links": {
+                            "DeleteAdminKey": {
+                                "operationId": "deleteAdminKey",
+                                "parameters": {"admin_key_id": "$response.body#/id"},
+                            }
+                        },
+                    },
+                    **_error_responses(*_ADMIN_ERRORS),
+                },
+            },
+        },
+        "/admin/admin-keys/{admin_key_id}": {
+            "parameters": [{"name": "admin_key_id", "in": "path", "required": True, "schema": _STRING}],
+            "delete": _operation("deleteAdminKey", "delete an admin key", "AdminKeyDeleted", _ADMIN, _ADMIN_ERRORS),
+        },
         "/admin/usage": {
             "get": _operation(
                 "usage",
@@ -411,13 +612,59 @@ def _paths() -> dict[str, Any]:
                 _ADMIN,
                 _ADMIN_ERRORS,
                 parameters=[
-                    _query(
-                        "by", "the grouping", {"enum": ["key", "user", "team", "model", "deployment", "day", "route"]}
-                    ),
+                    _query("by", "the grouping", {"enum": list(get_args(GroupBy))}),
                     _query("since", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                     _query("until", "a date (YYYY-MM-DD) or an ISO 8601 time"),
                 ],
             )
+        },
+        "/admin/usage/series": {
+            "get": _operation(
+                "usageSeries",
+                "requests, tokens, cost and errors over time, in buckets, by a group (the console's overview)",
+                "UsageSeries",
+                _ADMIN,
+                _ADMIN_ERRORS,
+                parameters=[
+                    _query(
+                        "window",
+                        "the last hour (1-minute buckets), day (hours) or month (30 days)",
+                        {"enum": ["hour", "day", "month"]},
+                    ),
+                    _query("by", "the grouping (top 8 and (other))", {"enum": list(SERIES_BY)}),
+                ],
+            )
+        },
+        "/admin/ledger": {
+            "get": {
+                **_operation(
+                    "ledger",
+                    "the request log, newest first, filtered and paged (format=csv: every matching row as CSV)",
+                    "LedgerPage",
+                    _ADMIN,
+                    _ADMIN_ERRORS,
+                    parameters=[
+                        _query("since", "a date (YYYY-MM-DD) or an ISO 8601 time"),
+                        _query("until", "a date (YYYY-MM-DD) or an ISO 8601 time"),
+                        *(_query(name, f"only this {name}'s rows") for name in ("key", "user", "team", "model")),
+                        *(_query(name, f"only this {name}'s rows") for name in ("deployment", "tier")),
+                        _query("status", "ok (below 400), error (400 and above) or a status code"),
+                        _query("limit", "rows per page (1-500, 50 by default)", {"type": "integer"}),
+                        _query("cursor", "the next_cursor of the page before"),
+                        _query("format", "csv: all matching rows as a CSV download", {"enum": ["json", "csv"]}),
+                    ],
+                ),
+                "responses": {
+                    "200": {
+                        "description": "a page of the log, or with format=csv the whole of it",
+                        "content": {
+                            "application/json": {"schema": _ref("LedgerPage")},
+                            "text/csv": {"schema": _STRING},
+                        },
+                    },
+                    **_error_responses(*_ADMIN_ERRORS),
+                },
+            }
         },
         "/admin/deployments": {
             "get": _operation(
@@ -476,7 +723,7 @@ def openapi_document() -> dict[str, Any]:
                     body.title: body.json_schema()
                     for body in (CHAT_BODY, COMPLETION_BODY, EMBEDDING_BODY, MESSAGES_BODY, COUNT_TOKENS_BODY)
                 },
-                **_model_schemas(KeyCreate, KeyUpdate),
+                **_model_schemas(KeyCreate, KeyUpdate, AdminKeyCreate),
                 **_COMPONENT_SCHEMAS,
             },
             "responses": {
@@ -486,7 +733,16 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {
                 "gatewayKey": {**bearer, "description": "a gateway key (Authorization: Bearer KEY)"},
                 "gatewayKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-                "masterKey": {**bearer, "description": "the configured master_key"},
+                "masterKey": {
+                    **bearer,
+                    "description": "the configured master_key, or an admin key (its role limits what it may do)",
+                },
+                "consoleSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "qg_session",
+                    "description": "the console's session (POST /ui/login); writes also need X-CSRF-Token",
+                },
                 "metricsToken": {**bearer, "description": "metrics.token"},
             },
         },

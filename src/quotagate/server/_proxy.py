@@ -20,6 +20,10 @@ A cache hit skips route, upstream and relay (``_answer_from_cache``): it is admi
 on the tenant's request limits (and, as ``cache.hits_charge`` says, its tokens), answered from the
 cache, and accounted with what it saved.
 
+With tracing on (``tracer``), the request's ``RequestTrace`` records its span and, where the
+cache, the limits and each upstream attempt have done their part, a child span of each (see
+quotagate.tracing); off, ``trace`` is None and nothing is asked of it.
+
 Data flows forward: a later stage never calls back into an earlier one. The tenant's charge is
 handed to the router as an object (``TenantCharge``) that a fallback to another model moves, and
 the relay is handed what to do before the response's last byte (write the ledger row).
@@ -40,7 +44,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -90,9 +94,12 @@ from ._books import Books
 from ._disconnect import DisconnectWatch, Watches
 from ._ratelimit import anthropic_ratelimit_headers, rate_limit_error, ratelimit_headers
 from ._record import RequestRecord, error_type
-from ._relay import SSE_HEADERS, relay_body, relay_stream
+from ._relay import SSE_HEADERS, Complete, relay_body, relay_stream
 from ._tenant import TenantCharge
 from ._validation import ParsedRequest, parse_chat, parse_completion, parse_embedding, parse_messages
+
+if TYPE_CHECKING:
+    from ..tracing._otel import RequestTrace, Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +175,11 @@ class Proxy:
         hits_charge: str = "requests",
         planner: RoutePlanner | None = None,
         downgrades: Downgrades | None = None,
+        tracer: Tracing | None = None,
     ) -> None:
         self.books = books or Books()
+        # None: tracing is off, and no stage asks anything of it (see quotagate.tracing).
+        self.tracer = tracer
         self.planner = planner
         self.downgrades = downgrades if downgrades is not None and downgrades.configured else None
         self.cache = cache
@@ -242,19 +252,26 @@ class Proxy:
             await self.books.account(refused, exc.status, error_type(exc))
             raise
         record = RequestRecord(request_id, headers.client_request_id, principal, request.model, request.stream, began)
+        trace = None
+        if self.tracer is not None:
+            trace = self.tracer.request(endpoint.kind, scope, record, request.body, self.complete)
+        # However the request ends, complete writes its row (once), and a trace notes it too.
+        complete = self.complete if trace is None else trace.complete
         try:
-            await self._handle(endpoint, receive, send, headers, request, raw, principal, record)
+            await self._handle(endpoint, receive, send, headers, request, raw, principal, record, complete, trace)
         except GatewayError as exc:
-            await self.books.account(record, exc.status, error_type(exc))
+            await complete(record, exc.status, error_type(exc))
             raise
         except Exception:
             # A bug: the client gets a 500 (see _app), and the row says so rather than 499.
-            await self.books.account(record, 500, "internal_error")
+            await complete(record, 500, "internal_error")
             raise
         finally:
             if not record.done:
                 # The client left (or the task was cancelled): the row says so.
-                await self.books.account(record, 499, "client_disconnected")
+                await complete(record, 499, "client_disconnected")
+            if trace is not None:
+                trace.end(record, self.books)
 
     async def _handle(
         self,
@@ -266,6 +283,8 @@ class Proxy:
         raw: bytes,
         principal: Principal,
         record: RequestRecord,
+        complete: Complete,
+        trace: RequestTrace | None,
     ) -> None:
         books = self.books
         router = self.router
@@ -319,10 +338,13 @@ class Proxy:
             assert self.cache is not None
             if plan is not None and plan.vector is not None and plan.text == ticket.question:
                 ticket.vector = plan.vector  # the classifier embedded the same question: once is enough
+            looked = time.perf_counter()
             hit = await self.cache.lookup(ticket)
+            if trace is not None:
+                trace.cache(looked, ticket, hit)
             if hit is not None:
                 may_downgrade = downgrades is not None and downgrades.first(principal.tier, model, chat) is not None
-                if await self._answer_from_cache(hit, send, request, record, may_downgrade):
+                if await self._answer_from_cache(hit, send, request, record, may_downgrade, complete, trace):
                     return
                 tenant.estimate = estimate  # refused, where a miss may be downgraded: go on as one
             books.metrics.cache(model, "miss", 0.0)
@@ -340,6 +362,8 @@ class Proxy:
                     await tenant.settle(0, 0)  # the limit store failed, or the client left: give it all back
                     raise
             self.note_decision(principal, decision)
+            if trace is not None:
+                trace.limits(waited, decision, record)
             if not decision.allowed:
                 raise rate_limit_error(decision, self._clock())
 
@@ -372,7 +396,7 @@ class Proxy:
         watch = record.watch = DisconnectWatch(receive, self._watches)
         try:
             try:
-                exchange = await router.exchange(tenant.model, route)
+                exchange = await router.exchange(tenant.model, route, trace)
                 record.exchange = exchange
                 record.upstream_answered = True
                 served = exchange.target
@@ -398,10 +422,10 @@ class Proxy:
                             keep_events=ticket is not None and ticket.controls.store,
                         )
                         outcome = await relay_stream(
-                            exchange, send, extra, stream_usage, record, self._scrubber, self.complete
+                            exchange, send, extra, stream_usage, record, self._scrubber, complete
                         )
                     else:
-                        await relay_body(exchange, send, extra, record, self._scrubber, self.complete, endpoint.api)
+                        await relay_body(exchange, send, extra, record, self._scrubber, complete, endpoint.api)
                         outcome = True
                     if ticket is not None and outcome and exchange.response.status == 200:
                         try:
@@ -452,7 +476,14 @@ class Proxy:
         )
 
     async def _answer_from_cache(
-        self, hit: CacheHit, send: Send, request: ParsedRequest, record: RequestRecord, may_downgrade: bool
+        self,
+        hit: CacheHit,
+        send: Send,
+        request: ParsedRequest,
+        record: RequestRecord,
+        may_downgrade: bool,
+        complete: Complete,
+        trace: RequestTrace | None,
     ) -> bool:
         """Answer from the cache: charged on the tenant's request limits (its tokens too, where
         ``hits_charge`` says so), accounted with the cost the answer saved. False, nothing
@@ -463,11 +494,14 @@ class Proxy:
         response = hit.response
         used = usage_details(response) or (0, 0, 0)
         tenant.estimate = Estimate(used[0], used[1]) if self.hits_charge_tokens else ZERO
+        waited = time.perf_counter()
         reservation = await tenant.admit()
         if reservation is not None and not reservation.decision.allowed and may_downgrade:
             return False
         if reservation is not None:
             self.note_decision(record.principal, reservation.decision)
+            if trace is not None:
+                trace.limits(waited, reservation.decision, record)
             if not reservation.decision.allowed:
                 raise rate_limit_error(reservation.decision, self._clock())
         # Only now: a refused request's row says it was refused, not answered from the cache.
@@ -483,7 +517,7 @@ class Proxy:
             if reservation is not None:
                 extra.extend(ratelimit_headers(reservation.decision))
             self.books.metrics.cache(record.charged_model, hit.kind, record.cache_saved_usd)
-            await self.complete(record, 200, None)
+            await complete(record, 200, None)
             if request.stream:
                 options = request.body.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -29,6 +29,7 @@ from ..config._loader import parse_config_text
 from ..config._reload import keep_restart_settings, log_reload_failed, log_reloaded, prepare_reload
 from ..keys import KeyStore
 from ..mock import MockOptions, MockUpstream
+from ._admin_auth import AdminAuth
 from ._app import Gateway
 
 T = TypeVar("T")
@@ -319,7 +320,8 @@ async def serve_demo(host: str, port: int, master_key: str | None, announce: Cal
 
     master = master_key or "qg-admin-" + secrets.token_urlsafe(16)
     gateway = Gateway(config, on_started=tune_gc_for_serving)
-    gateway.admin._master_key = master
+    # The demo's own master key, in place of the configuration's (which names none).
+    gateway.admin.auth = AdminAuth(master, gateway.admin.auth.admin_keys)
     server = _Server(uvicorn_config(gateway, host))
     actual_port = gateway_sock.getsockname()[1]
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host

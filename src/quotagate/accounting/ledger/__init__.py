@@ -27,6 +27,9 @@ _rows).
 The modules, one job each:
 
 - ``_schema``: the ``qg_usage`` table and ``UsageRow``, one request's row as the gateway makes it.
+- ``_rollup``: ``qg_usage_rollup``, per UTC day and group, kept by database triggers on
+  ``qg_usage`` (whoever writes the rows), so the console's month charts and the 30-day reports
+  read tens of thousands of sums instead of a million rows.
 - ``_rows``: the row encoding: arrays of values, each batch with its field names; versions.
 - ``_sql``: ``SqlWriter``, batches of rows into ``qg_usage`` (SQLite on a connection of its own,
   PostgreSQL through the engine), idempotent by request id.

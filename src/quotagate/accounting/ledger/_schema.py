@@ -7,11 +7,15 @@ for the rows of versions before it (see _rows). A NOT NULL one has the same defa
 database too, for the nodes of versions before it, which write rows without it. The indexes
 that earlier versions created and no query uses are named in ``usage_table.info["retired_indexes"]``,
 which KeyStore.create_schema drops.
+
+``qg_usage_rollup`` holds the same rows summed per UTC day and group, for the console's charts and
+the usage reports, which would otherwise sum up to a month of rows per answer. The database keeps
+it, with triggers on qg_usage: see _rollup.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -73,9 +77,68 @@ usage_table = sa.Table(
         sqlite_where=sa.text("client_request_id IS NOT NULL"),
         postgresql_where=sa.text("client_request_id IS NOT NULL"),
     ),
+    # The errors' rows alone, newest first: the console's request log filtered on an error status
+    # reads these, not the month of rows that a rare code (418) would otherwise have it read. A
+    # few percent of the rows, and only theirs are written to it.
+    sa.Index(
+        "ix_qg_usage_errors",
+        "ts",
+        sqlite_where=sa.text("status >= 400"),
+        postgresql_where=sa.text("status >= 400"),
+    ),
 )
 # Indexes of earlier versions that no query uses: KeyStore.create_schema drops them.
 usage_table.info["retired_indexes"] = ("ix_qg_usage_day", "ix_qg_usage_user_id", "ix_qg_usage_key_id")
+
+# What the rollup groups by besides the day: the columns a report or a chart groups by, and the
+# filters of the console's request log (which finds its rows through the rollup's hours, see
+# accounting._ledger_views). '' stands for NULL: a key of the primary key cannot be NULL, and an
+# upsert could not find a row by one (NULL equals nothing). No name of these is ever ''.
+ROLLUP_GROUPS = ("team", "user_id", "key_id", "tier", "model_served", "model_requested", "deployment")
+# Summed per group; hours and error_hours are bit sets instead (bit h: the group has a row, or an
+# error, in hour h of the day, UTC), a superset after rows are deleted (bits are never cleared).
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "cache_hits",
+    "saved_usd",
+)
+
+
+def _rollup_columns() -> list[sa.Column[Any]]:
+    groups = [sa.Column(name, usage_table.c[name].type, primary_key=True) for name in ROLLUP_GROUPS]
+    sums = [
+        sa.Column(name, sa.Float if name.endswith("_usd") else sa.BigInteger, nullable=False) for name in ROLLUP_SUMS
+    ]
+    masks = [sa.Column(name, sa.Integer, nullable=False) for name in ("hours", "error_hours")]
+    return [sa.Column("utc_day", sa.Date, primary_key=True), *groups, *sums, *masks]
+
+
+# No index besides the primary key: a day's rows are one range of it, which every query reads.
+# WITHOUT ROWID on SQLite: the table is its primary key's B-tree, one write per upsert, not two.
+usage_rollup_table = sa.Table("qg_usage_rollup", metadata, *_rollup_columns(), sqlite_with_rowid=False)
+
+
+@sa.event.listens_for(metadata, "after_create")
+def _upgrade_usage(target: sa.MetaData, connection: sa.Connection, **kw: Any) -> None:
+    """At every create_schema (create_all, then keys._store._upgrade): the indexes of qg_usage
+    that a table made by an earlier version lacks (create_all makes a table's indexes only with
+    the table; an index of a column not added yet is _upgrade's), and the rollup's triggers, with
+    the rollup filled from the rows of a database made before it, if they are not there yet."""
+    from ._rollup import set_up_rollup  # the triggers' SQL: a module of its own, which imports this one
+
+    inspector = sa.inspect(connection)
+    if not inspector.has_table(usage_table.name):
+        return
+    present = {column["name"] for column in inspector.get_columns(usage_table.name)}
+    for index in usage_table.indexes:
+        if all(column.name in present for column in index.columns):
+            index.create(connection, checkfirst=True)
+    set_up_rollup(connection)
 
 
 class UsageRow(NamedTuple):
