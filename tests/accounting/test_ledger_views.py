@@ -4,9 +4,11 @@ answer as the rows do, also in a database that existed before it."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +20,9 @@ from quotagate.accounting._ledger_views import (
     CSV_PAGE,
     ROW_FIELDS,
     LedgerFilters,
+    Position,
     decode_cursor,
+    encode_cursor,
     ledger_csv,
     ledger_page,
     usage_series,
@@ -281,7 +285,17 @@ async def test_a_row_holds_the_fields_of_the_contract(database: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "cursor", ["", "nonsense", "e30", "WzEsMl0", "WyJ4IiwgInJlcV8xIl0", "Wzk5OTk5OTk5OTk5OTk5OTk5OTksInIiXQ"]
+    "cursor",
+    [
+        "",
+        "nonsense",
+        "e30",
+        "WzEsMl0",
+        "WyJ4IiwgInJlcV8xIl0",
+        "Wzk5OTk5OTk5OTk5OTk5OTk5OTksInIiXQ",
+        # The last microsecond there is: the next page's bound would be past it.
+        encode_cursor(Position(datetime.max.replace(tzinfo=UTC), "req_last")),
+    ],
 )
 async def test_a_cursor_that_is_not_one_is_refused(sqlite_url: str, cursor: str) -> None:
     """A cursor this API did not make (not base64 JSON, the wrong shape, a ts out of range) is a
@@ -591,3 +605,127 @@ async def test_a_database_made_before_the_rollup_gets_it_filled_from_its_rows(da
     assert sums == again == 300
     assert "ix_qg_usage_errors" in indexes and "ix_qg_usage_ts" in indexes
     assert keys["k9"] == 1 and teams == {"(none)": 300, "a": 1}
+
+
+async def _rollup_sum(database: Database) -> Any:
+    return await database.run(lambda c: c.execute(sa.select(sa.func.sum(usage_rollup_table.c.requests))).scalar())
+
+
+async def test_a_dropped_rollup_is_made_again_from_the_rows_not_empty(database: str) -> None:
+    """The rollup dropped with its triggers left: the next start fills it from the rows again, and
+    the reports answer as the rows do (it was made again empty, and trusted)."""
+    rows = _random_rows(200, seed=11)
+    store = await _seed(database, rows)
+    try:
+        await store.database.run(lambda c: c.exec_driver_sql("DROP TABLE qg_usage_rollup"))
+        assert not await store.database.run(rollup_ready)
+        await store.create_schema()
+        assert await store.database.run(rollup_ready)
+        summed = await _rollup_sum(store.database)
+        through_rollup = await _answers(store)
+        await _drop_rollup_triggers(store.database)
+        from_rows = await _answers(store)
+    finally:
+        await store.close()
+    assert summed == 200
+    assert through_rollup == _approx(from_rows)
+
+
+async def test_two_nodes_starting_together_on_a_ledger_without_the_rollup_both_start(database: str) -> None:
+    """Two starts at once on a ledger that has rows and no rollup yet (an upgrade): both succeed
+    (the second waited for the first's setup, then found it made), and the rollup holds the rows'
+    sums once."""
+    rows = _random_rows(3000, seed=13)
+    store = await _seed(database, rows)
+    await store.close()
+    for _ in range(3):
+        first, second = KeyStore.from_url(database), KeyStore.from_url(database)
+        try:
+            await _drop_rollup_triggers(first.database)
+            await first.database.run(lambda c: c.exec_driver_sql("DROP TABLE qg_usage_rollup"))
+            await asyncio.gather(first.create_schema(), second.create_schema())
+            assert await first.database.run(rollup_ready)
+            assert await _rollup_sum(first.database) == len(rows)
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_a_trigger_named_like_the_rollups_is_left_alone(database: str) -> None:
+    """The rollup's triggers are found by their prefix with "_" as itself, not LIKE's any character:
+    an operator's trigger whose name differs there is not dropped when the rollup is made again."""
+    store = await _seed(database, [])
+    name = "qgxusagexrollupxv1_audit"
+
+    def own_trigger(conn: sa.Connection) -> None:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER INSERT ON qg_usage BEGIN SELECT 1; END")
+        else:
+            conn.exec_driver_sql(
+                "CREATE OR REPLACE FUNCTION qg_test_noop() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RETURN NULL; END $$"
+            )
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER INSERT ON qg_usage EXECUTE FUNCTION qg_test_noop()")
+
+    def triggers(conn: sa.Connection) -> set[str]:
+        if conn.dialect.name == "sqlite":
+            return set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars())
+        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'qg_usage'::regclass AND NOT tgisinternal"
+        return set(conn.exec_driver_sql(sql).scalars())
+
+    try:
+        await _drop_rollup_triggers(store.database)
+        await store.database.run(own_trigger)
+        await store.create_schema()
+        found = await store.database.run(triggers)
+        await store.database.run(
+            lambda c: c.exec_driver_sql(f"DROP TRIGGER {name}" + (" ON qg_usage" if c.dialect.name != "sqlite" else ""))
+        )
+    finally:
+        await store.close()
+    assert name in found
+
+
+async def test_a_batch_written_while_a_page_is_read_does_not_repeat_its_rows(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page past the window reads the window's rows and then where the window ends: a batch of
+    newer rows committed between the two (here, by another connection) must not move that end
+    past rows already read, which would come twice."""
+    monkeypatch.setattr(_ledger_views, "WINDOW", 3)
+    rows = [row("req_rare_0", NOW - timedelta(minutes=1), key_id="rare")]
+    rows += [row(f"req_busy_{n}", NOW - timedelta(minutes=1 + n), key_id="busy") for n in range(1, 10)]
+    rows.append(row("req_rare_1", NOW - timedelta(hours=2), key_id="rare"))
+    store = await _seed(database, rows)
+    newer = [row(f"req_new_{n}", NOW + timedelta(minutes=n), key_id="busy") for n in range(1, 4)]
+
+    async def write_newer() -> None:
+        other = Database(database)
+        writer = SqlWriter(other)
+        try:
+            await writer.write(newer)
+        finally:
+            await writer.aclose()
+            await other.dispose()
+
+    window_end = _ledger_views._window_end
+    written: list[bool] = []
+
+    def window_end_after_a_batch(conn: sa.Connection, *args: Any) -> Any:
+        if not written:
+            written.append(True)
+            thread = threading.Thread(target=lambda: asyncio.run(write_newer()))
+            thread.start()
+            thread.join(10)
+        return window_end(conn, *args)
+
+    monkeypatch.setattr(_ledger_views, "_window_end", window_end_after_a_batch)
+    try:
+        page = await ledger_page(store.database, LedgerFilters(key="rare"), limit=10)
+        count = await store.database.run(
+            lambda c: c.execute(sa.select(sa.func.count()).select_from(usage_table)).scalar()
+        )
+    finally:
+        await store.close()
+    assert written and count == len(rows) + len(newer)  # the batch was written meanwhile
+    assert [r["request_id"] for r in page.rows] == ["req_rare_0", "req_rare_1"]

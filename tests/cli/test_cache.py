@@ -80,7 +80,7 @@ def test_errors_are_one_line_saying_what_went_wrong(
     assert unknown.exit_code == 1
     assert unknown.output.startswith(f"error: the gateway at {gateway.url} answered 400: unknown cache namespace")
     wrong_key = runner.invoke(app, ["cache", "stats", *url, "--master-key", "nope"])
-    assert wrong_key.exit_code == 1 and "answered 401: Invalid master key." in wrong_key.output
+    assert wrong_key.exit_code == 1 and "answered 401: Invalid master or admin key." in wrong_key.output
     nobody = f"http://127.0.0.1:{closed_port()}"
     absent = runner.invoke(app, ["cache", "stats", "--url", nobody, "--master-key", MASTER_KEY])
     assert absent.exit_code == 1 and absent.output.startswith(f"error: cannot reach the gateway at {nobody}")

@@ -102,6 +102,12 @@ async def views(sqlite_url: str) -> AsyncIterator[LedgerViews]:
         ("ledger", "status=fine", "status"),
         ("ledger", "status=99", "status"),
         ("ledger", "status=", "status"),
+        ("ledger", "status=%C2%B2", "status"),
+        ("ledger", "limit=%C2%B2", "limit"),
+        ("ledger", "limit=%EF%BC%95", "limit"),
+        ("ledger", "cursor=WzI1MzQwMjMwMDc5OTk5OTk5OSwicmVxX2xhc3QiXQ", "cursor"),
+        ("ledger", "until=9999-12-31T23:00:00-05:00", "until"),
+        ("ledger", "since=0001-01-01T00:00:00%2B05:00", "since"),
         ("ledger", "since=yesterday", "since"),
         ("ledger", "until=2026-13-01", "until"),
         ("ledger", "key=", "key"),
@@ -252,3 +258,50 @@ def test_a_gateways_request_is_in_its_ledger_and_series_at_once(gateway: Running
     assert exported.headers["content-type"] == "text/csv; charset=utf-8"
     assert exported.text.splitlines()[1].startswith(newest["request_id"] + ",")
     assert_openai_error(refused, 400, "invalid_value", param="status")
+
+
+async def test_the_csv_export_stops_when_its_client_has_gone(
+    views: LedgerViews, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that hangs up in the middle of the download (http.disconnect on receive; uvicorn's
+    send() then drops what it is given without a word): the export reads no further, and its
+    pages' generator is closed."""
+    produced: list[int] = []
+    closed = asyncio.Event()
+
+    async def endless(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        try:
+            yield b"request_id\n"
+            while True:
+                produced.append(len(produced))
+                yield f"req_{len(produced)}\n".encode()
+                await asyncio.sleep(0.005)
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(_admin_ledger, "ledger_csv", endless)
+    hung_up = asyncio.Event()
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        messages.append(dict(message))
+        if len(messages) == 4:  # the start, the head and two chunks: then the client leaves
+            hung_up.set()
+
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "GET", "path": "/admin/ledger", "query_string": b"format=csv"}
+    await asyncio.wait_for(views.ledger(scope, send, None, receive), 5)
+    assert closed.is_set()
+    stopped_at = len(produced)
+    await asyncio.sleep(0.05)
+    assert len(produced) == stopped_at and stopped_at < 10
+    assert messages[0]["status"] == 200 and all(m.get("more_body") for m in messages[1:])  # no end: a failed download

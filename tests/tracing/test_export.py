@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,6 @@ from ..conftest import MASTER_KEY, RunningGateway, ServerThread, closed_port, ga
 from .collector import Collector, ExportedSpan
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Which courier do you ship with?"}]}
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[Collector, str]]:
-    app = Collector()
-    server = ServerThread(app).start()
-    yield app, server.url + "/v1/traces"
-    server.stop()
 
 
 def traced_config(sqlite_url: str, upstream: str, endpoint: str, **overrides: Any) -> Config:
@@ -361,6 +353,64 @@ def test_a_clients_sampling_decision_overrides_the_sample_ratio(
     assert trace_of(gw, app, sampled).trace_id == trace_id
     assert {span.trace_id for span in app.spans} == {trace_id}
     assert not any(span.attributes.get("quotagate.request_id") == skipped.headers["x-request-id"] for span in app.spans)
+
+
+def test_trace_headers_that_name_no_span_do_not_bypass_the_sample_ratio(
+    start_gateway: Callable[..., RunningGateway],
+    mock_upstream: ServerThread,
+    sqlite_url: str,
+    collector: tuple[Collector, str],
+) -> None:
+    """At sample_ratio 0, a malformed traceparent, or a tracestate without one, is a request like
+    any other (not sampled), while a valid sampled traceparent is still traced: a client cannot
+    have every request traced by sending a header that names no trace."""
+    app, endpoint = collector
+    gw = start_gateway(traced_config(sqlite_url, mock_upstream.url, endpoint, tracing={"sample_ratio": 0}))
+    key = gw.create_key()["key"]
+    assert post(gw, key, traceparent="00-not-a-trace-01").status_code == 200
+    assert post(gw, key, traceparent=f"00-{'0' * 32}-00f067aa0ba902b7-01").status_code == 200  # invalid id
+    assert post(gw, key, tracestate="vendor=value").status_code == 200
+    assert gw.gateway.tracing is not None and gw.gateway.tracing.force_flush()
+    assert app.spans == []
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sampled = post(gw, key, traceparent=f"00-{trace_id}-00f067aa0ba902b7-01", tracestate="vendor=value")
+    assert trace_of(gw, app, sampled).trace_id == trace_id
+    assert {span.trace_id for span in app.spans} == {trace_id}
+
+
+def test_a_deployment_passed_over_unsent_has_no_attempt_span(
+    start_gateway: Callable[..., RunningGateway],
+    mock_upstream: ServerThread,
+    sqlite_url: str,
+    collector: tuple[Collector, str],
+) -> None:
+    """Embeddings of a model whose first deployment speaks only Anthropic's Messages API: that one
+    is passed over without a request being sent, which is no attempt; the one that served is the
+    only attempt span, number 1, and no error."""
+    app, endpoint = collector
+    deployments = [
+        {"provider": "anthropic", "base_url": mock_upstream.url, "priority": 0},
+        {"provider": "openai", "base_url": mock_upstream.url + "/v1", "priority": 1},
+    ]
+    mix = {
+        "name": "mix",
+        "deployments": [{**d, "api_key": "env:TEST_UPSTREAM_KEY", "model": "m"} for d in deployments],
+    }
+    gw = start_gateway(traced_config(sqlite_url, mock_upstream.url, endpoint, models=[mix]))
+    response = httpx.post(
+        gw.v1 + "/embeddings",
+        headers={"Authorization": f"Bearer {gw.create_key()['key']}"},
+        json={"model": "mix", "input": "hello"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-quotagate-deployment"].endswith("(openai/m)")
+    span = trace_of(gw, app, response)
+    assert span.status == "unset" and span.attributes["quotagate.attempts"] == 1
+    [attempt] = children(span, "embeddings m")
+    assert (attempt.status, attempt.attributes["quotagate.attempt"]) == ("unset", 1)
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert all(exported.attributes.get("gen_ai.provider.name") != "anthropic" for exported in app.spans)
 
 
 # Run in a process of its own: the test process has imported OpenTelemetry for its collector.

@@ -56,6 +56,7 @@ _rollup = usage_rollup_table.c
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _HOUR = timedelta(hours=1)
+_LAST = datetime.max.replace(tzinfo=UTC)
 
 # A row of the log as the API shows it: (field, column).
 _FIELDS: tuple[tuple[str, sa.Column[Any]], ...] = (
@@ -148,9 +149,12 @@ def decode_cursor(cursor: str) -> Position:
     if any(ord(char) < 32 for char in request_id):  # PostgreSQL cannot even compare a NUL
         raise ValueError("not a cursor of this API")
     try:
-        return Position(_EPOCH + micros * _MICROSECOND, request_id)
+        ts = _EPOCH + micros * _MICROSECOND
     except OverflowError:
         raise ValueError("not a cursor of this API") from None
+    if ts == _LAST:  # the next page's bound, just after it (_bounds), would be past the last time
+        raise ValueError("not a cursor of this API")
+    return Position(ts, request_id)
 
 
 def _utc(value: datetime) -> datetime:
@@ -291,6 +295,19 @@ def _rollup_filters(filters: LedgerFilters) -> list[tuple[str, str]]:
     return [(column, value) for column, value in pairs if value is not None]
 
 
+def _one_snapshot(conn: sa.Connection) -> None:
+    """Makes the transaction's reads see the database as at its first one: on PostgreSQL,
+    REPEATABLE READ (before any statement of the transaction; a read-only one is never refused
+    for it); on SQLite, a transaction begun now (the driver begins one only at a write, and each
+    SELECT outside one is a read of its own)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    elif conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        if raw is not None and not getattr(raw, "in_transaction", True):
+            conn.exec_driver_sql("BEGIN")
+
+
 def _read_page(
     conn: sa.Connection, filters: LedgerFilters, position: Position | None, limit: int
 ) -> Sequence[sa.Row[Any]]:
@@ -302,6 +319,9 @@ def _read_page(
     rollup names (_read_spans)."""
     if not filters.narrows():
         return conn.execute(_page_query(filters, position, None, limit)).all()
+    # The window's rows and its end from one snapshot: a batch committed between the two would
+    # move the end past rows already read, which the hours after it would give again.
+    _one_snapshot(conn)
     rows = list(conn.execute(_window_query(filters, position, limit)).all())
     if len(rows) >= limit:
         return rows

@@ -121,15 +121,17 @@ class Router:
                         outcome.attempts, outcome.tried = attempts, tried
                         served = True
                         return outcome  # its span ends with the relay (see RequestTrace.complete)
-                    if span is not None:
-                        span.failed(outcome.error, outcome.retryable, outcome.status)
                     last_error = outcome.error
                     if outcome.unservable:
                         # Its API cannot take the request (embeddings of a Messages deployment, a
                         # PDF for an OpenAI one): another deployment's may, and no try was made.
+                        if span is not None:
+                            span.passed_over()  # not an attempt: no span, and its number is the next's
                         failed.add(target.id)
                         attempts -= 1
                         continue
+                    if span is not None:
+                        span.failed(outcome.error, outcome.retryable, outcome.status)
                     if outcome.suspect is not None:
                         suspects.append(outcome.suspect)
                     if not outcome.retryable:

@@ -259,7 +259,7 @@ class AdminAPI:
         if self._ledger is not None and parts in (["ledger"], ["usage", "series"]):
             self._allow(method, "GET")
             if parts == ["ledger"]:
-                await self._ledger.ledger(scope, send, self._team_of(caller))
+                await self._ledger.ledger(scope, send, self._team_of(caller), receive)
             else:
                 await self._ledger.series(scope, send, self._team_of(caller))
             return

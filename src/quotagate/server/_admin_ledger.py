@@ -40,7 +40,7 @@ from ..config._models import CurrencySettings
 from ..errors import InvalidRequestError, PermissionDeniedError
 from ..keys import Database
 from ..keys._store import text_problem
-from ._asgi import Scope, Send, send_json
+from ._asgi import Receive, Scope, Send, send_json
 
 logger = logging.getLogger("quotagate.admin")
 
@@ -80,16 +80,23 @@ def _time(query: dict[str, list[str]], param: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC as the queries bind it: a time at either end of the calendar may have none.
+        parsed = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise _invalid(param, "a date (YYYY-MM-DD) or an ISO 8601 time is expected") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _digits(value: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return value.isascii() and value.isdigit()
 
 
 def _status(query: dict[str, list[str]]) -> str | int | None:
     value = _text(query, "status")
     if value is None or value in ("ok", "error"):
         return value
-    if value.isdigit() and 100 <= int(value) <= 599:
+    if _digits(value) and 100 <= int(value) <= 599:
         return int(value)
     raise _invalid("status", "ok, error or an HTTP status code (100-599) is expected")
 
@@ -102,6 +109,12 @@ def _team(query: dict[str, list[str]], own: str | None) -> str | None:
     if asked is not None and asked != own:
         raise PermissionDeniedError(f"A team admin of {own!r} sees only its team's usage.", code="permission_denied")
     return own
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (as server._disconnect's watch notices it)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class LedgerViews:
@@ -124,8 +137,9 @@ class LedgerViews:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._flush()), FLUSH_WAIT)
 
-    async def ledger(self, scope: Scope, send: Send, team: str | None) -> None:
-        """GET /admin/ledger; ``team``: the caller's team when it is a team admin, else None."""
+    async def ledger(self, scope: Scope, send: Send, team: str | None, receive: Receive | None = None) -> None:
+        """GET /admin/ledger; ``team``: the caller's team when it is a team admin, else None;
+        ``receive``: the request's, to stop a CSV export whose client has gone."""
         query = _query(scope)
         filters = LedgerFilters(
             since=_time(query, "since"),
@@ -143,10 +157,10 @@ class LedgerViews:
             raise _invalid("format", "json or csv is expected")
         if form == "csv":
             await self._written()
-            await self._send_csv(send, filters)
+            await self._send_csv(send, filters, receive)
             return
         limit_text = query.get("limit", ["50"])[0]
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        if not _digits(limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
             raise _invalid("limit", f"a whole number from 1 to {MAX_LIMIT} is expected")
         cursor = query.get("cursor", [None])[0]
         if cursor is not None:
@@ -158,11 +172,11 @@ class LedgerViews:
         page = await ledger_page(self.database, filters, int(limit_text), cursor, self.currency, self.rate)
         await send_json(send, 200, {"object": "list", "data": page.rows, "next_cursor": page.next_cursor})
 
-    async def _send_csv(self, send: Send, filters: LedgerFilters) -> None:
+    async def _send_csv(self, send: Send, filters: LedgerFilters, receive: Receive | None = None) -> None:
         async with contextlib.aclosing(ledger_csv(self.database, filters, self.currency, self.rate)) as chunks:
-            await self._stream(send, chunks)
+            await self._stream(send, chunks, receive)
 
-    async def _stream(self, send: Send, chunks: AsyncIterator[bytes]) -> None:
+    async def _stream(self, send: Send, chunks: AsyncIterator[bytes], receive: Receive | None = None) -> None:
         # The header and the first page before the response starts: a database that cannot be
         # read is then an error answer (503), not an empty file.
         head = await anext(chunks)
@@ -170,14 +184,36 @@ class LedgerViews:
             head += await anext(chunks)
         await send({"type": "http.response.start", "status": 200, "headers": list(CSV_HEADERS)})
         await send({"type": "http.response.body", "body": head, "more_body": True})
+        # uvicorn's send() drops what is sent after the client has gone, without a word: without
+        # a watch on receive, an export whose client left would read the whole ledger for nobody.
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        step: asyncio.Future[bytes | None] | None = None
         try:
-            async for chunk in chunks:
+            while True:
+                step = asyncio.ensure_future(anext(chunks, None))
+                if gone is not None:
+                    await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
+                    if gone.done():
+                        logger.info("the ledger's CSV export stopped: the client has gone")
+                        return  # the page being read is given up on (finally)
+                chunk = await step
+                if chunk is None:
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:
             # The response has started: the connection is closed without the body's end, which a
             # client sees as a download that failed, not as a shorter file.
             logger.warning("the ledger's CSV export stopped: %s", exc)
             return  # uvicorn closes a connection whose response did not end
+        finally:
+            # The read in flight ended before the pages' generator is closed (it cannot be while
+            # it runs), and the watch with it; their outcomes taken, so that none is logged.
+            for task in (step, gone):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.wait((task,))
+                if task is not None and not task.cancelled():
+                    task.exception()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def series(self, scope: Scope, send: Send, team: str | None) -> None:

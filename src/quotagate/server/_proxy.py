@@ -252,6 +252,8 @@ class Proxy:
             await self.books.account(refused, exc.status, error_type(exc))
             raise
         record = RequestRecord(request_id, headers.client_request_id, principal, request.model, request.stream, began)
+        # Tracing's calls never raise (see quotagate.tracing): a failure there is logged, and the
+        # request is served and accounted as ever.
         trace = None
         if self.tracer is not None:
             trace = self.tracer.request(endpoint.kind, scope, record, request.body, self.complete)
@@ -267,11 +269,13 @@ class Proxy:
             await complete(record, 500, "internal_error")
             raise
         finally:
-            if not record.done:
-                # The client left (or the task was cancelled): the row says so.
-                await complete(record, 499, "client_disconnected")
-            if trace is not None:
-                trace.end(record, self.books)
+            try:
+                if not record.done:
+                    # The client left (or the task was cancelled): the row says so.
+                    await complete(record, 499, "client_disconnected")
+            finally:
+                if trace is not None:  # its span ends however the row's writing went
+                    trace.end(record, self.books)
 
     async def _handle(
         self,

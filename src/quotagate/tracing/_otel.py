@@ -12,16 +12,23 @@ conventions name a model call (``chat gpt-4o-mini``), with these children:
 The request's span ends once the request has settled (a stream, once it has ended), with the
 status, tokens and cost its ledger row records. Spans go to the collector in batches, from the
 SDK's own thread: the request path only records them.
+
+Tracing never breaks a request: each method the proxy and the router call is ``_guarded``, so a
+failure in it (a bug here, or in the SDK) is logged, at most once every few seconds, and the
+request goes on as if that part of its trace had not been asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import math
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -29,9 +36,10 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .._logging import EveryFewSeconds
 from ..server._record import error_type
 from ._conventions import (
     OPERATIONS,
@@ -56,6 +64,29 @@ if TYPE_CHECKING:
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 
+logger = logging.getLogger("quotagate.tracing")
+_log_failure = EveryFewSeconds(logger)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(method: Callable[_P, _R]) -> Callable[_P, _R | None]:
+    """``method``, which never raises: a failure is logged (once every few seconds: it may fail
+    for every request) and is None, and the request goes on with that much less of its trace."""
+
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return method(*args, **kwargs)
+        except Exception:
+            _log_failure.warning(
+                "tracing failed in %s; the request goes on without it: %s", method.__qualname__, traceback.format_exc()
+            )
+            return None
+
+    return guarded
+
 
 class Tracing:
     """The gateway's tracer: a TracerProvider of its own (the process's global one is left to
@@ -64,8 +95,8 @@ class Tracing:
     def __init__(self, settings: TracingSettings, headers: Mapping[str, str], version: str) -> None:
         exporter = OTLPSpanExporter(endpoint=settings.endpoint, headers=dict(headers), timeout=settings.timeout_seconds)
         self._provider = TracerProvider(
-            # A client's traceparent decides for its request (sampled or not); sample_ratio decides
-            # for the others, in request() (see there), so what reaches the SDK is sampled.
+            # A client's valid traceparent decides for its request (sampled or not); sample_ratio
+            # decides for the others, in request() (see there), so what reaches the SDK is sampled.
             sampler=ParentBased(ALWAYS_ON),
             resource=Resource.create({SERVICE_NAME: settings.service_name, SERVICE_VERSION: version}),
             shutdown_on_exit=False,  # Gateway.shutdown flushes it, within the server's own shutdown
@@ -77,6 +108,7 @@ class Tracing:
         # Each deployment's attributes on its attempts' spans, made at its first attempt.
         self._targets: dict[tuple[str, str], dict[str, Any]] = {}
 
+    @_guarded
     def request(
         self,
         kind: str,
@@ -87,16 +119,17 @@ class Tracing:
     ) -> RequestTrace | None:
         """The span of the request ``record`` is about, from when it arrived; None when it is
         not sampled (and nothing more is recorded of it)."""
-        carrier = self._carrier(scope.get("headers", ())) if self._propagate else None
-        if not carrier and self._ratio < 1.0 and random.random() >= self._ratio:
-            # Not sampled, decided before the SDK is asked: a span it does not record still costs
-            # it ids, a context and a span object, more than the whole of this (bench/NOTES.md).
-            return None
-        parent: Context | None = None  # the current context: an embedding program's trace, or none
-        if carrier:
-            parent = _PROPAGATOR.extract(carrier)  # the client's trace
-        elif not self._propagate:
-            parent = Context()  # a trace of its own, whatever the context
+        # The client's trace, which decides whether the request is sampled.
+        parent = self._client_trace(scope.get("headers", ())) if self._propagate else None
+        if parent is None:
+            if self._ratio < 1.0 and random.random() >= self._ratio:
+                # Not sampled, decided before the SDK is asked: a span it does not record still
+                # costs it ids, a context and a span object, more than the whole of this
+                # (bench/NOTES.md).
+                return None
+            if not self._propagate:
+                parent = Context()  # a trace of its own, whatever the context
+            # else the current context: an embedding program's trace, or none
         operation = OPERATIONS.get(kind, kind)
         # The proxy's clock (perf_counter's seconds) on the wall clock's nanoseconds the SDK takes.
         offset = time.time_ns() - int(time.perf_counter() * 1e9)
@@ -129,9 +162,16 @@ class Tracing:
         return RequestTrace(self, span, operation, offset, complete)
 
     @staticmethod
-    def _carrier(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-        """The request's W3C trace context headers (traceparent, tracestate), if it sent them."""
-        return {name.decode(): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
+    def _client_trace(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
+        """The client's trace, from its W3C trace context headers (traceparent, tracestate); None
+        when it sent none that names a span (a tracestate alone, a malformed traceparent): such a
+        request is sampled by sample_ratio like any other, whatever its headers say."""
+        carrier = {name.decode(): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
+        if not carrier:
+            return None
+        context = _PROPAGATOR.extract(carrier)
+        span = get_current_span(context).get_span_context()
+        return context if span.is_valid and span.is_remote else None
 
     def target_attributes(self, target: DeploymentTarget) -> dict[str, Any]:
         key = (target.id, target.label)
@@ -177,6 +217,7 @@ class RequestTrace:
         )
         span.end()
 
+    @_guarded
     def cache(self, since: float, ticket: CacheTicket, hit: CacheHit | None) -> None:
         """The cache lookup that began at ``since``."""
         attributes: dict[str, Any] = {"quotagate.cache.hit": hit is not None, "quotagate.cache.mode": ticket.rule.mode}
@@ -188,6 +229,7 @@ class RequestTrace:
                 attributes["quotagate.cache.similarity"] = hit.similarity
         self._child("quotagate.cache", since, attributes)
 
+    @_guarded
     def limits(self, since: float, decision: Decision, record: RequestRecord) -> None:
         """The tenant's limit decision that began at ``since`` (a downgrade's included)."""
         downgraded = record.downgraded_from is not None
@@ -206,6 +248,7 @@ class RequestTrace:
             attributes["quotagate.limits.fallback"] = True  # this node's share decided: the store was down
         self._child("quotagate.limits", since, attributes)
 
+    @_guarded
     def attempt(self, target: DeploymentTarget, number: int) -> AttemptSpan:
         """The span of the ``number``th attempt at an upstream, now beginning at ``target``."""
         attributes = {
@@ -228,6 +271,7 @@ class RequestTrace:
         if self._attempt is not None:
             self._attempt.answered(record, error)  # once: a later ending finds it ended
 
+    @_guarded
     def end(self, record: RequestRecord, books: Books) -> None:
         """The request's span, once it has settled: its status, tokens and cost."""
         status, error = self._status if self._status is not None else (200, None)
@@ -273,8 +317,8 @@ class RequestTrace:
 
 
 class AttemptSpan:
-    """One upstream attempt's span: ended by the router when the attempt failed, else by the
-    request's trace once the answer has been relayed."""
+    """One upstream attempt's span: ended by the router when the attempt failed (dropped when
+    none was made), else by the request's trace once the answer has been relayed."""
 
     __slots__ = ("_ended", "_span")
 
@@ -282,6 +326,12 @@ class AttemptSpan:
         self._span = span
         self._ended = False
 
+    def passed_over(self) -> None:
+        """No attempt was made after all: the deployment's API cannot take the request, and it
+        was never sent. The span is dropped (never ended, it is never exported)."""
+        self._ended = True
+
+    @_guarded
     def failed(self, error: GatewayError, retryable: bool, status: int | None) -> None:
         """The attempt did not serve the request: ``error`` (what the client gets if nothing else
         serves it); ``status``: the provider's HTTP status (None: it never answered)."""
@@ -296,6 +346,7 @@ class AttemptSpan:
         self._span.set_status(Status(StatusCode.ERROR, kind))
         self._span.end()
 
+    @_guarded
     def answered(self, record: RequestRecord, error: str | None) -> None:
         """The attempt's answer has been relayed (``error``: how it broke off, if it did), or the
         request ended while it was under way (no exchange, then)."""

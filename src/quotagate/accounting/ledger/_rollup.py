@@ -19,9 +19,10 @@ triggers). PostgreSQL runs one statement trigger per INSERT, which sums the stat
 upsert the same groups take their locks in the same order and do not deadlock. What that costs
 the writer per row is in bench/NOTES.md.
 
-The triggers write to the rollup: a rollup dropped by hand with its triggers left would fail
-every insert into qg_usage. Drop the triggers (qg_usage_rollup_v*) and the next start makes both
-again.
+The triggers write to the rollup: a rollup dropped by hand with its triggers left fails every
+insert into qg_usage until the next start, which makes it again from the rows (it is never made
+but with its fill: see _schema). Drop the triggers (qg_usage_rollup_v*) too, and the rows are
+written meanwhile.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _PREFIX = "qg_usage_rollup_v"
 _FUNCTION = f"{_PREFIX}{VERSION}"
 _SQLITE_TRIGGERS = tuple(f"{_FUNCTION}_{event}" for event in ("insert", "delete", "update"))
 _POSTGRESQL_TRIGGERS = tuple(f"{_FUNCTION}_{event}" for event in ("insert", "delete", "update", "truncate"))
+
+# The PostgreSQL advisory lock that a start's schema setup holds until its transaction ends (any
+# constant: this one is "qgrollup" in ASCII). Writers do not take it: it orders starts only.
+SETUP_LOCK = 0x7167726F6C6C7570
 
 _ROLLUP = usage_rollup_table.name
 _USAGE = usage_table.name
@@ -170,11 +175,13 @@ $rollup$"""
 
 def _triggers(conn: sa.Connection) -> set[str]:
     """The names of the rollup's triggers (of any version) on qg_usage."""
+    # "_" is LIKE's any character: escaped, or a trigger of the operator's named alike would go too.
     if conn.dialect.name == "sqlite":
-        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name LIKE ?"
+        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name LIKE ? ESCAPE '\\'"
     else:
-        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname LIKE $2"
-    return {name for (name,) in conn.exec_driver_sql(sql, (_USAGE, f"{_PREFIX}%"))}
+        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname LIKE $2 ESCAPE '\\'"
+    pattern = _PREFIX.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return {name for (name,) in conn.exec_driver_sql(sql, (_USAGE, pattern))}
 
 
 def rollup_ready(conn: sa.Connection) -> bool:
@@ -198,6 +205,13 @@ def rollup_ready(conn: sa.Connection) -> bool:
     return bool(conn.exec_driver_sql(sql, wanted).scalar() == len(wanted) - 1)
 
 
+def serialize_setup(conn: sa.Connection) -> None:
+    """On PostgreSQL, waits for any other node's start setting the schema up, and holds them off
+    until this transaction ends (SETUP_LOCK); what was checked before it is to be checked again."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SETUP_LOCK})")
+
+
 def set_up_rollup(conn: sa.Connection) -> None:
     """The rollup's triggers on qg_usage, with the rollup made again from qg_usage's rows, unless
     they are there already: one transaction (a gateway killed in the middle leaves neither), in
@@ -209,15 +223,17 @@ def set_up_rollup(conn: sa.Connection) -> None:
     if dialect not in ("sqlite", "postgresql") or not sa.inspect(conn).has_table(_USAGE) or rollup_ready(conn):
         return
     if dialect == "postgresql":
+        # Another start's setup first (and with it the rollup it made), then the writers.
+        serialize_setup(conn)
         conn.exec_driver_sql(f"LOCK TABLE {_USAGE} IN SHARE ROW EXCLUSIVE MODE")
-        if rollup_ready(conn):
-            return  # another node's start made it meanwhile
     else:
         raw = conn.connection.dbapi_connection
         # The sqlite3 driver opens its transaction at the first INSERT, not at a CREATE: DDL before
         # it would be committed as it goes. A transaction taken now holds the DDL too.
         if raw is not None and not getattr(raw, "in_transaction", True):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if rollup_ready(conn):
+        return  # another node's start made it while this one waited for the lock
     for name in sorted(_triggers(conn)):
         conn.exec_driver_sql(f"DROP TRIGGER {name}" + (f" ON {_USAGE}" if dialect == "postgresql" else ""))
     usage_rollup_table.drop(conn, checkfirst=True)

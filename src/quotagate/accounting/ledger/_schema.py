@@ -120,7 +120,10 @@ def _rollup_columns() -> list[sa.Column[Any]]:
 
 # No index besides the primary key: a day's rows are one range of it, which every query reads.
 # WITHOUT ROWID on SQLite: the table is its primary key's B-tree, one write per upsert, not two.
-usage_rollup_table = sa.Table("qg_usage_rollup", metadata, *_rollup_columns(), sqlite_with_rowid=False)
+# Not in the key store's ``metadata``: create_all would make it again, empty, where it was dropped,
+# and with its triggers still there it would pass for filled. Only set_up_rollup makes it, in the
+# transaction that fills it.
+usage_rollup_table = sa.Table("qg_usage_rollup", sa.MetaData(), *_rollup_columns(), sqlite_with_rowid=False)
 
 
 @sa.event.listens_for(metadata, "after_create")
@@ -129,8 +132,11 @@ def _upgrade_usage(target: sa.MetaData, connection: sa.Connection, **kw: Any) ->
     that a table made by an earlier version lacks (create_all makes a table's indexes only with
     the table; an index of a column not added yet is _upgrade's), and the rollup's triggers, with
     the rollup filled from the rows of a database made before it, if they are not there yet."""
-    from ._rollup import set_up_rollup  # the triggers' SQL: a module of its own, which imports this one
+    from ._rollup import serialize_setup, set_up_rollup  # a module of its own, which imports this one
 
+    # One node's start at a time from here to the end of its transaction (PostgreSQL): two starting
+    # together would both make the indexes and the rollup, and the second fail on the first's.
+    serialize_setup(connection)
     inspector = sa.inspect(connection)
     if not inspector.has_table(usage_table.name):
         return
