@@ -499,3 +499,32 @@ async def test_the_sign_in_page_passes_the_accessibility_check(
         await expect(page.locator("#login-error")).to_have_attribute("aria-live", "assertive")
     finally:
         await context.close()
+
+
+async def test_a_page_left_while_its_script_loads_does_not_take_the_address_back(signed_in: SignIn) -> None:
+    """The address moves to another page while the first one's module is still loading: the first,
+    once loaded, leaves the address alone, and the other page is what shows."""
+    page = await signed_in()
+    overview_loading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(route: Any) -> None:
+        overview_loading.set()
+        await release.wait()
+        await route.continue_()
+
+    # A second page of the same session, whose overview module arrives only when released.
+    second = await page.context.new_page()
+    await second.route("**/ui/static/pages/overview.js", hold)
+    opening = asyncio.ensure_future(second.goto("/ui"))
+    await asyncio.wait_for(overview_loading.wait(), 10)
+    # The operator follows a link to the keys page; the browser's hashchange for it comes after the
+    # overview has run (as when both are queued in the same turn): pushState moves the address
+    # without the event, which is then sent by hand once the overview has drawn.
+    await second.evaluate("history.pushState(null, '', '#/keys')")
+    release.set()
+    await opening
+    await expect(second.locator(".overview-body, .page-overview .status-line").first).to_be_attached()
+    await second.evaluate("window.dispatchEvent(new HashChangeEvent('hashchange'))")
+    await expect(second.locator('section[data-page="keys"]')).to_be_visible()
+    assert second.url.endswith("#/keys")

@@ -34,9 +34,11 @@ function setParams(params) {
   const query = new URLSearchParams(
     Object.entries(params).filter(([, value]) => value !== undefined && value !== null && value !== ""),
   ).toString();
-  const id = current ? current.id : DEFAULT_PAGE;
-  history.replaceState(null, "", `#/${id}${query ? `?${query}` : ""}`);
-  if (current) current.query = query;
+  // The address may already name another page (a click or a link followed while this page was
+  // loading): that page's hashchange is on its way, and must not find this page's address instead.
+  if (!current || parseHash(location.hash).id !== current.id) return;
+  history.replaceState(null, "", `#/${current.id}${query ? `?${query}` : ""}`);
+  current.query = query;
 }
 
 function markNav(id) {
@@ -88,7 +90,11 @@ async function route() {
     session,
     canWrite: session.role !== "viewer",
     params,
-    setParams,
+    // A page still finishing after its operator moved on must not write its filters into the
+    // next page's address.
+    setParams: (values) => {
+      if (current === entry) setParams(values);
+    },
     signal: controller.signal,
     navigate,
     toast,
