@@ -342,17 +342,17 @@ def test_the_usage_report_does_not_wait_long_for_unwritten_rows(
 ) -> None:
     """GET /admin/usage writes this node's unwritten rows first, but waits for that only briefly:
     with the database frozen it answered after 21 s (its own query has the database's deadline)."""
-    import quotagate.server._app as app_module
+    import quotagate.server._admin_ledger as views_module
 
     never = asyncio.Event()
 
     async def stuck_flush() -> None:
         await never.wait()
 
-    ledger = gateway.gateway.ledger
-    assert ledger is not None
-    monkeypatch.setattr(ledger, "flush", stuck_flush)
-    monkeypatch.setattr(app_module, "_REPORT_FLUSH_WAIT", 0.3)
+    views = gateway.gateway.admin._ledger
+    assert views is not None and gateway.gateway.ledger is not None
+    monkeypatch.setattr(views, "_flush", stuck_flush)
+    monkeypatch.setattr(views_module, "FLUSH_WAIT", 0.3)
     with gateway.admin() as admin:
         response = admin.get("/admin/usage")
     assert response.status_code == 200 and response.json()["object"] == "usage_report"

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from ..keys import Database
 from .ledger import usage_table
 from .ledger._rollup import rollup_ready
-from .ledger._schema import usage_rollup_table
+from .ledger._schema import ROLLUP_SUMS, usage_rollup_table
 
 GroupBy = Literal["key", "user", "team", "tier", "model", "deployment", "day", "route"]
 NO_GROUP = "(none)"
@@ -78,17 +78,9 @@ _ROLLUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "model": ("model_served", "model_requested"),
     "deployment": ("deployment",),
 }
-# Summed per group and in the totals; hit_rate is worked out from two of them.
-FIELDS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "cache_hits",
-    "saved_usd",
-)
+# Summed per group and in the totals; hit_rate is worked out from two of them. The rollup keeps
+# exactly these sums, by the same names, so that a report reads them from either.
+FIELDS = ROLLUP_SUMS
 # The route report's fields besides those; routing_saved_usd is worked out from baseline_usd and cost_usd.
 ROUTE_FIELDS = ("baseline_usd", "routing_saved_usd")
 _AMOUNTS = ("cost_usd", "saved_usd", *ROUTE_FIELDS)

@@ -25,7 +25,7 @@ GET    /admin/teams/{name}/quota   the team's shared limits and budgets, live
 GET    /admin/users                the users that keys belong to
 GET    /admin/users/{user}/quota   the user's own limits (limits[] of scope user), live
 GET    /admin/usage                totals grouped by key, user, team, tier, model, deployment, day
-                                   or route
+                                   or route (_admin_ledger)
 GET    /admin/usage/series         the same over time, in buckets (_admin_ledger)
 GET    /admin/ledger               the request log, filtered and paginated, or as CSV (_admin_ledger)
 GET    /admin/deployments          each deployment's health, live
@@ -42,13 +42,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, get_args
+from typing import Annotated, Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..accounting._reports import GroupBy
 from ..auth import Authenticator, Principal
 from ..config import Config, LimitValues
 from ..errors import (
@@ -62,7 +61,7 @@ from ..keys import AuditLog, KeyRecord, KeyStore, Role, role_problem
 from ..keys._store import LABEL_PATTERN, text_problem
 from ..router import Router
 from ._admin_auth import AdminAuth, AdminPrincipal
-from ._admin_ledger import LedgerViews
+from ._admin_ledger import LedgerViews, query_params, text_param, whole_number
 from ._asgi import Receive, RequestHeaders, Scope, Send, read_body, send_json
 from ._deployments_view import describe_deployments
 
@@ -155,34 +154,11 @@ def expiry_problem(expires_at: datetime | None, now: datetime) -> str | None:
     return None
 
 
-def _parse_day(value: str | None, param: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequestError(f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 time.", param=param) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 class AdminKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Label = Field(min_length=1, max_length=200)
     role: Role
     team: Label | None = Field(default=None, min_length=1, max_length=100, description="a team_admin's team")
-
-
-def _int_param(query: dict[str, list[str]], name: str, default: int | None, low: int, high: int) -> Any:
-    text = query.get(name, [None])[0]
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be a whole number from {low} to {high}.", param=name)
-    return value
 
 
 def _payload_error(exc: ValidationError) -> InvalidRequestError:
@@ -205,7 +181,6 @@ class AdminAPI:
         audit: AuditLog,
         quota: Callable[[Principal, str | None], Awaitable[dict[str, Any]]] | None = None,
         router: Router | None = None,
-        usage: Callable[[str, datetime | None, datetime | None, str | None], Awaitable[dict[str, Any]]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         cache: Callable[[], CacheControl] | None = None,
         ledger: LedgerViews | None = None,
@@ -220,7 +195,6 @@ class AdminAPI:
         self.audit = audit
         self._quota = quota
         self._router = router
-        self._usage = usage
         self._ledger = ledger
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders) -> None:
@@ -244,21 +218,11 @@ class AdminAPI:
         if parts[:1] == ["users"]:
             await self._users(caller, method, parts[1:], send)
             return
-        if parts == ["usage"] and self._usage is not None:
+        if self._ledger is not None and parts in (["usage"], ["ledger"], ["usage", "series"]):
             self._allow(method, "GET")
-            # Blank values kept: "?by=" is a mistake to point out, not the default.
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            by = query.get("by", ["key"])[0]
-            if by not in get_args(GroupBy):
-                raise InvalidRequestError(
-                    "by must be key, user, team, tier, model, deployment, day or route.", param="by"
-                )
-            since, until = (_parse_day(query.get(name, [None])[0], name) for name in ("since", "until"))
-            await send_json(send, 200, await self._usage(by, since, until, self._team_of(caller)))
-            return
-        if self._ledger is not None and parts in (["ledger"], ["usage", "series"]):
-            self._allow(method, "GET")
-            if parts == ["ledger"]:
+            if parts == ["usage"]:
+                await self._ledger.usage(scope, send, self._team_of(caller))
+            elif parts == ["ledger"]:
                 await self._ledger.ledger(scope, send, self._team_of(caller), receive)
             else:
                 await self._ledger.series(scope, send, self._team_of(caller))
@@ -413,9 +377,10 @@ class AdminAPI:
         if caller.role == "team_admin":
             # The log names every team's keys and changes; a team admin's view is its team's.
             raise PermissionDeniedError("The audit log is for admins and viewers.", code="permission_denied")
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        limit = _int_param(query, "limit", 50, 1, 500)
-        before = _int_param(query, "before", None, 1, 2**62)
+        query = query_params(scope)
+        limit = whole_number(query, "limit", 50, 1, 500)
+        before = whole_number(query, "before", None, 1, 2**62)
+        assert limit is not None
         entries, more = await self.audit.page(limit, before)
         await send_json(send, 200, {"object": "list", "data": [e.to_public_dict() for e in entries], "has_more": more})
 
@@ -489,8 +454,8 @@ class AdminAPI:
         if method != "DELETE":
             raise MethodNotAllowedError(f"{method} is not allowed on /admin/cache.", headers={"Allow": "GET, DELETE"})
         caller.require_admin("purge the response cache")
-        # Blank values kept: "?namespace=" is a mistake to point out, not "everything".
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        # "?namespace=" is a mistake to point out, not "everything" (query_params keeps it).
+        query = query_params(scope)
         namespace = query.get("namespace", [None])[0]
         problem = text_problem(namespace) if namespace is not None else None
         if problem is not None:
@@ -517,15 +482,9 @@ class AdminAPI:
         await send_json(send, 200, await self._quota(principal, model))
 
     async def _list(self, caller: AdminPrincipal, scope: Scope, send: Send) -> None:
-        # Blank values kept: "?team=" (a script's empty variable) must not list every key.
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        user, team = (query.get(name, [None])[0] for name in ("user", "team"))
-        for name, value in (("user", user), ("team", team)):
-            if value == "":
-                raise InvalidRequestError(f"Invalid '{name}': empty.", param=name, code="invalid_value")
-            problem = text_problem(value) if value is not None else None
-            if problem is not None:
-                raise InvalidRequestError(f"Invalid '{name}': {problem}.", param=name, code="invalid_value")
+        # "?team=" (a script's empty variable) is a 400, and must not list every key.
+        query = query_params(scope)
+        user, team = text_param(query, "user"), text_param(query, "team")
         own = self._team_of(caller)
         if own is not None:
             if team not in (None, own):

@@ -1,4 +1,8 @@
-"""The console's request log and charts over HTTP, for AdminAPI (queries: accounting._ledger_views).
+"""The ledger's reports, request log and charts over HTTP, for AdminAPI (queries:
+accounting._reports and accounting._ledger_views), and the query parameters every admin route reads.
+
+GET /admin/usage?by=key|user|team|tier|model|deployment|day|route&since&until
+    totals grouped (accounting._reports)
 
 GET /admin/ledger?since&until&key&user&team&model&deployment&tier&status&limit&cursor
     {"object": "list", "data": [row, ...], "next_cursor": str | null}, newest first; status is
@@ -11,8 +15,8 @@ GET /admin/usage/series?window=hour|day|month&by=model|deployment|tier|user|team
 
 A team admin's answers hold its team's rows only: its team is the filter, and another team asked
 for is refused (403 permission_denied). A value that cannot be what it names is a 400 naming it.
-Both first write the rows this node holds (briefly, as GET /admin/usage does), so that the
-request the operator just made is in the answer.
+Each first writes the rows this node holds (waiting FLUSH_WAIT at most), so that the request the
+operator just made is in the answer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import cast
+from typing import cast, get_args
 from urllib.parse import parse_qs
 
 from ..accounting._ledger_views import (
@@ -36,6 +40,7 @@ from ..accounting._ledger_views import (
     ledger_page,
     usage_series,
 )
+from ..accounting._reports import GroupBy, usage_report
 from ..config._models import CurrencySettings
 from ..errors import InvalidRequestError, PermissionDeniedError
 from ..keys import Database
@@ -53,7 +58,8 @@ CSV_HEADERS = [
 ]
 
 
-def _query(scope: Scope) -> dict[str, list[str]]:
+def query_params(scope: Scope) -> dict[str, list[str]]:
+    """The request's query parameters, each name's values in order."""
     # Blank values kept: "?team=" (a script's empty variable) is a mistake to point out, not "all".
     return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
@@ -62,7 +68,9 @@ def _invalid(param: str, problem: str) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid '{param}': {problem}.", param=param, code="invalid_value")
 
 
-def _text(query: dict[str, list[str]], param: str) -> str | None:
+def text_param(query: dict[str, list[str]], param: str) -> str | None:
+    """A one-line label's parameter (a user, a team, ...), or None; empty or with control
+    characters is a 400 naming it."""
     value = query.get(param, [None])[0]
     if value is None:
         return None
@@ -74,17 +82,47 @@ def _text(query: dict[str, list[str]], param: str) -> str | None:
     return value
 
 
+def parse_time(value: str) -> datetime:
+    """A date (YYYY-MM-DD: its midnight) or an ISO 8601 time (UTC unless it says otherwise), in
+    UTC as the queries bind it; ValueError for anything else, and for a time at either end of the
+    calendar, which UTC cannot hold."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _time(query: dict[str, list[str]], param: str) -> datetime | None:
-    value = _text(query, param)
+    value = text_param(query, param)
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        # In UTC as the queries bind it: a time at either end of the calendar may have none.
-        parsed = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
+        return parse_time(value)
+    except ValueError:
         raise _invalid(param, "a date (YYYY-MM-DD) or an ISO 8601 time is expected") from None
-    return parsed
+
+
+def _report_time(query: dict[str, list[str]], param: str) -> datetime | None:
+    """GET /admin/usage's since and until, refused in the words that route has always used."""
+    value = query.get(param, [None])[0]
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise InvalidRequestError(f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 time.", param=param) from None
+
+
+def whole_number(query: dict[str, list[str]], param: str, default: int | None, low: int, high: int) -> int | None:
+    """A whole-number parameter from ``low`` to ``high`` (``default`` when not given); anything
+    else, "²" and other digits that are not ASCII included, is a 400 naming it."""
+    text = query.get(param, [None])[0]
+    if text is None:
+        return default
+    if not _digits(text) or not low <= int(text) <= high:
+        raise _invalid(param, f"a whole number from {low} to {high} is expected")
+    return int(text)
 
 
 def _digits(value: str) -> bool:
@@ -93,7 +131,7 @@ def _digits(value: str) -> bool:
 
 
 def _status(query: dict[str, list[str]]) -> str | int | None:
-    value = _text(query, "status")
+    value = text_param(query, "status")
     if value is None or value in ("ok", "error"):
         return value
     if _digits(value) and 100 <= int(value) <= 599:
@@ -103,7 +141,7 @@ def _status(query: dict[str, list[str]]) -> str | int | None:
 
 def _team(query: dict[str, list[str]], own: str | None) -> str | None:
     """The team asked for; for a team admin (``own``), its own, whatever else it asks for."""
-    asked = _text(query, "team")
+    asked = text_param(query, "team")
     if own is None:
         return asked
     if asked is not None and asked != own:
@@ -118,7 +156,7 @@ async def _disconnected(receive: Receive) -> None:
 
 
 class LedgerViews:
-    """The handlers of GET /admin/ledger and GET /admin/usage/series.
+    """The handlers of GET /admin/usage, GET /admin/ledger and GET /admin/usage/series.
 
     ``flush`` writes the rows this node holds (the ledger's flush; None without a ledger), and is
     waited for FLUSH_WAIT at most; ``currency`` adds costs in the display currency."""
@@ -137,19 +175,32 @@ class LedgerViews:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._flush()), FLUSH_WAIT)
 
+    async def usage(self, scope: Scope, send: Send, team: str | None) -> None:
+        """GET /admin/usage; ``team``: the caller's team when it is a team admin, else None."""
+        query = query_params(scope)
+        # "?by=" is a mistake to point out, not the default.
+        by = query.get("by", ["key"])[0]
+        if by not in get_args(GroupBy):
+            raise InvalidRequestError("by must be key, user, team, tier, model, deployment, day or route.", param="by")
+        since, until = (_report_time(query, name) for name in ("since", "until"))
+        await self._written()
+        # Within the database's statement deadline, like every call to it (a 503 past it).
+        report = await usage_report(self.database, cast(GroupBy, by), since, until, self.currency, self.rate, team=team)
+        await send_json(send, 200, report.to_dict())
+
     async def ledger(self, scope: Scope, send: Send, team: str | None, receive: Receive | None = None) -> None:
         """GET /admin/ledger; ``team``: the caller's team when it is a team admin, else None;
         ``receive``: the request's, to stop a CSV export whose client has gone."""
-        query = _query(scope)
+        query = query_params(scope)
         filters = LedgerFilters(
             since=_time(query, "since"),
             until=_time(query, "until"),
-            key=_text(query, "key"),
-            user=_text(query, "user"),
+            key=text_param(query, "key"),
+            user=text_param(query, "user"),
             team=_team(query, team),
-            model=_text(query, "model"),
-            deployment=_text(query, "deployment"),
-            tier=_text(query, "tier"),
+            model=text_param(query, "model"),
+            deployment=text_param(query, "deployment"),
+            tier=text_param(query, "tier"),
             status=_status(query),
         )
         form = query.get("format", ["json"])[0]
@@ -159,9 +210,8 @@ class LedgerViews:
             await self._written()
             await self._send_csv(send, filters, receive)
             return
-        limit_text = query.get("limit", ["50"])[0]
-        if not _digits(limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
-            raise _invalid("limit", f"a whole number from 1 to {MAX_LIMIT} is expected")
+        limit = whole_number(query, "limit", 50, 1, MAX_LIMIT)
+        assert limit is not None
         cursor = query.get("cursor", [None])[0]
         if cursor is not None:
             try:
@@ -169,7 +219,7 @@ class LedgerViews:
             except ValueError:
                 raise _invalid("cursor", "not a next_cursor of this API") from None
         await self._written()
-        page = await ledger_page(self.database, filters, int(limit_text), cursor, self.currency, self.rate)
+        page = await ledger_page(self.database, filters, limit, cursor, self.currency, self.rate)
         await send_json(send, 200, {"object": "list", "data": page.rows, "next_cursor": page.next_cursor})
 
     async def _send_csv(self, send: Send, filters: LedgerFilters, receive: Receive | None = None) -> None:
@@ -218,11 +268,11 @@ class LedgerViews:
 
     async def series(self, scope: Scope, send: Send, team: str | None) -> None:
         """GET /admin/usage/series; ``team``: the caller's team when it is a team admin, else None."""
-        query = _query(scope)
+        query = query_params(scope)
         window = query.get("window", ["day"])[0]
         if window not in ("hour", "day", "month"):
             raise _invalid("window", "hour, day or month is expected")
-        by = _text(query, "by")
+        by = text_param(query, "by")
         if by is not None and by not in SERIES_BY:
             raise _invalid("by", f"one of {', '.join(SERIES_BY)} is expected")
         chosen = _team(query, team)

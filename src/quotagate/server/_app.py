@@ -9,7 +9,6 @@ generic 500, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import logging
@@ -19,14 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .._logging import configure as configure_logging
 from .._logging import request_id as request_id_var
-from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger, usage_report
+from ..accounting import MICRO, Alerts, Ledger, Metrics, Price, Pricing, SqlWriter, StreamLedger
 from ..accounting._quotas import DurableQuotas
-from ..accounting._reports import GroupBy
 from ..accounting.ledger import journal_path
 from ..auth import Authenticator, Principal
 from ..cache import CacheRules, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCache
@@ -83,8 +81,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quotagate")
 
 _READY_TIMEOUT = 2.0
-# GET /admin/usage: how long it waits for this node's unwritten rows to be written.
-_REPORT_FLUSH_WAIT = 2.0
 Handler = Callable[[Scope, Receive, Send, RequestHeaders, str], Awaitable[None]]
 
 
@@ -326,7 +322,6 @@ class Gateway:
             self.audit,
             self.quota,
             router,
-            self.usage,
             reload=self._admin_reload,
             cache=lambda: self.cache,
             ledger=LedgerViews(
@@ -714,22 +709,6 @@ class Gateway:
             ledger = GaugeMetricFamily("quotagate_ledger_rows_written", "Usage rows written to the database")
             ledger.add_metric([], self.ledger.written)
             yield ledger
-
-    async def usage(
-        self, by: str, since: datetime | None, until: datetime | None, team: str | None = None
-    ) -> dict[str, Any]:
-        if self.ledger is not None:
-            # A report includes what this node has not written yet, but does not wait long for a
-            # database that is slow to take it: the flush goes on (shielded) and the report is run.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.ledger.flush()), _REPORT_FLUSH_WAIT)
-        group = cast(GroupBy, by)
-        currency = self.config.currency
-        # Within the database's statement deadline, like every call to it (a 503 past it).
-        report = await usage_report(
-            self.store.database, group, since, until, currency.display, currency.rate, team=team
-        )
-        return report.to_dict()
 
     async def _health(
         self, scope: Scope, receive: Receive, send: Send, headers: RequestHeaders, request_id: str

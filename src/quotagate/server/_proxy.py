@@ -342,7 +342,7 @@ class Proxy:
             assert self.cache is not None
             if plan is not None and plan.vector is not None and plan.text == ticket.question:
                 ticket.vector = plan.vector  # the classifier embedded the same question: once is enough
-            looked = time.perf_counter()
+            looked = time.perf_counter() if trace is not None else 0.0  # when the cache span began
             hit = await self.cache.lookup(ticket)
             if trace is not None:
                 trace.cache(looked, ticket, hit)
